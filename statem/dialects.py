@@ -1,0 +1,75 @@
+"""The differences between SQLite and PostgreSQL, and nothing else.
+
+* Row locks: PostgreSQL locks an execution row with ``SELECT ... FOR UPDATE``; SQLite
+  has no row locks, so every writing transaction starts with ``BEGIN IMMEDIATE`` and
+  holds the database's single write lock (readers go on, thanks to WAL).
+* Claims: PostgreSQL skips rows other workers hold (``FOR UPDATE SKIP LOCKED``).
+* Wake-ups: PostgreSQL ``NOTIFY``s workers when new tasks are armed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Select, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+from .settings import DB_TIMEOUT_SECONDS
+
+#: The PostgreSQL channel workers LISTEN on for new tasks.
+NOTIFY_CHANNEL = "statem_tasks"
+
+
+def is_sqlite(conn: Connection | Engine) -> bool:
+    """True on SQLite."""
+    return conn.dialect.name == "sqlite"
+
+
+def for_update(conn: Connection, q: Select[Any]) -> Select[Any]:
+    """Lock the selected rows until the transaction ends (a no-op on SQLite)."""
+    return q if is_sqlite(conn) else q.with_for_update()
+
+
+def skip_locked(conn: Connection, q: Select[Any]) -> Select[Any]:
+    """Lock the selected rows, skipping rows locked by others (plain select on SQLite)."""
+    return q if is_sqlite(conn) else q.with_for_update(skip_locked=True)
+
+
+def notify(conn: Connection) -> None:
+    """Wake listening workers when this transaction commits (PostgreSQL only)."""
+    if not is_sqlite(conn):
+        conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+
+
+def make_engine(url: str, **kw: Any) -> Engine:
+    """A SQLAlchemy engine set up for statem on SQLite or PostgreSQL."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, **kw)
+    if u.get_backend_name() == "postgresql" and u.drivername == "postgresql":
+        url = str(u.set(drivername="postgresql+psycopg"))
+    connect_args = kw.pop("connect_args", {})
+    connect_args.setdefault("connect_timeout", int(DB_TIMEOUT_SECONDS))
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kw)
+
+
+def _sqlite_engine(url: str, **kw: Any) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": DB_TIMEOUT_SECONDS, "check_same_thread": False}, **kw)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        if ":memory:" not in url and url not in ("sqlite://", "sqlite:///"):
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={int(DB_TIMEOUT_SECONDS * 1000)}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine

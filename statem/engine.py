@@ -1,0 +1,543 @@
+"""The public API: save machines, start and trigger executions, read their history.
+
+``Engine`` owns the database engine, the compiled-machine cache, the effect registry and
+the ``env`` expressions see. Each call is one transaction: the step (with its following
+always-chain), its history rows and the tasks it arms commit together or not at all.
+The executor (:mod:`statem.executor`) and the workers (:mod:`statem.worker`) build on the
+same :meth:`Engine.commit_step`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Row
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from . import dialects, semantics, store
+from .definition import CompiledMachine, Machine, compile_machine, load_definition
+from .effects import Effect, EffectRegistry
+from .errors import (
+    DefinitionError,
+    ExecutionNotFound,
+    InputError,
+    MachineNotFound,
+    StatemError,
+    StoreError,
+)
+from .expressions import JSON, check_json
+from .records import Execution, MachineInfo, Step
+from .semantics import FINAL_STATUSES, Outcome, Snapshot, StepRecord
+from .settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from .executor import Executor
+    from .worker import Worker
+
+log = logging.getLogger("statem")
+
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    """The current time, aware, in UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+def snapshot(row: Row[Any]) -> Snapshot:
+    """The semantics' view of an execution row."""
+    return Snapshot(row.id, row.machine_id, row.machine_version, row.state, row.status, row.context)
+
+
+class Engine:
+    """A statem engine on one database.
+
+    >>> engine = Engine("sqlite:///statem.db", env={"shipping_url": "http://localhost:8080"})
+    >>> engine.migrate()
+
+    ``url`` is any SQLAlchemy URL (SQLite for embedded use, PostgreSQL to scale out).
+    ``env`` is what expressions see as ``env``. ``clock`` replaces the wall clock (tests).
+    With ``strict_effects``, saving a machine that invokes an effect this engine has not
+    registered is a DefinitionError.
+    """
+
+    def __init__(
+        self,
+        url: str = "sqlite:///statem.db",
+        *,
+        env: Mapping[str, Any] | None = None,
+        clock: Clock | None = None,
+        strict_effects: bool = False,
+        worker_settings: WorkerSettings | None = None,
+    ) -> None:
+        self.url = url
+        self.db = dialects.make_engine(url)
+        self.env: dict[str, Any] = dict(check_json(dict(env or {}), "env"))  # type: ignore[arg-type]
+        self.clock: Clock = clock or utcnow
+        self.strict_effects = strict_effects
+        self.worker_settings = worker_settings or WorkerSettings()
+        self.effects = EffectRegistry()
+        self._machines: dict[tuple[str, int], CompiledMachine] = {}
+        self._machines_lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+        self._executor: Executor | None = None
+
+    def __repr__(self) -> str:
+        return f"Engine({self.db.url.render_as_string(hide_password=True)!r})"
+
+    # ------------------------------------------------------------------ plumbing
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Connection]:
+        """One database transaction; database failures surface as StoreError."""
+        try:
+            with self.db.connect() as conn:
+                if not write and dialects.is_sqlite(conn):
+                    conn = conn.execution_options(sqlite_begin="DEFERRED")
+                with conn.begin():
+                    yield conn
+        except IntegrityError:
+            raise
+        except DBAPIError as exc:
+            raise StoreError(f"database error: {_first_line(exc.orig or exc)}") from exc
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.db.dispose()
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the latest migration (``alembic upgrade head``)."""
+        from .migrate import upgrade
+
+        upgrade(self)
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` after every commit that armed work (in-process worker wake-ups)."""
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[], None]) -> None:
+        """Stop calling ``fn``."""
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
+    def _wake(self) -> None:
+        for fn in list(self._listeners):
+            fn()
+
+    @property
+    def executor(self) -> Executor:
+        """The executor that runs this engine's tasks (created on first use)."""
+        if self._executor is None:
+            from .executor import Executor
+
+            self._executor = Executor(self)
+        return self._executor
+
+    # ------------------------------------------------------------------ machines
+    def save_machine(self, definition: Mapping[str, Any] | Machine | str | Path) -> Machine:
+        """Validate and store a machine version; saving the same content again is a no-op.
+
+        Raises DefinitionError when the definition is invalid or when different content is
+        already saved under the same (id, version). Nothing is stored on error.
+        """
+        machine = load_definition(definition)
+        cm = compile_machine(machine)
+        if self.strict_effects:
+            unknown = sorted(cm.effects() - set(self.effects.names()))
+            if unknown:
+                raise DefinitionError(
+                    machine.id, [("", f"unknown effect {name!r}; register it with @engine.effect") for name in unknown]
+                )
+        try:
+            with self.transaction() as conn:
+                row = store.get_machine(conn, machine.id, machine.version)
+                if row is None:
+                    store.insert_machine(
+                        conn, machine.id, machine.version, machine.to_json(), cm.content_hash, self.clock()
+                    )
+                elif row.content_hash != cm.content_hash:
+                    raise DefinitionError(
+                        machine.id,
+                        [("version", f"version {machine.version} is already saved with different content; "
+                                     "save the change as a new version")],
+                    )
+        except IntegrityError:  # a concurrent save of the same version won the race
+            return self.save_machine(machine)
+        with self._machines_lock:
+            self._machines[cm.key] = cm
+        return machine
+
+    def get_machine(self, machine_id: str, version: int | None = None) -> Machine:
+        """A saved machine: the latest version when ``version`` is None."""
+        return self.compiled(machine_id, version).machine
+
+    def machines(self) -> list[MachineInfo]:
+        """Every saved machine version."""
+        with self.transaction(write=False) as conn:
+            rows = store.list_machines(conn)
+        return [
+            MachineInfo(r.machine_id, r.version, r.content_hash, r.created_at, len(r.definition.get("states", {})))
+            for r in rows
+        ]
+
+    def compiled(self, machine_id: str, version: int | None = None, conn: Connection | None = None) -> CompiledMachine:
+        """The compiled machine (cached: a saved version never changes)."""
+        if version is not None:
+            cached = self._machines.get((machine_id, version))
+            if cached is not None:
+                return cached
+        if conn is None:
+            with self.transaction(write=False) as c:
+                row = store.get_machine(c, machine_id, version)
+        else:
+            row = store.get_machine(conn, machine_id, version)
+        if row is None:
+            raise MachineNotFound(machine_id, version)
+        cached = self._machines.get((row.machine_id, row.version))
+        if cached is not None:
+            return cached
+        try:
+            cm = compile_machine(load_definition(row.definition))
+        except StatemError as exc:
+            raise DefinitionError(
+                machine_id, [("", f"stored version {row.version} no longer validates: {exc}")]
+            ) from None
+        with self._machines_lock:
+            self._machines[cm.key] = cm
+        return cm
+
+    # ------------------------------------------------------------------ effects
+    def effect(self, name: str) -> Callable[[Effect], Effect]:
+        """Register a Python function as an effect: ``fn(input, *, idempotency_key) -> JSON``.
+
+        >>> @engine.effect("charge-card")
+        ... def charge(input, *, idempotency_key): ...
+        """
+        return self.effects.decorator(name)
+
+    # ------------------------------------------------------------------ executions
+    def start(
+        self,
+        machine_id: str,
+        input: JSON | None = None,
+        *,
+        version: int | None = None,
+        execution_id: str | None = None,
+    ) -> Execution:
+        """Start an execution: enter ``start_at`` and run its always-chain, in one transaction.
+
+        With ``execution_id``, a repeated start returns the existing execution.
+        """
+        data = _check_input(input)
+        if execution_id is not None:
+            existing = self._find(execution_id)
+            if existing is not None:
+                return existing
+        cm = self.compiled(machine_id, version)
+        eid = execution_id or uuid.uuid4().hex
+        now = self.clock()
+        outcome = semantics.start(cm, eid, data, self.env, now)
+        try:
+            with self.transaction() as conn:
+                self.insert_execution(conn, cm, eid, data, now, outcome)
+        except IntegrityError:
+            existing = self._find(eid)
+            if existing is None:
+                raise
+            return existing
+        return self._after(cm, eid, outcome)
+
+    def insert_execution(
+        self,
+        conn: Connection,
+        cm: CompiledMachine,
+        eid: str,
+        data: JSON,
+        now: dt.datetime,
+        outcome: Outcome,
+        parent: tuple[str, int] | None = None,
+    ) -> None:
+        """Create an execution row and commit its first step (start or a child start)."""
+        store.insert_execution(
+            conn,
+            id=eid,
+            machine_id=cm.machine.id,
+            machine_version=cm.machine.version,
+            state=cm.machine.start_at,
+            status="running",
+            context={},
+            input=data,
+            parent_id=parent[0] if parent else None,
+            parent_task_id=parent[1] if parent else None,
+            created_at=now,
+            updated_at=now,
+        )
+        row = store.lock_execution(conn, eid)
+        assert row is not None
+        self.commit_step(conn, row, outcome, now, discard=False)
+
+    def trigger(
+        self,
+        execution_id: str,
+        action: str,
+        input: JSON | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Execution:
+        """Fire an action and the always-chain that follows, in one transaction.
+
+        Raises ActionNotAllowed (changing nothing) if the current state has no such
+        action, its guard is false, or the execution is final. A repeated
+        ``idempotency_key`` returns the current execution and applies nothing.
+        """
+        data = _check_input(input)
+        now = self.clock()
+        with self.transaction() as conn:
+            row = store.lock_execution(conn, execution_id)
+            if row is None:
+                raise ExecutionNotFound(execution_id)
+            if idempotency_key is not None and store.has_idempotency_key(conn, execution_id, idempotency_key):
+                return Execution.from_row(row)
+            cm = self.compiled(row.machine_id, row.machine_version, conn)
+            outcome = semantics.action(cm, snapshot(row), action, data, self.env, now)
+            self.commit_step(conn, row, outcome, now, idempotency_key=idempotency_key)
+            created = row.created_at
+        if cm.machine.execution_mode == "sync" and outcome.tasks:
+            return self._after(cm, execution_id, outcome)
+        self._wake_if(outcome)
+        return _execution(row, outcome, now, created)
+
+    def _after(self, cm: CompiledMachine, eid: str, outcome: Outcome) -> Execution:
+        """After start/trigger commits: run a sync machine's tasks inline, wake workers."""
+        if cm.machine.execution_mode == "sync" and any(t.kind != "timer" for t in outcome.tasks):
+            self.executor.run_inline(eid)
+        self._wake_if(outcome)
+        return self.get(eid)
+
+    def _wake_if(self, outcome: Outcome) -> None:
+        if outcome.tasks:
+            self._wake()
+
+    def commit_step(
+        self,
+        conn: Connection,
+        row: Row[Any],
+        outcome: Outcome,
+        now: dt.datetime,
+        *,
+        discard: bool = True,
+        idempotency_key: str | None = None,
+        report_to_parent: bool = True,
+    ) -> None:
+        """Persist one step on a locked execution row: history, new state, armed tasks.
+
+        With ``discard`` (every step but the first), tasks armed earlier are dropped (a later
+        step wins), each recorded in history; a child left behind is canceled. A child that
+        ends hands its result to its parent as a ``resume`` task (unless the parent itself
+        is canceling it: ``report_to_parent=False``).
+        """
+        records = list(outcome.steps)
+        if discard:
+            for task in store.discard_tasks(conn, row.id):
+                records.insert(1, _discard_record(task, outcome.steps[0].from_state or row.state, row))
+                if task.kind == "child" and task.child_id:
+                    self.cancel_locked(conn, task.child_id, f"parent {row.id!r} moved on", now, notify_parent=False)
+        last = store.insert_steps(conn, row.id, row.seq + 1, records, now, idempotency_key)
+        store.update_execution(
+            conn,
+            row,
+            state=outcome.state,
+            status=outcome.status,
+            context=outcome.context,
+            output=outcome.output,
+            error=outcome.error,
+            seq=last,
+            updated_at=now,
+        )
+        store.insert_tasks(conn, row.id, outcome.tasks, now)
+        armed = bool(outcome.tasks)
+        if report_to_parent and outcome.status in FINAL_STATUSES and row.parent_task_id is not None:
+            ok = outcome.status == "finished"
+            result = outcome.output if ok else {"type": outcome.status, "message": outcome.error or ""}
+            store.insert_resume(conn, row.parent_id, row.parent_task_id, ok, result, now)
+            armed = True
+        if armed:
+            dialects.notify(conn)
+
+    def append_steps(self, conn: Connection, row: Row[Any], records: list[StepRecord], now: dt.datetime) -> None:
+        """Record history rows that do not move the execution (retries, stale results)."""
+        last = store.insert_steps(conn, row.id, row.seq + 1, records, now)
+        store.update_execution(conn, row, seq=last, updated_at=now)
+
+    def cancel(self, execution_id: str, reason: str = "canceled") -> Execution:
+        """Cancel an execution and, recursively, its unfinished children. A no-op on a final one."""
+        now = self.clock()
+        with self.transaction() as conn:
+            self.cancel_locked(conn, execution_id, reason, now, notify_parent=True)
+        self._wake()
+        return self.get(execution_id)
+
+    def cancel_locked(
+        self, conn: Connection, execution_id: str, reason: str, now: dt.datetime, *, notify_parent: bool
+    ) -> None:
+        """Cancel inside an open transaction (locks parent before child, never the reverse)."""
+        row = store.lock_execution(conn, execution_id)
+        if row is None:
+            raise ExecutionNotFound(execution_id)
+        if row.status in FINAL_STATUSES:
+            return
+        step = StepRecord("cancel", None, row.state, row.state, context=row.context, error=reason)
+        outcome = Outcome(row.state, "canceled", row.context, error=reason, steps=[step])
+        for child_id in store.live_children(conn, row.id):
+            self.cancel_locked(conn, child_id, f"parent {row.id!r} canceled: {reason}", now, notify_parent=False)
+        self.commit_step(conn, row, outcome, now, report_to_parent=notify_parent)
+
+    # ------------------------------------------------------------------ reading
+    def _find(self, execution_id: str) -> Execution | None:
+        with self.transaction(write=False) as conn:
+            row = store.get_execution(conn, execution_id)
+        return Execution.from_row(row) if row is not None else None
+
+    def get(self, execution_id: str) -> Execution:
+        """The execution as stored now; raises ExecutionNotFound."""
+        ex = self._find(execution_id)
+        if ex is None:
+            raise ExecutionNotFound(execution_id)
+        return ex
+
+    def history(self, execution_id: str) -> list[Step]:
+        """Every step of an execution, ordered by ``seq`` (1, 2, ... with no gaps)."""
+        with self.transaction(write=False) as conn:
+            if store.get_execution(conn, execution_id) is None:
+                raise ExecutionNotFound(execution_id)
+            rows = store.history(conn, execution_id)
+        return [Step.from_row(r) for r in rows]
+
+    def executions(
+        self,
+        machine_id: str | None = None,
+        status: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        *,
+        parent_id: str | None = None,
+        older_than: dt.timedelta | None = None,
+        offset: int = 0,
+    ) -> list[Execution]:
+        """Executions matching every given filter, newest first."""
+        before = self.clock() - older_than if older_than is not None else None
+        with self.transaction(write=False) as conn:
+            rows = store.list_executions(
+                conn,
+                machine_id=machine_id,
+                status=status,
+                state=state,
+                parent_id=parent_id,
+                updated_before=before,
+                limit=limit,
+                offset=offset,
+            )
+        return [Execution.from_row(r) for r in rows]
+
+    def is_at_rest(self, execution_id: str) -> bool:
+        """True when only an action can move the execution: final, or waiting with no armed work."""
+        with self.transaction(write=False) as conn:
+            row = store.get_execution(conn, execution_id)
+            if row is None:
+                raise ExecutionNotFound(execution_id)
+            if row.status in FINAL_STATUSES:
+                return True
+            return row.status == "waiting" and not store.execution_has_tasks(conn, execution_id)
+
+    def wait(self, execution_id: str, timeout: float = 10.0) -> Execution:
+        """Block until the execution is final, or waiting with nothing armed; else TimeoutError."""
+        deadline = time.monotonic() + timeout
+        pause = 0.005
+        event = threading.Event()
+        self.add_listener(event.set)
+        try:
+            while not self.is_at_rest(execution_id):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    ex = self.get(execution_id)
+                    raise TimeoutError(
+                        f"execution {execution_id!r} still {ex.status} in state {ex.state!r} after {timeout}s"
+                    )
+                event.wait(min(pause, left))
+                event.clear()
+                pause = min(pause * 2, 0.1)
+        finally:
+            self.remove_listener(event.set)
+        return self.get(execution_id)
+
+    # ------------------------------------------------------------------ workers
+    def worker(self, settings: WorkerSettings | None = None) -> Worker:
+        """A worker for this engine; use as ``with engine.worker(): ...`` to run it in threads."""
+        from .worker import Worker
+
+        return Worker(self, settings or self.worker_settings)
+
+    def run_worker(self, settings: WorkerSettings | None = None) -> None:
+        """Run a worker in the foreground until SIGINT/SIGTERM."""
+        self.worker(settings).run_forever()
+
+    def run_once(self, limit: int = 100) -> int:
+        """Claim and run the ready tasks in this thread (tests, scripts); returns how many ran."""
+        return self.executor.run_once(limit)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_input(value: JSON | None) -> JSON:
+    data = {} if value is None else value
+    try:
+        return check_json(data, "input")
+    except InputError:
+        raise
+    except StatemError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _discard_record(task: Row[Any], state: str, row: Row[Any]) -> StepRecord:
+    what = {"task": task.kind, "armed_at": task.created_at.isoformat()}
+    payload = task.payload or {}
+    if task.kind == "timer":
+        what["due_at"] = task.due_at.isoformat()
+    elif task.kind == "effect":
+        what["effect"] = payload.get("effect")
+    elif task.kind == "child":
+        what["child"] = task.child_id
+    return StepRecord(
+        "discard", payload.get("name"), state, state, input=None, output=what, context=None,
+        error="a later step won; this armed task was dropped",
+    )
+
+
+def _execution(row: Row[Any], outcome: Outcome, now: dt.datetime, created: dt.datetime) -> Execution:
+    return Execution(
+        id=row.id,
+        machine_id=row.machine_id,
+        machine_version=row.machine_version,
+        state=outcome.state,
+        status=outcome.status,
+        context=outcome.context,
+        input=row.input,
+        output=outcome.output,
+        error=outcome.error,
+        parent_id=row.parent_id,
+        created_at=created,
+        updated_at=now,
+    )

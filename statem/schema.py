@@ -1,0 +1,152 @@
+"""The database schema, as SQLAlchemy Core tables: the one truth the migrations must produce.
+
+Tables (all prefixed ``statem_`` so they can live beside an application's own):
+
+* ``statem_machines``   one row per (machine_id, version), the definition as JSON.
+* ``statem_executions`` one row per execution: current state, status, context.
+* ``statem_steps``      the history, one row per step, append-only (never updated or deleted).
+* ``statem_tasks``      pending work: timers, effect calls, child starts and child results,
+  with due time, attempts and the owner/lease of the worker running it. A task row is
+  deleted when its result is applied or when a later step discards it.
+
+All timestamps are UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+#: The Alembic version table, named so it cannot clash with an application's own.
+VERSION_TABLE = "statem_alembic_version"
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """An aware UTC datetime in Python; ``timestamptz`` on PostgreSQL, ISO text on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("statem stores aware datetimes only")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+ID = String(200)
+BigID = BigInteger().with_variant(Integer, "sqlite")
+
+machines = Table(
+    "statem_machines",
+    metadata,
+    Column("machine_id", ID, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("definition", JSON, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("machine_id", "version"),
+)
+
+executions = Table(
+    "statem_executions",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("machine_id", ID, nullable=False),
+    Column("machine_version", Integer, nullable=False),
+    Column("state", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("context", JSON, nullable=False),
+    Column("input", JSON, nullable=False),
+    Column("output", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("parent_id", ID, nullable=True),
+    Column("parent_task_id", BigID, nullable=True),
+    Column("seq", Integer, nullable=False, comment="seq of the last history step"),
+    Column("version", Integer, nullable=False, comment="optimistic lock, +1 per write"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    ForeignKeyConstraint(
+        ["machine_id", "machine_version"], ["statem_machines.machine_id", "statem_machines.version"]
+    ),
+    Index(None, "machine_id", "status"),
+    Index(None, "status", "updated_at"),
+    Index(None, "state"),
+    Index(None, "parent_id"),
+)
+
+steps = Table(
+    "statem_steps",
+    metadata,
+    Column("execution_id", ID, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("name", String(200), nullable=True),
+    Column("from_state", String(200), nullable=True),
+    Column("to_state", String(200), nullable=True),
+    Column("input", JSON, nullable=True),
+    Column("output", JSON, nullable=True),
+    Column("context", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("idempotency_key", String(200), nullable=True),
+    PrimaryKeyConstraint("execution_id", "seq"),
+    ForeignKeyConstraint(["execution_id"], ["statem_executions.id"]),
+    Index(None, "execution_id", "idempotency_key", unique=True),
+    Index(None, "at"),
+)
+
+tasks = Table(
+    "statem_tasks",
+    metadata,
+    Column("id", BigID, primary_key=True, autoincrement=True),
+    Column("execution_id", ID, nullable=False),
+    Column("kind", String(16), nullable=False, comment="timer | effect | child | resume"),
+    Column("status", String(16), nullable=False, comment="pending | claimed | waiting"),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("claim", String(64), nullable=True, comment="fencing token of the current claim"),
+    Column("owner", String(200), nullable=True),
+    Column("lease_expires_at", UTCDateTime, nullable=True),
+    Column("child_id", ID, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    ForeignKeyConstraint(["execution_id"], ["statem_executions.id"]),
+    Index(None, "status", "due_at"),
+    Index(None, "execution_id"),
+)

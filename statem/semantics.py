@@ -1,0 +1,371 @@
+"""The step semantics: pure functions from (machine, execution snapshot, event) to an Outcome.
+
+Nothing here touches the database or the clock beyond the ``now`` it is given: the engine
+locks the execution, calls one of :func:`start`, :func:`action`, :func:`fire_timer` or
+:func:`apply_result`, and commits the returned :class:`Outcome` (new state, status,
+context, the history steps and the tasks to arm) in one transaction.
+
+Rules (DESIGN.md section 1):
+
+* After a transition, the target state's ``always`` list is tried in order; the first
+  transition whose ``when`` holds is taken, and the search starts again in the new state
+  (also when it stayed). When none holds, the execution rests.
+* A transition with ``wait_for`` arms a timer instead of moving; one with ``invoke`` arms
+  an effect or child task. Either ends the chain: the execution rests until the task's
+  result arrives as its own step.
+* Context updates are evaluated against the context before the transition, then
+  shallow-merged.
+* A final state (``end: true``) finishes the execution with its ``return`` as output.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .definition import Branch, CompiledMachine, ContextUpdate, Transition
+from .errors import ActionNotAllowed, ExpressionError, LoopError
+from .expressions import JSON, check_json
+from .settings import MAX_ALWAYS_CHAIN
+
+Status = Literal["running", "waiting", "finished", "failed", "canceled"]
+FINAL_STATUSES: frozenset[str] = frozenset({"finished", "failed", "canceled"})
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the semantics needs to know of an execution."""
+
+    id: str
+    machine_id: str
+    machine_version: int
+    state: str
+    status: str
+    context: dict[str, Any]
+
+
+@dataclass
+class StepRecord:
+    """One history row to append."""
+
+    kind: str
+    name: str | None
+    from_state: str | None
+    to_state: str | None
+    input: JSON = None
+    output: JSON = None
+    context: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class TaskSpec:
+    """A task to arm with the step: a timer, an effect call or a child start."""
+
+    kind: Literal["timer", "effect", "child"]
+    due_at: dt.datetime
+    payload: dict[str, Any]
+
+
+@dataclass
+class Outcome:
+    """The result of one step: what to write back to the execution row, and what to append."""
+
+    state: str
+    status: Status
+    context: dict[str, Any]
+    output: JSON = None
+    error: str | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+    tasks: list[TaskSpec] = field(default_factory=list)
+
+
+def transition_at(cm: CompiledMachine, path: str) -> Transition:
+    """The transition a task refers to by its dotted path (``states.s.always[0]``, ``states.s.actions.a``)."""
+    _, sname, rest = path.split(".", 2)
+    st = cm.state(sname)
+    if rest.startswith("always["):
+        return st.always[int(rest[len("always[") : -1])]
+    return st.actions[rest.split(".", 1)[1]]
+
+
+class _Chain:
+    """One chain of steps: begun by a start, action, timer or result; then always-transitions."""
+
+    def __init__(
+        self,
+        cm: CompiledMachine,
+        snap: Snapshot,
+        env: Mapping[str, Any],
+        now: dt.datetime,
+        chain_input: JSON,
+        chain_output: JSON = None,
+    ) -> None:
+        self.cm = cm
+        self.snap = snap
+        self.env = env
+        self.now = now
+        self.input = chain_input if chain_input is not None else {}
+        self.output = chain_output
+        self.state = snap.state
+        self.context = dict(snap.context)
+        self.steps: list[StepRecord] = []
+        self.tasks: list[TaskSpec] = []
+        self.result: JSON = None
+        self.execution = {"id": snap.id, "machine": snap.machine_id, "version": snap.machine_version}
+
+    # ------------------------------------------------------------------ evaluation
+    def eval(self, path: str) -> JSON:
+        return self.cm.expr(path).evaluate(
+            {
+                "ctx": self.context,
+                "context": self.context,
+                "input": self.input,
+                "output": self.output,
+                "state": self.state,
+                "execution": self.execution,
+                "env": self.env,
+            }
+        )
+
+    def holds(self, path: str, when: str | None) -> bool:
+        return when is None or bool(self.eval(f"{path}.when"))
+
+    def updated_context(self, path: str, update: ContextUpdate | None) -> dict[str, Any]:
+        if update is None:
+            return self.context
+        where = f"{path}.context" if path else "context"
+        if isinstance(update, str):
+            value = self.eval(where)
+            if not isinstance(value, dict):
+                raise ExpressionError(
+                    f"a context expression must yield a mapping, not {type(value).__name__}",
+                    expression=update,
+                    path=where,
+                )
+            changes = value
+        else:
+            changes = {key: self.eval(f"{where}.{key}") for key in update}
+        merged = {**self.context, **changes}
+        check_json(merged, f"context after {path or 'start'}")
+        return merged
+
+    # ------------------------------------------------------------------ moves
+    def take(self, kind: str, name: str | None, path: str, t: Transition | Branch) -> None:
+        """Apply a transition's context and move to its target (default: stay)."""
+        new_context = self.updated_context(path, t.context)
+        from_state = self.state
+        self.state = t.state or from_state
+        self.context = new_context
+        self.record(kind, name, from_state, self.state, context=new_context)
+
+    def record(
+        self, kind: str, name: str | None, from_state: str | None, to_state: str, **kw: Any
+    ) -> None:
+        kw.setdefault("context", self.context)
+        kw.setdefault("input", self.input)
+        kw.setdefault("output", self.output)
+        self.steps.append(StepRecord(kind, name, from_state, to_state, **kw))
+
+    def arm(self, name: str | None, path: str, t: Transition) -> Status:
+        """Arm the timer or the task of a ``wait_for``/``invoke`` transition; the chain rests."""
+        if t.wait_for is not None:
+            due = self.due_at(path, t)
+            self.tasks.append(TaskSpec("timer", due, {"transition": path, "name": name}))
+            self.record("wait", name, self.state, t.state or self.state, output={"due_at": due.isoformat()})
+            return "waiting"
+        assert t.invoke is not None
+        inv = t.invoke
+        task_input = self.eval(f"{path}.invoke.input") if inv.input is not None else {}
+        payload: dict[str, Any] = {"transition": path, "name": name, "input": task_input}
+        if inv.effect is not None:
+            payload["effect"] = inv.effect
+            self.tasks.append(TaskSpec("effect", self.now, payload))
+        else:
+            child = inv.child
+            assert child is not None
+            payload["machine"] = list(child)
+            self.tasks.append(TaskSpec("child", self.now, payload))
+        target = inv.effect if inv.effect is not None else f"machine {inv.child}"
+        self.record("invoke", name, self.state, self.state, output={"invoke": target, "input": task_input})
+        return "running"
+
+    def due_at(self, path: str, t: Transition) -> dt.datetime:
+        assert t.wait_for is not None
+        seconds = t.wait_for.duration()
+        if seconds is not None:
+            return self.now + dt.timedelta(seconds=seconds)
+        value = self.eval(f"{path}.wait_for.until")
+        try:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return dt.datetime.fromtimestamp(value, dt.UTC)
+            if isinstance(value, str):
+                parsed = dt.datetime.fromisoformat(value)
+                return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+        except (ValueError, OverflowError, OSError) as exc:
+            raise ExpressionError(
+                f"until must be an ISO timestamp or epoch seconds: {exc}",
+                expression=t.wait_for.until or "",
+                path=f"{path}.wait_for.until",
+            ) from None
+        raise ExpressionError(
+            f"until must be an ISO timestamp or epoch seconds, not {type(value).__name__}",
+            expression=t.wait_for.until or "",
+            path=f"{path}.wait_for.until",
+        )
+
+    def settle(self) -> Status:
+        """Run always-transitions until the execution rests, arms a task, or ends."""
+        taken: list[str] = []
+        while True:
+            st = self.cm.state(self.state)
+            if st.end:
+                self.result = self.eval(f"states.{self.state}.return") if st.return_ else None
+                return "finished"
+            for i, t in enumerate(st.always):
+                path = f"states.{self.state}.always[{i}]"
+                if not self.holds(path, t.when):
+                    continue
+                if t.wait_for is not None or t.invoke is not None:
+                    return self.arm(t.name, path, t)
+                if len(taken) >= MAX_ALWAYS_CHAIN:
+                    raise _loop_error(taken)
+                taken.append(path)
+                self.take("always", t.name, path, t)
+                break
+            else:
+                return "waiting"
+
+    def outcome(self, status: Status) -> Outcome:
+        return Outcome(
+            state=self.state,
+            status=status,
+            context=self.context,
+            output=self.result,
+            steps=self.steps,
+            tasks=self.tasks,
+        )
+
+
+def _loop_error(taken: list[str]) -> LoopError:
+    tail = taken[-20:]
+    cycle: list[str] = []
+    for p in reversed(tail):
+        if p in cycle:
+            break
+        cycle.insert(0, p)
+    states = [p.split(".")[1] for p in cycle]
+    return LoopError(
+        f"always-chain exceeded {MAX_ALWAYS_CHAIN} steps; it loops through "
+        + " -> ".join(cycle + cycle[:1]),
+        loop=states,
+    )
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def start(
+    cm: CompiledMachine, execution_id: str, input: JSON, env: Mapping[str, Any], now: dt.datetime
+) -> Outcome:
+    """Begin an execution: evaluate the initial context, enter ``start_at``, run the chain."""
+    m = cm.machine
+    snap = Snapshot(execution_id, m.id, m.version, m.start_at, "running", {})
+    chain = _Chain(cm, snap, env, now, input)
+    chain.context = chain.updated_context("", m.context) if m.context is not None else {}
+    chain.record("start", None, None, m.start_at)
+    return chain.outcome(chain.settle())
+
+
+def allowed_actions(cm: CompiledMachine, state: str) -> list[str]:
+    """The actions the state offers, in definition order."""
+    return list(cm.state(state).actions)
+
+
+def action(
+    cm: CompiledMachine,
+    snap: Snapshot,
+    name: str,
+    input: JSON,
+    env: Mapping[str, Any],
+    now: dt.datetime,
+) -> Outcome:
+    """Fire an action from outside; raises ActionNotAllowed if the state does not take it now."""
+    allowed = allowed_actions(cm, snap.state) if snap.state in cm.machine.states else []
+    if snap.status in FINAL_STATUSES:
+        raise ActionNotAllowed(snap.id, name, snap.state, [], f"the execution is {snap.status}")
+    t = cm.state(snap.state).actions.get(name)
+    if t is None:
+        raise ActionNotAllowed(snap.id, name, snap.state, allowed, "the state has no such action")
+    path = f"states.{snap.state}.actions.{name}"
+    chain = _Chain(cm, snap, env, now, input)
+    if not chain.holds(path, t.when):
+        raise ActionNotAllowed(snap.id, name, snap.state, allowed, f"its guard is false: {t.when}")
+    step_name = t.name or name
+    if t.wait_for is not None or t.invoke is not None:
+        return chain.outcome(chain.arm(step_name, path, t))
+    chain.take("action", step_name, path, t)
+    return chain.outcome(chain.settle())
+
+
+def fire_timer(
+    cm: CompiledMachine, snap: Snapshot, payload: Mapping[str, Any], env: Mapping[str, Any], now: dt.datetime
+) -> Outcome:
+    """Take the transition a due timer was armed for (its guard held when it was armed)."""
+    path = str(payload["transition"])
+    t = transition_at(cm, path)
+    chain = _Chain(cm, snap, env, now, {})
+    chain.take("timer", payload.get("name"), path, t)
+    return chain.outcome(chain.settle())
+
+
+def apply_result(
+    cm: CompiledMachine,
+    snap: Snapshot,
+    payload: Mapping[str, Any],
+    ok: bool,
+    output: JSON,
+    env: Mapping[str, Any],
+    now: dt.datetime,
+) -> Outcome:
+    """Take an invoke's success/error branch for an effect or child result.
+
+    ``ok`` is False when the effect raised (after its retries) or the child failed or was
+    canceled; ``output`` is then ``{'type': ..., 'message': ...}``. ``if`` (when given)
+    judges a returned result. A missing branch fails the execution.
+    """
+    path = str(payload["transition"])
+    t = transition_at(cm, path)
+    assert t.invoke is not None
+    inv = t.invoke
+    chain = _Chain(cm, snap, env, now, {}, output)
+    branch_path = f"{path}.invoke.success"
+    branch: Branch | None = inv.success
+    if not ok:
+        branch, branch_path = inv.error, f"{path}.invoke.error"
+        if branch is None:
+            message = output.get("message") if isinstance(output, dict) else output
+            raise InvokeFailed(f"{path}.invoke failed and has no error branch: {message}")
+    elif inv.if_ is not None and not bool(chain.eval(f"{path}.invoke.if")):
+        branch, branch_path = inv.error, f"{path}.invoke.error"
+        if branch is None:
+            raise InvokeFailed(f"{path}.invoke: `if` is false and there is no else branch")
+    if branch is None:
+        raise InvokeFailed(f"{path}.invoke has no success branch")
+    name = branch.name or payload.get("name")
+    chain.take("result", name, branch_path, branch)
+    return chain.outcome(chain.settle())
+
+
+class InvokeFailed(Exception):
+    """An invoke result has no branch to take: the execution fails with this message."""
+
+
+def failure(snap: Snapshot, kind: str, name: str | None, error: str, input: JSON = None) -> Outcome:
+    """The outcome of a step the executor could not apply: failed, state and context unchanged."""
+    step = StepRecord(
+        kind, name, snap.state, snap.state, input=input, context=snap.context, error=error
+    )
+    return Outcome(snap.state, "failed", snap.context, error=error, steps=[step])

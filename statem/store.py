@@ -1,0 +1,348 @@
+"""All of statem's SQL, as named SQLAlchemy Core statements taking an open connection.
+
+Every function runs inside the caller's transaction, so the engine commits a step's
+state, history rows and tasks together (one transaction per step). The few dialect
+differences (row locks, SKIP LOCKED, NOTIFY) live in :mod:`statem.dialects`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, update
+
+from . import dialects
+from .schema import executions, machines, steps, tasks
+from .semantics import StepRecord, TaskSpec
+
+# --------------------------------------------------------------------------- machines
+
+
+def get_machine(conn: Connection, machine_id: str, version: int | None) -> Row[Any] | None:
+    """The machine row for (id, version), or its latest version when version is None."""
+    q = select(machines).where(machines.c.machine_id == machine_id)
+    if version is None:
+        q = q.order_by(machines.c.version.desc()).limit(1)
+    else:
+        q = q.where(machines.c.version == version)
+    return conn.execute(q).first()
+
+
+def insert_machine(
+    conn: Connection, machine_id: str, version: int, definition: dict[str, Any], content_hash: str, now: dt.datetime
+) -> None:
+    """Store a new machine version."""
+    conn.execute(
+        insert(machines).values(
+            machine_id=machine_id,
+            version=version,
+            definition=definition,
+            content_hash=content_hash,
+            created_at=now,
+        )
+    )
+
+
+def list_machines(conn: Connection) -> Sequence[Row[Any]]:
+    """Every saved machine version, by id then version."""
+    return conn.execute(
+        select(machines).order_by(machines.c.machine_id, machines.c.version)
+    ).all()
+
+
+# --------------------------------------------------------------------------- executions
+
+
+def insert_execution(conn: Connection, **values: Any) -> None:
+    """Create an execution row (seq 0, version 0; the first step bumps both)."""
+    conn.execute(insert(executions).values(seq=0, version=0, **values))
+
+
+def get_execution(conn: Connection, execution_id: str) -> Row[Any] | None:
+    """The execution row, without locking it."""
+    return conn.execute(select(executions).where(executions.c.id == execution_id)).first()
+
+
+def lock_execution(conn: Connection, execution_id: str) -> Row[Any] | None:
+    """The execution row, locked until the transaction ends (serializes its steps)."""
+    q = select(executions).where(executions.c.id == execution_id)
+    return conn.execute(dialects.for_update(conn, q)).first()
+
+
+def update_execution(conn: Connection, row: Row[Any], **values: Any) -> None:
+    """Write back an execution, fenced by its optimistic version; raise if another writer won."""
+    from .errors import ConcurrencyError
+
+    res = conn.execute(
+        update(executions)
+        .where(executions.c.id == row.id, executions.c.version == row.version)
+        .values(version=row.version + 1, **values)
+    )
+    if res.rowcount != 1:
+        raise ConcurrencyError(f"execution {row.id!r} was changed by another writer; retry")
+
+
+def list_executions(
+    conn: Connection,
+    *,
+    machine_id: str | None = None,
+    status: str | None = None,
+    state: str | None = None,
+    parent_id: str | None = None,
+    updated_before: dt.datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> Sequence[Row[Any]]:
+    """Executions matching every given filter, newest first."""
+    q = select(executions)
+    for col, value in (
+        (executions.c.machine_id, machine_id),
+        (executions.c.status, status),
+        (executions.c.state, state),
+        (executions.c.parent_id, parent_id),
+    ):
+        if value is not None:
+            q = q.where(col == value)
+    if updated_before is not None:
+        q = q.where(executions.c.updated_at < updated_before)
+    q = q.order_by(executions.c.created_at.desc(), executions.c.id).limit(limit).offset(offset)
+    return conn.execute(q).all()
+
+
+def live_children(conn: Connection, execution_id: str) -> list[str]:
+    """Ids of the unfinished child executions of an execution."""
+    rows = conn.execute(
+        select(executions.c.id).where(
+            executions.c.parent_id == execution_id,
+            executions.c.status.in_(("running", "waiting")),
+        )
+    )
+    return [r.id for r in rows]
+
+
+# --------------------------------------------------------------------------- history
+
+
+def insert_steps(
+    conn: Connection,
+    execution_id: str,
+    first_seq: int,
+    records: Iterable[StepRecord],
+    now: dt.datetime,
+    idempotency_key: str | None = None,
+) -> int:
+    """Append history rows numbered from ``first_seq``; returns the last seq written."""
+    rows = []
+    seq = first_seq - 1
+    for i, r in enumerate(records):
+        seq = first_seq + i
+        rows.append(
+            {
+                "execution_id": execution_id,
+                "seq": seq,
+                "at": now,
+                "kind": r.kind,
+                "name": r.name,
+                "from_state": r.from_state,
+                "to_state": r.to_state,
+                "input": r.input,
+                "output": r.output,
+                "context": r.context,
+                "error": r.error,
+                "idempotency_key": idempotency_key if i == 0 else None,
+            }
+        )
+    if rows:
+        conn.execute(insert(steps), rows)
+    return seq
+
+
+def has_idempotency_key(conn: Connection, execution_id: str, key: str) -> bool:
+    """True if a step of this execution was already applied under ``key``."""
+    q = select(steps.c.seq).where(steps.c.execution_id == execution_id, steps.c.idempotency_key == key)
+    return conn.execute(q).first() is not None
+
+
+def history(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
+    """The steps of an execution, by seq."""
+    return conn.execute(
+        select(steps).where(steps.c.execution_id == execution_id).order_by(steps.c.seq)
+    ).all()
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def insert_tasks(
+    conn: Connection, execution_id: str, specs: Iterable[TaskSpec], now: dt.datetime
+) -> None:
+    """Arm tasks for an execution (pending, due at their due time)."""
+    rows = [
+        {
+            "execution_id": execution_id,
+            "kind": s.kind,
+            "status": "pending",
+            "due_at": s.due_at,
+            "payload": s.payload,
+            "attempts": 0,
+            "created_at": now,
+        }
+        for s in specs
+    ]
+    if rows:
+        conn.execute(insert(tasks), rows)
+
+
+def insert_resume(
+    conn: Connection, parent_id: str, parent_task_id: int, ok: bool, output: Any, now: dt.datetime
+) -> None:
+    """Hand a child's result to its parent as a ready ``resume`` task."""
+    conn.execute(
+        insert(tasks).values(
+            execution_id=parent_id,
+            kind="resume",
+            status="pending",
+            due_at=now,
+            payload={"task": parent_task_id, "ok": ok, "output": output},
+            attempts=0,
+            created_at=now,
+        )
+    )
+
+
+def discard_tasks(conn: Connection, execution_id: str, keep: int | None = None) -> Sequence[Row[Any]]:
+    """Delete every armed task of an execution (but ``keep``); returns the rows deleted."""
+    cond = tasks.c.execution_id == execution_id
+    if keep is not None:
+        cond = and_(cond, tasks.c.id != keep)
+    rows = conn.execute(select(tasks).where(cond)).all()
+    if rows:
+        conn.execute(delete(tasks).where(tasks.c.id.in_([r.id for r in rows])))
+    return rows
+
+
+def execution_has_tasks(conn: Connection, execution_id: str) -> bool:
+    """True while an execution has armed work (timer, effect, child, result)."""
+    q = select(tasks.c.id).where(tasks.c.execution_id == execution_id).limit(1)
+    return conn.execute(q).first() is not None
+
+
+def get_task(conn: Connection, task_id: int) -> Row[Any] | None:
+    """A task row by id."""
+    return conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
+
+
+def claim_tasks(
+    conn: Connection,
+    *,
+    owner: str,
+    claim: str,
+    now: dt.datetime,
+    lease_until: dt.datetime,
+    limit: int,
+    execution_ids: Sequence[str] | None = None,
+    kinds: Sequence[str] | None = None,
+) -> Sequence[Row[Any]]:
+    """Claim up to ``limit`` ready tasks: pending and due, or claimed with an expired lease.
+
+    On PostgreSQL the candidates are locked with ``FOR UPDATE SKIP LOCKED`` so concurrent
+    workers never claim the same row; SQLite serializes writers with ``BEGIN IMMEDIATE``.
+    Each claimed row gets a fresh ``claim`` token: results are committed only under it.
+    """
+    ready = or_(
+        and_(tasks.c.status == "pending", tasks.c.due_at <= now),
+        and_(tasks.c.status == "claimed", tasks.c.lease_expires_at < now),
+    )
+    q = select(tasks.c.id).where(ready)
+    if execution_ids is not None:
+        q = q.where(tasks.c.execution_id.in_(execution_ids))
+    if kinds is not None:
+        q = q.where(tasks.c.kind.in_(kinds))
+    q = q.order_by(tasks.c.due_at).limit(limit)
+    ids = [r.id for r in conn.execute(dialects.skip_locked(conn, q))]
+    if not ids:
+        return []
+    conn.execute(
+        update(tasks)
+        .where(tasks.c.id.in_(ids))
+        .values(
+            status="claimed",
+            claim=claim,
+            owner=owner,
+            lease_expires_at=lease_until,
+            attempts=tasks.c.attempts + 1,
+        )
+    )
+    return conn.execute(select(tasks).where(tasks.c.id.in_(ids)).order_by(tasks.c.due_at)).all()
+
+
+def renew_leases(conn: Connection, claims: Iterable[tuple[int, str]], lease_until: dt.datetime) -> None:
+    """Extend the lease of tasks still held under these claims."""
+    for task_id, claim in claims:
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.claim == claim, tasks.c.status == "claimed")
+            .values(lease_expires_at=lease_until)
+        )
+
+
+def finish_task(conn: Connection, task_id: int, claim: str) -> bool:
+    """Fenced delete: True only if this claim is still the current one on the task."""
+    res = conn.execute(
+        delete(tasks).where(tasks.c.id == task_id, tasks.c.claim == claim, tasks.c.status == "claimed")
+    )
+    return res.rowcount == 1
+
+
+def hold_task(conn: Connection, task_id: int, claim: str, child_id: str) -> bool:
+    """Fenced: mark a child task as waiting for its child's result."""
+    res = conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.claim == claim, tasks.c.status == "claimed")
+        .values(status="waiting", claim=None, owner=None, lease_expires_at=None, child_id=child_id)
+    )
+    return res.rowcount == 1
+
+
+def retry_task(conn: Connection, task_id: int, claim: str, due_at: dt.datetime, error: str) -> bool:
+    """Fenced: put a failed attempt back as pending, due after its backoff."""
+    res = conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.claim == claim, tasks.c.status == "claimed")
+        .values(status="pending", claim=None, owner=None, lease_expires_at=None, due_at=due_at, last_error=error)
+    )
+    return res.rowcount == 1
+
+
+def release_task(conn: Connection, task_id: int, claim: str) -> None:
+    """Give a claimed task back unrun (a worker shutting down), without using an attempt."""
+    conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.claim == claim, tasks.c.status == "claimed")
+        .values(status="pending", claim=None, owner=None, lease_expires_at=None, attempts=tasks.c.attempts - 1)
+    )
+
+
+def take_waiting_task(conn: Connection, task_id: int) -> Row[Any] | None:
+    """Delete and return a child task still waiting for its result (None if it was discarded)."""
+    row = conn.execute(select(tasks).where(tasks.c.id == task_id, tasks.c.status == "waiting")).first()
+    if row is not None:
+        conn.execute(delete(tasks).where(tasks.c.id == task_id))
+    return row
+
+
+def next_due(conn: Connection) -> dt.datetime | None:
+    """When the next pending task is due, or the next lease expires."""
+    pending = conn.execute(select(func.min(tasks.c.due_at)).where(tasks.c.status == "pending")).scalar()
+    lease = conn.execute(
+        select(func.min(tasks.c.lease_expires_at)).where(tasks.c.status == "claimed")
+    ).scalar()
+    times = [t for t in (pending, lease) if t is not None]
+    if not times:
+        return None
+    from .schema import UTCDateTime
+
+    conv = UTCDateTime().process_result_value
+    return min(t for t in (conv(x, conn.dialect) for x in times) if t is not None)
