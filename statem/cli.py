@@ -41,7 +41,7 @@ class Ctx:
         self.as_json = as_json
         self.debug = debug
         self._engine: Engine | None = None
-        self.out = Console(soft_wrap=True)
+        self.out = console()
 
     def engine(self) -> Engine:
         """The Engine: the application's (``--app``) or one on ``--db``."""
@@ -57,6 +57,12 @@ class Ctx:
             rendered = table()
             if rendered is not None:
                 self.out.print(rendered)
+
+
+def console() -> Console:
+    """A rich console; at least 140 columns wide when output is not a terminal."""
+    probe = Console()
+    return Console(width=None if probe.is_terminal else max(probe.width, 140))
 
 
 def load_app(spec: str, db: str | None) -> Engine:
@@ -411,15 +417,31 @@ def context_diff(before: dict[str, Any] | None, after: dict[str, Any] | None) ->
 
 def history_table(steps: Sequence[Step], title: str = "") -> Table:
     """The readable history: seq, time, kind, name, from -> to, context changes, error."""
-    t = Table("#", "at", "kind", "name", "from → to", "context changes", "note", title=title, show_lines=False)
+    t = Table("#", "at (UTC)", "kind", "name", "from → to", "context changes", "note", title=title)
     ctx: dict[str, Any] | None = None
     for s in steps:
-        move = f"{s.from_state or '∅'} → {s.to_state or '∅'}"
-        note = s.error or (_short(s.output, 50) if s.output is not None and s.kind != "start" else "")
-        t.add_row(str(s.seq), _ts(s.at)[11:], s.kind, s.name or "", move, context_diff(ctx, s.context), note)
+        move = s.to_state or "" if s.from_state in (None, s.to_state) else f"{s.from_state} → {s.to_state}"
+        t.add_row(str(s.seq), _ts(s.at)[11:], s.kind, s.name or "", move, context_diff(ctx, s.context),
+                  step_note(s))
         if s.context is not None:
             ctx = s.context
     return t
+
+
+def step_note(s: Step) -> str:
+    """The one thing worth knowing about a step beyond its move and context change."""
+    out = s.output if isinstance(s.output, dict) else {}
+    if s.error:
+        return s.error
+    if s.kind == "invoke":
+        return f"{out.get('invoke')} {_short(out.get('input'), 50)}"
+    if s.kind == "wait":
+        return f"timer due {out.get('due_at', '')} → {out.get('target', '')}"
+    if s.kind == "result" and isinstance(s.output, dict) and "status" in s.output:
+        return f"HTTP {s.output['status']}"
+    if s.kind == "result":
+        return _short(s.output, 50)
+    return ""
 
 
 def _execution_table(ex: Execution) -> Table:

@@ -174,7 +174,8 @@ class _Chain:
         if t.wait_for is not None:
             due = self.due_at(path, t)
             self.tasks.append(TaskSpec("timer", due, {"transition": path, "name": name}))
-            self.record("wait", name, self.state, t.state or self.state, output={"due_at": due.isoformat()})
+            target = t.state or self.state
+            self.record("wait", name, self.state, self.state, output={"due_at": due.isoformat(), "target": target})
             return "waiting"
         assert t.invoke is not None
         inv = t.invoke

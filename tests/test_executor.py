@@ -1,0 +1,414 @@
+"""The executor: effects, retries, timeouts, child machines, timers, fencing, sync mode."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from statem import Engine
+from statem.testing import FakeClock, run_until_idle
+
+from .helpers import effect_machine, http_server
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def fengine(db_url: str, clock: FakeClock) -> Any:
+    """An engine with a fake clock on both databases."""
+    e = Engine(db_url, clock=clock)
+    yield e
+    e.close()
+
+
+def test_effect_success_takes_success_branch(fengine: Engine) -> None:
+    keys: list[str] = []
+
+    @fengine.effect("work")
+    def work(input: dict[str, Any], *, idempotency_key: str) -> Any:
+        keys.append(idempotency_key)
+        return {"doubled": input["n"] * 2}
+
+    fengine.save_machine(effect_machine())
+    ex = fengine.start("fx", {"n": 21})
+    assert (ex.state, ex.status) == ("go", "running")
+    assert run_until_idle(fengine) == 1
+    ex = fengine.get(ex.id)
+    assert (ex.state, ex.status, ex.output) == ("done", "finished", {"doubled": 42})
+    assert keys == [f"{ex.id}:1"]
+    kinds = [(s.kind, s.name) for s in fengine.history(ex.id)]
+    assert kinds == [("start", None), ("invoke", "call"), ("result", "call")]
+
+
+def test_effect_retries_with_backoff_and_a_stable_key(fengine: Engine, clock: FakeClock) -> None:
+    keys: list[str] = []
+
+    @fengine.effect("work")
+    def flaky(input: dict[str, Any], *, idempotency_key: str) -> Any:
+        keys.append(idempotency_key)
+        if len(keys) < 3:
+            raise ConnectionError("service down")
+        return "ok"
+
+    fengine.save_machine(effect_machine(retry={"max_attempts": 3, "initial_seconds": 10, "multiplier": 2}))
+    ex = fengine.start("fx")
+    assert run_until_idle(fengine) == 1  # first attempt fails; retry due in 10 s
+    assert run_until_idle(fengine) == 0
+    clock.advance(9.9)
+    assert run_until_idle(fengine) == 0
+    clock.advance(0.2)
+    assert run_until_idle(fengine) == 1  # second attempt fails; retry due in 20 s
+    clock.advance(20)
+    run_until_idle(fengine)
+    ex = fengine.get(ex.id)
+    assert (ex.state, ex.output) == ("done", "ok")
+    assert len(keys) == 3 and len(set(keys)) == 1
+    retries = [s for s in fengine.history(ex.id) if s.kind == "retry"]
+    assert [s.error for s in retries] == ["ConnectionError: service down"] * 2
+
+
+def test_effect_error_after_retries_takes_error_branch(fengine: Engine, clock: FakeClock) -> None:
+    @fengine.effect("work")
+    def broken(input: dict[str, Any], *, idempotency_key: str) -> Any:
+        raise ValueError("bad card")
+
+    fengine.save_machine(effect_machine(retry={"max_attempts": 2, "initial_seconds": 1}))
+    ex = fengine.start("fx")
+    run_until_idle(fengine)
+    clock.advance(1)
+    run_until_idle(fengine)
+    ex = fengine.get(ex.id)
+    assert ex.state == "broken"
+    assert ex.context["why"] == {"type": "ValueError", "message": "bad card"}
+
+
+def test_effect_error_without_error_branch_fails_execution(fengine: Engine) -> None:
+    @fengine.effect("work")
+    def broken(input: dict[str, Any], *, idempotency_key: str) -> Any:
+        raise ValueError("bad card")
+
+    fengine.save_machine(effect_machine(error=None))
+    ex = fengine.start("fx")
+    run_until_idle(fengine)
+    ex = fengine.get(ex.id)
+    assert (ex.status, ex.state) == ("failed", "go")
+    assert "no error branch" in (ex.error or "") and "bad card" in (ex.error or "")
+    assert fengine.history(ex.id)[-1].error == ex.error
+
+
+def test_effect_non_json_result_is_an_error(fengine: Engine) -> None:
+    fengine.effects.register("work", lambda input, *, idempotency_key: {1, 2})
+    fengine.save_machine(effect_machine())
+    ex = fengine.start("fx")
+    run_until_idle(fengine)
+    ex = fengine.get(ex.id)
+    assert ex.state == "broken" and ex.context["why"]["type"] == "InputError"
+
+
+def test_unknown_effect_fails_clearly_at_run_time(fengine: Engine) -> None:
+    fengine.save_machine(effect_machine(effect="nobody-registered-this", error=None))
+    ex = fengine.start("fx")
+    run_until_idle(fengine)
+    ex = fengine.get(ex.id)
+    assert ex.status == "failed" and "no effect 'nobody-registered-this'" in (ex.error or "")
+
+
+def test_effect_timeout(fengine: Engine) -> None:
+    release = threading.Event()
+
+    @fengine.effect("work")
+    def slow(input: dict[str, Any], *, idempotency_key: str) -> Any:
+        release.wait(5)
+        return "late"
+
+    fengine.save_machine(effect_machine(timeout_seconds=0.2))
+    ex = fengine.start("fx")
+    run_until_idle(fengine)
+    release.set()
+    ex = fengine.get(ex.id)
+    assert ex.state == "broken" and ex.context["why"]["type"] == "EffectTimeout"
+
+
+def test_if_picks_then_or_else_and_missing_else_fails(fengine: Engine) -> None:
+    fengine.effects.register("work", lambda input, *, idempotency_key: {"code": input["n"]})
+    fengine.save_machine(effect_machine(**{"if": "output['code'] == 1"}))
+    assert _run(fengine, "fx", {"n": 1}).state == "done"
+    assert _run(fengine, "fx", {"n": 2}).state == "broken"
+    m = effect_machine(**{"if": "output['code'] == 1", "error": None})
+    m["version"] = 2
+    fengine.save_machine(m)
+    ex = _run(fengine, "fx", {"n": 2})
+    assert ex.status == "failed" and "`if` is false" in (ex.error or "")
+
+
+def _run(engine: Engine, machine: str, data: dict[str, Any]) -> Any:
+    ex = engine.start(machine, data)
+    run_until_idle(engine)
+    return engine.get(ex.id)
+
+
+def test_http_effect_against_a_real_server(fengine: Engine, clock: FakeClock) -> None:
+    def respond(path: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
+        if path == "/fail":
+            return 503, {"error": "busy"}
+        return 200, {"echo": body, "key": headers.get("Idempotency-Key")}
+
+    with http_server(respond) as (base, calls):
+        fengine.env["base"] = base
+        m = effect_machine(
+            effect="http.request.json",
+            input="{'method': 'POST', 'url': env['base'] + input.get('path', '/ok'), 'json': {'n': ctx['n']}}",
+            **{"if": "output['status'] == 200"},
+        )
+        m["context"]["path"] = "input.get('path', '/ok')"
+        fengine.save_machine(m)
+        ok = _run(fengine, "fx", {"n": 7})
+        assert ok.state == "done"
+        assert ok.output["status"] == 200
+        assert ok.output["json"] == {"echo": {"n": 7}, "key": f"{ok.id}:1"}
+        assert calls[0]["headers"]["Idempotency-Key"] == f"{ok.id}:1"
+        bad = _run(fengine, "fx", {"n": 1, "path": "/fail"})
+        assert bad.state == "broken" and bad.context["why"]["status"] == 503
+    # the server is gone: a connection error raises, and takes the error branch
+    down = _run(fengine, "fx", {"n": 1})
+    assert down.state == "broken" and down.context["why"]["type"] == "ConnectError"
+
+
+def test_timer_fires_when_due(fengine: Engine, clock: FakeClock) -> None:
+    fengine.save_machine(
+        {
+            "id": "t",
+            "version": 1,
+            "start_at": "wait",
+            "states": {
+                "wait": {
+                    "always": [{"name": "later", "state": "done", "wait_for": {"minutes": 1},
+                                "context": {"fired": "True"}}],
+                    "actions": {"hurry": {"state": "done"}},
+                },
+                "done": {"end": True},
+            },
+        }
+    )
+    ex = fengine.start("t")
+    assert (ex.state, ex.status) == ("wait", "waiting")
+    assert fengine.history(ex.id)[-1].kind == "wait"
+    clock.advance(59)
+    assert run_until_idle(fengine) == 0
+    clock.advance(1)
+    assert run_until_idle(fengine) == 1
+    ex = fengine.get(ex.id)
+    assert (ex.state, ex.status, ex.context) == ("done", "finished", {"fired": True})
+    assert fengine.history(ex.id)[-1].kind == "timer"
+    # a later action wins: the armed timer is discarded and recorded
+    ex2 = fengine.start("t")
+    fengine.trigger(ex2.id, "hurry")
+    clock.advance(120)
+    assert run_until_idle(fengine) == 0
+    kinds = [s.kind for s in fengine.history(ex2.id)]
+    assert kinds == ["start", "wait", "action", "discard"]
+    assert fengine.get(ex2.id).context == {}
+
+
+def test_timer_until_expression(fengine: Engine, clock: FakeClock) -> None:
+    fengine.save_machine(
+        {
+            "id": "until",
+            "version": 1,
+            "start_at": "w",
+            "states": {
+                "w": {"always": [{"state": "done", "wait_for": {"until": "input['at']"}}]},
+                "done": {"end": True},
+            },
+        }
+    )
+    due = clock() .replace(year=2031)
+    ex = fengine.start("until", {"at": due.isoformat()})
+    clock.advance(days=364)
+    assert run_until_idle(fengine) == 0
+    clock.advance(days=2)
+    run_until_idle(fengine)
+    assert fengine.get(ex.id).status == "finished"
+
+
+def test_timer_survives_restart(db_url: str) -> None:
+    clock = FakeClock()
+    first = Engine(db_url, clock=clock)
+    first.save_machine(
+        {"id": "t", "version": 1, "start_at": "w",
+         "states": {"w": {"always": [{"state": "done", "wait_for": {"hours": 1}}]}, "done": {"end": True}}}
+    )
+    ex = first.start("t")
+    first.close()
+    clock.advance(hours=2)
+    second = Engine(db_url, clock=clock)
+    try:
+        assert run_until_idle(second) == 1
+        assert second.get(ex.id).status == "finished"
+    finally:
+        second.close()
+
+
+def child_machines(engine: Engine, child_end: str = "ok") -> None:
+    engine.save_machine(
+        {
+            "id": "child",
+            "version": 1,
+            "start_at": "begin",
+            "context": {"x": "input['x']"},
+            "states": {
+                "begin": {
+                    "always": [{"state": "ok", "when": "ctx['x'] > 0"}],
+                    "actions": {"finish": {"state": "ok"}, "crash": {"context": {"y": "1 / 0"}}},
+                },
+                "ok": {"end": True, "return": "{'x2': ctx['x'] * 2}"},
+            },
+        }
+    )
+    engine.save_machine(
+        {
+            "id": "parent",
+            "version": 1,
+            "start_at": "spawn",
+            "states": {
+                "spawn": {
+                    "always": [{"name": "run-child", "invoke": {
+                        "machine": ["child"],
+                        "input": "{'x': input['x']}",
+                        "success": {"state": "done", "context": {"got": "output"}},
+                        "error": {"name": "child-failed", "state": "failed", "context": {"why": "output"}},
+                    }}],
+                    "actions": {"abort": {"state": "failed"}},
+                },
+                "done": {"end": True, "return": "ctx['got']"},
+                "failed": {"end": True},
+            },
+        }
+    )
+
+
+def test_child_success(fengine: Engine) -> None:
+    child_machines(fengine)
+    ex = fengine.start("parent", {"x": 5})
+    run_until_idle(fengine)
+    ex = fengine.get(ex.id)
+    assert (ex.state, ex.output) == ("done", {"x2": 10})
+    child = fengine.executions(parent_id=ex.id)[0]
+    assert child.status == "finished" and child.parent_id == ex.id
+
+
+def test_child_cancel_takes_error_branch_and_parent_cancel_cascades(fengine: Engine) -> None:
+    child_machines(fengine)
+    ex = fengine.start("parent", {"x": 0})  # the child waits for an action
+    run_until_idle(fengine)
+    child = fengine.executions(parent_id=ex.id)[0]
+    assert child.status == "waiting" and fengine.get(ex.id).status == "running"
+    fengine.cancel(child.id, reason="ops")
+    run_until_idle(fengine)
+    parent = fengine.get(ex.id)
+    assert parent.state == "failed" and parent.context["why"] == {"type": "canceled", "message": "ops"}
+
+    ex = fengine.start("parent", {"x": 0})
+    run_until_idle(fengine)
+    child = fengine.executions(parent_id=ex.id)[0]
+    fengine.cancel(ex.id, reason="customer")
+    assert fengine.get(child.id).status == "canceled"
+    assert run_until_idle(fengine) == 0
+
+
+def test_failed_child_and_parent_moving_on(fengine: Engine) -> None:
+    child_machines(fengine)
+    ex = fengine.start("parent", {"x": 0})
+    run_until_idle(fengine)
+    child = fengine.executions(parent_id=ex.id)[0]
+    with pytest.raises(Exception, match="division"):
+        fengine.trigger(child.id, "crash")  # a trigger error applies nothing
+    fengine.trigger(ex.id, "abort")  # the parent moves on: the child left behind is canceled
+    assert fengine.get(child.id).status == "canceled"
+    assert [s.kind for s in fengine.history(ex.id)][-2:] == ["action", "discard"]
+
+
+def test_missing_child_machine_takes_error_branch(fengine: Engine) -> None:
+    fengine.save_machine(
+        {"id": "p", "version": 1, "start_at": "s", "states": {
+            "s": {"always": [{"invoke": {"machine": ["ghost", 3], "success": {"state": "e"},
+                                         "error": {"state": "e", "context": {"why": "output['type']"}}}}]},
+            "e": {"end": True}}}
+    )
+    ex = fengine.start("p")
+    run_until_idle(fengine)
+    assert fengine.get(ex.id).context == {"why": "MachineNotFound"}
+
+
+def test_nested_children(fengine: Engine) -> None:
+    for depth in range(3, 0, -1):
+        inner: dict[str, Any]
+        if depth == 3:
+            inner = {"always": [{"state": "end", "context": {"v": "input['v'] + 1"}}]}
+        else:
+            inner = {"always": [{"invoke": {"machine": [f"n{depth + 1}", 1], "input": "{'v': input['v'] + 1}",
+                                            "success": {"state": "end", "context": {"v": "output"}}}}]}
+        fengine.save_machine({"id": f"n{depth}", "version": 1, "start_at": "s",
+                              "states": {"s": inner, "end": {"end": True, "return": "ctx['v']"}}})
+    ex = fengine.start("n1", {"v": 0})
+    run_until_idle(fengine)
+    assert fengine.get(ex.id).output == 3
+
+
+def test_sync_mode_runs_effects_inline(fengine: Engine) -> None:
+    fengine.effects.register("work", lambda input, *, idempotency_key: input["n"] + 1)
+    m = effect_machine()
+    m["execution_mode"] = "sync"
+    fengine.save_machine(m)
+    ex = fengine.start("fx", {"n": 1})
+    assert (ex.state, ex.output) == ("done", 2)
+
+
+def test_fencing_a_zombie_cannot_apply_twice(fengine: Engine, clock: FakeClock) -> None:
+    calls: list[str] = []
+    fengine.effects.register("work", lambda input, *, idempotency_key: calls.append(idempotency_key) or "ok")
+    fengine.save_machine(effect_machine())
+    ex = fengine.start("fx")
+    ex_ = fengine.executor
+    zombie = ex_.claim("zombie", 10, lease_seconds=30)
+    assert len(zombie) == 1
+    assert ex_.claim("other", 10, lease_seconds=30) == []  # leased
+    clock.advance(31)  # the zombie's lease expires; another worker takes over
+    fresh = ex_.claim("other", 10, lease_seconds=30)
+    assert len(fresh) == 1 and fresh[0].claim != zombie[0].claim
+    ex_.run(fresh[0])
+    ex_.run(zombie[0])  # wakes up late: its result is dropped
+    steps = fengine.history(ex.id)
+    assert [s.kind for s in steps].count("result") == 1
+    assert calls == [f"{ex.id}:1", f"{ex.id}:1"]  # at-least-once, same key
+
+
+def test_worker_threads_and_wait(db_url: str, tmp_path: Path) -> None:
+    engine = Engine(db_url)
+    engine.effects.register("work", lambda input, *, idempotency_key: input["n"] * 10)
+    engine.save_machine(effect_machine())
+    engine.save_machine({"id": "tick", "version": 1, "start_at": "w", "states": {
+        "w": {"always": [{"state": "done", "wait_for": {"seconds": 0.3}}]}, "done": {"end": True}}})
+    try:
+        from statem import WorkerSettings
+
+        with engine.worker(WorkerSettings(concurrency=2, poll_seconds=0.5)):
+            ids = [engine.start("fx", {"n": i}).id for i in range(5)]
+            t0 = time.monotonic()
+            tick = engine.start("tick")
+            for i, eid in enumerate(ids):
+                assert engine.wait(eid, timeout=10).output == i * 10
+            done = engine.wait(tick.id, timeout=10)
+            late = time.monotonic() - t0
+            assert done.status == "finished" and late >= 0.3
+        with pytest.raises(TimeoutError):
+            engine.wait(engine.start("fx").id, timeout=0.2)  # no worker running any more
+    finally:
+        engine.close()
