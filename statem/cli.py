@@ -344,6 +344,29 @@ def list_(c: Ctx, machine_id: str | None, status: str | None, state: str | None,
     c.emit([e.to_json() for e in rows], table)
 
 
+@cli.command()
+@json_option
+@pass_ctx
+def stats(c: Ctx) -> None:
+    """Counts of executions, pending and overdue work, steps."""
+    data = c.engine().stats()
+
+    def table() -> Table:
+        db = data["database"]
+        t = Table("figure", "value", title="statem stats")
+        for status, n in sorted(db["executions"].items()):
+            t.add_row(f"executions {status}", str(n))
+        for kind, n in sorted(db["tasks"].items()):
+            t.add_row(f"tasks {kind}", str(n))
+        t.add_row("overdue tasks", str(db["overdue_tasks"]))
+        oldest = db["oldest_overdue_seconds"]
+        t.add_row("oldest overdue", f"{oldest:.3f}s" if oldest is not None else "-")
+        t.add_row("history steps", str(db["steps"]))
+        return t
+
+    c.emit(data, table)
+
+
 # --------------------------------------------------------------------------- worker & demo
 
 

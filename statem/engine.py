@@ -37,6 +37,7 @@ from .expressions import JSON, check_json
 from .records import Execution, MachineInfo, Step
 from .semantics import FINAL_STATUSES, Outcome, Snapshot, StepRecord
 from .settings import WorkerSettings
+from .telemetry import Metrics
 
 if TYPE_CHECKING:
     from .executor import Executor
@@ -85,6 +86,7 @@ class Engine:
         self.strict_effects = strict_effects
         self.worker_settings = worker_settings or WorkerSettings()
         self.effects = EffectRegistry()
+        self.metrics = Metrics()
         self._machines: dict[tuple[str, int], CompiledMachine] = {}
         self._machines_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
@@ -362,6 +364,8 @@ class Engine:
             updated_at=now,
         )
         store.insert_tasks(conn, row.id, outcome.tasks, now)
+        for record in records:
+            self.metrics.step(record.kind)
         armed = bool(outcome.tasks)
         if report_to_parent and outcome.status in FINAL_STATUSES and row.parent_task_id is not None:
             ok = outcome.status == "finished"
@@ -476,6 +480,13 @@ class Engine:
         finally:
             self.remove_listener(event.set)
         return self.get(execution_id)
+
+    def stats(self) -> dict[str, Any]:
+        """Operator figures: from the database (executions, tasks, overdue work) and from
+        this process (steps committed, tasks run, retries, failures, timer lateness)."""
+        with self.transaction(write=False) as conn:
+            db = store.stats(conn, self.clock())
+        return {"database": db, "process": self.metrics.snapshot()}
 
     # ------------------------------------------------------------------ workers
     def worker(self, settings: WorkerSettings | None = None) -> Worker:

@@ -28,6 +28,7 @@ from .engine import snapshot
 from .errors import StatemError
 from .expressions import JSON
 from .semantics import FINAL_STATUSES, InvokeFailed, Outcome, StepRecord
+from .telemetry import span
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -109,10 +110,16 @@ class Executor:
     # ------------------------------------------------------------------ running
     def run(self, task: Row[Any]) -> str | None:
         """Run one claimed task; never raises for a step failure. Returns a started child's id."""
+        self.engine.metrics.task(task.kind)
+        with span("statem.task", kind=task.kind, execution_id=task.execution_id, task_id=task.id):
+            return self._dispatch(task)
+
+    def _dispatch(self, task: Row[Any]) -> str | None:
         try:
             if task.kind == "effect":
                 self._effect(task)
             elif task.kind == "timer":
+                self.engine.metrics.timer_fired((self.engine.clock() - task.due_at).total_seconds())
                 self._step(task, lambda cm, snap, now: semantics.fire_timer(
                     cm, snap, task.payload, self.engine.env, now), "timer")
             elif task.kind == "child":
@@ -129,6 +136,7 @@ class Executor:
         """Lock the task's execution, then check and consume our claim; None if stale."""
         row = store.lock_execution(conn, task.execution_id)
         if row is None or not store.finish_task(conn, task.id, task.claim):
+            self.engine.metrics.task("stale")
             log.info("task %s of %s is stale (discarded or reclaimed); dropped", task.id, task.execution_id)
             return None
         return row
@@ -154,7 +162,9 @@ class Executor:
             cm = self.engine.compiled(row.machine_id, row.machine_version, conn)
             outcome: Outcome = make(cm, snap, now)
         except (StatemError, InvokeFailed) as exc:
-            log.warning("execution %s failed in %s step: %s", row.id, kind, exc)
+            self.engine.metrics.task("failed")
+            log.warning("execution %s failed in %s step: %s", row.id, kind, exc,
+                        extra={"execution_id": row.id, "machine": row.machine_id, "step": kind})
             return semantics.failure(snap, kind, name, str(exc))
         return outcome
 
@@ -177,7 +187,8 @@ class Executor:
             assert inv is not None
             policy, timeout = inv.retry, inv.timeout_seconds
             fn = self.engine.effects.get(payload["effect"])
-            output: JSON = call_effect(fn, payload.get("input"), key, timeout)
+            with span("statem.effect", effect=payload["effect"], idempotency_key=key):
+                output: JSON = call_effect(fn, payload.get("input"), key, timeout)
             ok = True
         except Exception as exc:
             output, ok = _error(exc), False
@@ -212,6 +223,7 @@ class Executor:
                 context=None, error=f"{error['type']}: {error['message']}",
             )
             self.engine.append_steps(conn, row, [record], now)
+        self.engine.metrics.task("retry")
         log.info("effect task %s attempt %d failed (%s); retry in %.2fs",
                  task.id, task.attempts, error["message"], delay)
         self.engine._wake()

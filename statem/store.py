@@ -346,3 +346,26 @@ def next_due(conn: Connection) -> dt.datetime | None:
 
     conv = UTCDateTime().process_result_value
     return min(t for t in (conv(x, conn.dialect) for x in times) if t is not None)
+
+
+def stats(conn: Connection, now: dt.datetime) -> dict[str, Any]:
+    """Counts for operators: executions by status, tasks by kind/status, overdue work."""
+    by_status = dict(
+        conn.execute(select(executions.c.status, func.count()).group_by(executions.c.status)).all()  # type: ignore[arg-type]
+    )
+    by_task: dict[str, int] = {}
+    for kind, status, n in conn.execute(
+        select(tasks.c.kind, tasks.c.status, func.count()).group_by(tasks.c.kind, tasks.c.status)
+    ):
+        by_task[f"{kind}/{status}"] = n
+    overdue = conn.execute(
+        select(func.count(), func.min(tasks.c.due_at)).where(tasks.c.status == "pending", tasks.c.due_at <= now)
+    ).one()
+    oldest = overdue[1]
+    return {
+        "executions": by_status,
+        "tasks": by_task,
+        "overdue_tasks": overdue[0],
+        "oldest_overdue_seconds": (now - oldest).total_seconds() if oldest is not None else None,
+        "steps": conn.execute(select(func.count()).select_from(steps)).scalar(),
+    }
