@@ -91,8 +91,14 @@ def json_option(f: F) -> F:
         if value:
             ctx.find_object(Ctx).as_json = True  # type: ignore[union-attr]
 
-    return click.option("--json", "as_json", is_flag=True, expose_value=False, callback=set_json,
-                        help="Print JSON instead of a table.")(f)
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        expose_value=False,
+        callback=set_json,
+        help="Print JSON instead of a table.",
+    )(f)
 
 
 def parse_json(value: str | None, what: str) -> Any:
@@ -111,10 +117,18 @@ pass_ctx = click.make_pass_decorator(Ctx)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--db", envvar="STATEM_DATABASE_URL", show_envvar=True,
-              help=f"SQLAlchemy database URL [default: {DEFAULT_DB}].")
-@click.option("--app", envvar="STATEM_APP", show_envvar=True,
-              help="Load your Engine (with its effects and env) from MODULE:ATTR.")
+@click.option(
+    "--db",
+    envvar="STATEM_DATABASE_URL",
+    show_envvar=True,
+    help=f"SQLAlchemy database URL [default: {DEFAULT_DB}].",
+)
+@click.option(
+    "--app",
+    envvar="STATEM_APP",
+    show_envvar=True,
+    help="Load your Engine (with its effects and env) from MODULE:ATTR.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.version_option(package_name="statem")
@@ -198,8 +212,13 @@ def machines_list(c: Ctx) -> None:
     """List saved machine versions."""
     rows = c.engine().machines()
     data = [
-        {"id": m.id, "version": m.version, "states": m.states, "created_at": m.created_at.isoformat(),
-         "content_hash": m.content_hash}
+        {
+            "id": m.id,
+            "version": m.version,
+            "states": m.states,
+            "created_at": m.created_at.isoformat(),
+            "content_hash": m.content_hash,
+        }
         for m in rows
     ]
 
@@ -249,7 +268,7 @@ def graph(c: Ctx, machine_id: str | None, version: int | None, fmt: str, executi
         steps, current = engine.history(execution_id), ex.state
     if machine_id is None:
         raise click.UsageError("give a MACHINE_ID or --execution")
-    click.echo(render(engine.get_machine(machine_id, version), fmt, steps, current))  # type: ignore[arg-type]
+    click.echo(render(engine.get_machine(machine_id, version), fmt, steps, current))
 
 
 # --------------------------------------------------------------------------- executions
@@ -264,7 +283,9 @@ def graph(c: Ctx, machine_id: str | None, version: int | None, fmt: str, executi
 @pass_ctx
 def start(c: Ctx, machine_id: str, input_: str | None, version: int | None, execution_id: str | None) -> None:
     """Start an execution of a machine."""
-    ex = c.engine().start(machine_id, parse_json(input_, "--input"), version=version, execution_id=execution_id)
+    ex = c.engine().start(
+        machine_id, parse_json(input_, "--input"), version=version, execution_id=execution_id
+    )
     c.emit(ex.to_json(), lambda: _execution_table(ex))
 
 
@@ -277,7 +298,9 @@ def start(c: Ctx, machine_id: str, input_: str | None, version: int | None, exec
 @pass_ctx
 def trigger(c: Ctx, execution_id: str, action: str, input_: str | None, idempotency_key: str | None) -> None:
     """Fire an action on an execution."""
-    ex = c.engine().trigger(execution_id, action, parse_json(input_, "--input"), idempotency_key=idempotency_key)
+    ex = c.engine().trigger(
+        execution_id, action, parse_json(input_, "--input"), idempotency_key=idempotency_key
+    )
     c.emit(ex.to_json(), lambda: _execution_table(ex))
 
 
@@ -309,7 +332,10 @@ def show(c: Ctx, execution_id: str) -> None:
 def history(c: Ctx, execution_id: str) -> None:
     """Show every step of an execution, with what changed in the context."""
     steps = c.engine().history(execution_id)
-    c.emit([s.to_json() for s in steps], lambda: history_table(steps, title=f"execution {execution_id}"))
+    c.emit(
+        [s.to_json() for s in steps],
+        lambda: history_table(steps, title=f"execution {execution_id}"),
+    )
 
 
 @cli.command("list")
@@ -321,8 +347,15 @@ def history(c: Ctx, execution_id: str) -> None:
 @click.option("--page", type=click.IntRange(1), default=1, show_default=True)
 @json_option
 @pass_ctx
-def list_(c: Ctx, machine_id: str | None, status: str | None, state: str | None, older: str | None,
-          limit: int, page: int) -> None:
+def list_(
+    c: Ctx,
+    machine_id: str | None,
+    status: str | None,
+    state: str | None,
+    older: str | None,
+    limit: int,
+    page: int,
+) -> None:
     """List executions, newest first.
 
     \b
@@ -330,15 +363,25 @@ def list_(c: Ctx, machine_id: str | None, status: str | None, state: str | None,
       statem list --machine order --status waiting --older-than 2h
     """
     rows = c.engine().executions(
-        machine_id, status, state, limit, older_than=_duration(older) if older else None,
+        machine_id,
+        status,
+        state,
+        limit,
+        older_than=_duration(older) if older else None,
         offset=(page - 1) * limit,
     )
 
     def table() -> Table:
         t = Table("execution", "machine", "state", "status", "updated", "error", title=f"page {page}")
         for e in rows:
-            t.add_row(e.id, f"{e.machine_id} v{e.machine_version}", e.state, e.status, _ts(e.updated_at),
-                      (e.error or "")[:60])
+            t.add_row(
+                e.id,
+                f"{e.machine_id} v{e.machine_version}",
+                e.state,
+                e.status,
+                _ts(e.updated_at),
+                (e.error or "")[:60],
+            )
         return t
 
     c.emit([e.to_json() for e in rows], table)
@@ -371,8 +414,13 @@ def stats(c: Ctx) -> None:
 
 
 @cli.command()
-@click.option("--concurrency", type=click.IntRange(1, 256), default=WORKER_CONCURRENCY, show_default=True,
-              help="Threads running tasks.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=WORKER_CONCURRENCY,
+    show_default=True,
+    help="Threads running tasks.",
+)
 @click.option("--lease", type=float, default=LEASE_SECONDS, show_default=True, help="Lease seconds.")
 @click.option("--poll", type=float, default=POLL_SECONDS, show_default=True, help="Poll every N seconds.")
 @click.option("--name", help="Worker name (default host:pid:random).")
@@ -384,8 +432,9 @@ def worker(c: Ctx, concurrency: int, lease: float, poll: float, name: str | None
     """
     if not c.debug:
         logging.getLogger("statem").setLevel(logging.INFO)
-    c.engine().run_worker(WorkerSettings(concurrency=concurrency, lease_seconds=lease,
-                                         poll_seconds=poll, name=name))
+    c.engine().run_worker(
+        WorkerSettings(concurrency=concurrency, lease_seconds=lease, poll_seconds=poll, name=name)
+    )
 
 
 @cli.command()
@@ -398,8 +447,10 @@ def demo(c: Ctx) -> None:
     c.out.print(history_table(result["order_history"], title=f"order {result['order'].id}"))
     c.out.print(history_table(result["shipment_history"], title=f"shipment {result['shipment'].id}"))
     o = result["order"]
-    c.out.print(f"order {o.id}: {o.status} in state {o.state!r}, output {json.dumps(o.output)}; "
-                f"{len(result['http_calls'])} HTTP calls; {result['seconds']:.1f}s")
+    c.out.print(
+        f"order {o.id}: {o.status} in state {o.state!r}, output {json.dumps(o.output)}; "
+        f"{len(result['http_calls'])} HTTP calls; {result['seconds']:.1f}s"
+    )
     if o.status != "finished":
         fail(f"the demo order ended {o.status}: {o.error}")
 
@@ -444,8 +495,15 @@ def history_table(steps: Sequence[Step], title: str = "") -> Table:
     ctx: dict[str, Any] | None = None
     for s in steps:
         move = s.to_state or "" if s.from_state in (None, s.to_state) else f"{s.from_state} → {s.to_state}"
-        t.add_row(str(s.seq), _ts(s.at)[11:], s.kind, s.name or "", move, context_diff(ctx, s.context),
-                  step_note(s))
+        t.add_row(
+            str(s.seq),
+            _ts(s.at)[11:],
+            s.kind,
+            s.name or "",
+            move,
+            context_diff(ctx, s.context),
+            step_note(s),
+        )
         if s.context is not None:
             ctx = s.context
     return t
@@ -472,9 +530,15 @@ def _execution_table(ex: Execution) -> Table:
     t.add_column(style="bold")
     t.add_column()
     for key, value in (
-        ("execution", ex.id), ("machine", f"{ex.machine_id} v{ex.machine_version}"), ("state", ex.state),
-        ("status", ex.status), ("context", json.dumps(ex.context)), ("output", json.dumps(ex.output)),
-        ("error", ex.error or ""), ("parent", ex.parent_id or ""), ("updated", _ts(ex.updated_at)),
+        ("execution", ex.id),
+        ("machine", f"{ex.machine_id} v{ex.machine_version}"),
+        ("state", ex.state),
+        ("status", ex.status),
+        ("context", json.dumps(ex.context)),
+        ("output", json.dumps(ex.output)),
+        ("error", ex.error or ""),
+        ("parent", ex.parent_id or ""),
+        ("updated", _ts(ex.updated_at)),
     ):
         t.add_row(key, value)
     return t

@@ -127,7 +127,7 @@ class Invoke(Model):
             return (self.machine, None)
         if len(self.machine) == 1:
             return (self.machine[0], None)
-        return (self.machine[0], self.machine[1])  # type: ignore[misc]
+        return (self.machine[0], self.machine[1])
 
 
 class Transition(Model):
@@ -317,9 +317,7 @@ def check_machine(m: Machine) -> list[tuple[str, str]]:
             problems.append((f"states.{sname}", f"state name must match {NAME_PATTERN}"))
         for aname in st.actions:
             if not _NAME_RE.match(aname):
-                problems.append(
-                    (f"states.{sname}.actions.{aname}", f"action name must match {NAME_PATTERN}")
-                )
+                problems.append((f"states.{sname}.actions.{aname}", f"action name must match {NAME_PATTERN}"))
         if st.end and (st.always or st.actions):
             problems.append((f"states.{sname}", "a final state (end: true) cannot have transitions"))
         if st.return_ is not None and not st.end:
@@ -340,13 +338,11 @@ def check_machine(m: Machine) -> list[tuple[str, str]]:
         if (inv.machine is None) == (inv.effect is None):
             which = "both" if inv.machine is not None else "neither"
             problems.append((f"{path}.invoke", f"give exactly one of machine or effect, not {which}"))
-        if inv.machine is not None and not isinstance(inv.machine, str):
-            if len(inv.machine) == 2 and inv.machine[1] is not None and inv.machine[1] < 1:
-                problems.append((f"{path}.invoke.machine", "machine version must be a positive integer"))
+        child = inv.child
+        if child is not None and child[1] is not None and child[1] < 1:
+            problems.append((f"{path}.invoke.machine", "machine version must be a positive integer"))
         if t.state is not None or t.context is not None:
-            problems.append(
-                (path, "a transition with invoke takes its state and context from success/error")
-            )
+            problems.append((path, "a transition with invoke takes its state and context from success/error"))
         if t.wait_for is not None:
             problems.append((path, "a transition cannot both wait_for and invoke"))
         if inv.success is None:

@@ -54,7 +54,9 @@ def make_engine(url: str, **kw: Any) -> Engine:
 
 
 def _sqlite_engine(url: str, **kw: Any) -> Engine:
-    engine = create_engine(url, connect_args={"timeout": DB_TIMEOUT_SECONDS, "check_same_thread": False}, **kw)
+    engine = create_engine(
+        url, connect_args={"timeout": DB_TIMEOUT_SECONDS, "check_same_thread": False}, **kw
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -81,7 +81,7 @@ class Engine:
     ) -> None:
         self.url = url
         self.db = dialects.make_engine(url)
-        self.env: dict[str, Any] = dict(check_json(dict(env or {}), "env"))  # type: ignore[arg-type]
+        self.env: dict[str, Any] = dict(check_json(dict(env or {}), "env"))
         self.clock: Clock = clock or utcnow
         self.strict_effects = strict_effects
         self.worker_settings = worker_settings or WorkerSettings()
@@ -155,20 +155,31 @@ class Engine:
             unknown = sorted(cm.effects() - set(self.effects.names()))
             if unknown:
                 raise DefinitionError(
-                    machine.id, [("", f"unknown effect {name!r}; register it with @engine.effect") for name in unknown]
+                    machine.id,
+                    [("", f"unknown effect {name!r}; register it with @engine.effect") for name in unknown],
                 )
         try:
             with self.transaction() as conn:
                 row = store.get_machine(conn, machine.id, machine.version)
                 if row is None:
                     store.insert_machine(
-                        conn, machine.id, machine.version, machine.to_json(), cm.content_hash, self.clock()
+                        conn,
+                        machine.id,
+                        machine.version,
+                        machine.to_json(),
+                        cm.content_hash,
+                        self.clock(),
                     )
                 elif row.content_hash != cm.content_hash:
                     raise DefinitionError(
                         machine.id,
-                        [("version", f"version {machine.version} is already saved with different content; "
-                                     "save the change as a new version")],
+                        [
+                            (
+                                "version",
+                                f"version {machine.version} is already saved with different content; "
+                                "save the change as a new version",
+                            )
+                        ],
                     )
         except IntegrityError:  # a concurrent save of the same version won the race
             return self.save_machine(machine)
@@ -185,11 +196,19 @@ class Engine:
         with self.transaction(write=False) as conn:
             rows = store.list_machines(conn)
         return [
-            MachineInfo(r.machine_id, r.version, r.content_hash, r.created_at, len(r.definition.get("states", {})))
+            MachineInfo(
+                r.machine_id,
+                r.version,
+                r.content_hash,
+                r.created_at,
+                len(r.definition.get("states", {})),
+            )
             for r in rows
         ]
 
-    def compiled(self, machine_id: str, version: int | None = None, conn: Connection | None = None) -> CompiledMachine:
+    def compiled(
+        self, machine_id: str, version: int | None = None, conn: Connection | None = None
+    ) -> CompiledMachine:
         """The compiled machine (cached: a saved version never changes)."""
         if version is not None:
             cached = self._machines.get((machine_id, version))
@@ -350,7 +369,9 @@ class Engine:
             for task in store.discard_tasks(conn, row.id):
                 records.insert(1, _discard_record(task, outcome.steps[0].from_state or row.state, row))
                 if task.kind == "child" and task.child_id:
-                    self.cancel_locked(conn, task.child_id, f"parent {row.id!r} moved on", now, notify_parent=False)
+                    self.cancel_locked(
+                        conn, task.child_id, f"parent {row.id!r} moved on", now, notify_parent=False
+                    )
         last = store.insert_steps(conn, row.id, row.seq + 1, records, now, idempotency_key)
         store.update_execution(
             conn,
@@ -375,7 +396,9 @@ class Engine:
         if armed:
             dialects.notify(conn)
 
-    def append_steps(self, conn: Connection, row: Row[Any], records: list[StepRecord], now: dt.datetime) -> None:
+    def append_steps(
+        self, conn: Connection, row: Row[Any], records: list[StepRecord], now: dt.datetime
+    ) -> None:
         """Record history rows that do not move the execution (retries, stale results)."""
         last = store.insert_steps(conn, row.id, row.seq + 1, records, now)
         store.update_execution(conn, row, seq=last, updated_at=now)
@@ -389,7 +412,13 @@ class Engine:
         return self.get(execution_id)
 
     def cancel_locked(
-        self, conn: Connection, execution_id: str, reason: str, now: dt.datetime, *, notify_parent: bool
+        self,
+        conn: Connection,
+        execution_id: str,
+        reason: str,
+        now: dt.datetime,
+        *,
+        notify_parent: bool,
     ) -> None:
         """Cancel inside an open transaction (locks parent before child, never the reverse)."""
         row = store.lock_execution(conn, execution_id)
@@ -400,7 +429,9 @@ class Engine:
         step = StepRecord("cancel", None, row.state, row.state, context=row.context, error=reason)
         outcome = Outcome(row.state, "canceled", row.context, error=reason, steps=[step])
         for child_id in store.live_children(conn, row.id):
-            self.cancel_locked(conn, child_id, f"parent {row.id!r} canceled: {reason}", now, notify_parent=False)
+            self.cancel_locked(
+                conn, child_id, f"parent {row.id!r} canceled: {reason}", now, notify_parent=False
+            )
         self.commit_step(conn, row, outcome, now, report_to_parent=notify_parent)
 
     # ------------------------------------------------------------------ reading
@@ -532,7 +563,13 @@ def _discard_record(task: Row[Any], state: str, row: Row[Any]) -> StepRecord:
     elif task.kind == "child":
         what["child"] = task.child_id
     return StepRecord(
-        "discard", payload.get("name"), state, state, input=None, output=what, context=None,
+        "discard",
+        payload.get("name"),
+        state,
+        state,
+        input=None,
+        output=what,
+        context=None,
         error="a later step won; this armed task was dropped",
     )
 

@@ -97,8 +97,11 @@ class Executor:
         family = [execution_id]
         while True:
             batch = self.claim(
-                "inline", 16, self.engine.worker_settings.lease_seconds,
-                execution_ids=family, kinds=("effect", "child", "resume"),
+                "inline",
+                16,
+                self.engine.worker_settings.lease_seconds,
+                execution_ids=family,
+                kinds=("effect", "child", "resume"),
             )
             if not batch:
                 return
@@ -120,8 +123,11 @@ class Executor:
                 self._effect(task)
             elif task.kind == "timer":
                 self.engine.metrics.timer_fired((self.engine.clock() - task.due_at).total_seconds())
-                self._step(task, lambda cm, snap, now: semantics.fire_timer(
-                    cm, snap, task.payload, self.engine.env, now), "timer")
+                self._step(
+                    task,
+                    lambda cm, snap, now: semantics.fire_timer(cm, snap, task.payload, self.engine.env, now),
+                    "timer",
+                )
             elif task.kind == "child":
                 return self._child(task)
             elif task.kind == "resume":
@@ -137,7 +143,11 @@ class Executor:
         row = store.lock_execution(conn, task.execution_id)
         if row is None or not store.finish_task(conn, task.id, task.claim):
             self.engine.metrics.task("stale")
-            log.info("task %s of %s is stale (discarded or reclaimed); dropped", task.id, task.execution_id)
+            log.info(
+                "task %s of %s is stale (discarded or reclaimed); dropped",
+                task.id,
+                task.execution_id,
+            )
             return None
         return row
 
@@ -155,7 +165,13 @@ class Executor:
             self.engine._wake()
 
     def _outcome(
-        self, conn: Connection, row: Row[Any], make: Any, kind: str, name: str | None, now: dt.datetime
+        self,
+        conn: Connection,
+        row: Row[Any],
+        make: Any,
+        kind: str,
+        name: str | None,
+        now: dt.datetime,
     ) -> Outcome:
         snap = snapshot(row)
         try:
@@ -163,15 +179,24 @@ class Executor:
             outcome: Outcome = make(cm, snap, now)
         except (StatemError, InvokeFailed) as exc:
             self.engine.metrics.task("failed")
-            log.warning("execution %s failed in %s step: %s", row.id, kind, exc,
-                        extra={"execution_id": row.id, "machine": row.machine_id, "step": kind})
+            log.warning(
+                "execution %s failed in %s step: %s",
+                row.id,
+                kind,
+                exc,
+                extra={"execution_id": row.id, "machine": row.machine_id, "step": kind},
+            )
             return semantics.failure(snap, kind, name, str(exc))
         return outcome
 
     def _log(self, task: Row[Any], outcome: Outcome) -> None:
         log.info(
             "execution %s: %s task %s -> state %s (%s)",
-            task.execution_id, task.kind, task.id, outcome.state, outcome.status,
+            task.execution_id,
+            task.kind,
+            task.id,
+            outcome.state,
+            outcome.status,
             extra={"execution_id": task.execution_id, "task_id": task.id, "step": task.kind},
         )
 
@@ -218,14 +243,24 @@ class Executor:
             if row is None or not store.retry_task(conn, task.id, task.claim, due, error["message"]):
                 return
             record = StepRecord(
-                "retry", task.payload.get("name"), row.state, row.state,
-                input=None, output={"attempt": task.attempts, "due_at": due.isoformat()},
-                context=None, error=f"{error['type']}: {error['message']}",
+                "retry",
+                task.payload.get("name"),
+                row.state,
+                row.state,
+                input=None,
+                output={"attempt": task.attempts, "due_at": due.isoformat()},
+                context=None,
+                error=f"{error['type']}: {error['message']}",
             )
             self.engine.append_steps(conn, row, [record], now)
         self.engine.metrics.task("retry")
-        log.info("effect task %s attempt %d failed (%s); retry in %.2fs",
-                 task.id, task.attempts, error["message"], delay)
+        log.info(
+            "effect task %s attempt %d failed (%s); retry in %.2fs",
+            task.id,
+            task.attempts,
+            error["message"],
+            delay,
+        )
         self.engine._wake()
 
     # ------------------------------------------------------------------ children
@@ -244,23 +279,39 @@ class Executor:
                 child_cm = self.engine.compiled(machine_id, version, conn)
                 outcome = semantics.start(child_cm, child_id, payload.get("input"), self.engine.env, now)
             except StatemError as exc:
+                error = _error(exc)
                 if not store.finish_task(conn, task.id, task.claim):
                     return None
                 failed = self._outcome(
-                    conn, parent,
+                    conn,
+                    parent,
                     lambda cm, snap, t: semantics.apply_result(
-                        cm, snap, payload, False, _error(exc), self.engine.env, t),
-                    "result", payload.get("name"), now,
+                        cm, snap, payload, False, error, self.engine.env, t
+                    ),
+                    "result",
+                    payload.get("name"),
+                    now,
                 )
                 self.engine.commit_step(conn, parent, failed, now)
                 return None
             if not store.hold_task(conn, task.id, task.claim, child_id):
                 return None
             self.engine.insert_execution(
-                conn, child_cm, child_id, payload.get("input"), now, outcome, parent=(parent.id, task.id)
+                conn,
+                child_cm,
+                child_id,
+                payload.get("input"),
+                now,
+                outcome,
+                parent=(parent.id, task.id),
             )
-        log.info("execution %s started child %s (%s v%s)", task.execution_id, child_id,
-                 child_cm.machine.id, child_cm.machine.version)
+        log.info(
+            "execution %s started child %s (%s v%s)",
+            task.execution_id,
+            child_id,
+            child_cm.machine.id,
+            child_cm.machine.version,
+        )
         if child_cm.machine.execution_mode == "sync" and outcome.tasks:
             self.run_inline(child_id)
         self.engine._wake()
@@ -278,10 +329,20 @@ class Executor:
                 log.info("child result for %s arrived stale; dropped", task.execution_id)
                 return
             outcome = self._outcome(
-                conn, row,
+                conn,
+                row,
                 lambda cm, snap, t: semantics.apply_result(
-                    cm, snap, waiting.payload, bool(payload["ok"]), payload.get("output"), self.engine.env, t),
-                "result", waiting.payload.get("name"), now,
+                    cm,
+                    snap,
+                    waiting.payload,
+                    bool(payload["ok"]),
+                    payload.get("output"),
+                    self.engine.env,
+                    t,
+                ),
+                "result",
+                waiting.payload.get("name"),
+                now,
             )
             self.engine.commit_step(conn, row, outcome, now)
             self._log(task, outcome)

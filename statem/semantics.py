@@ -114,7 +114,11 @@ class _Chain:
         self.steps: list[StepRecord] = []
         self.tasks: list[TaskSpec] = []
         self.result: JSON = None
-        self.execution = {"id": snap.id, "machine": snap.machine_id, "version": snap.machine_version}
+        self.execution = {
+            "id": snap.id,
+            "machine": snap.machine_id,
+            "version": snap.machine_version,
+        }
 
     # ------------------------------------------------------------------ evaluation
     def eval(self, path: str) -> JSON:
@@ -161,9 +165,7 @@ class _Chain:
         self.context = new_context
         self.record(kind, name, from_state, self.state, context=new_context)
 
-    def record(
-        self, kind: str, name: str | None, from_state: str | None, to_state: str, **kw: Any
-    ) -> None:
+    def record(self, kind: str, name: str | None, from_state: str | None, to_state: str, **kw: Any) -> None:
         kw.setdefault("context", self.context)
         kw.setdefault("input", self.input)
         kw.setdefault("output", self.output)
@@ -175,7 +177,13 @@ class _Chain:
             due = self.due_at(path, t)
             self.tasks.append(TaskSpec("timer", due, {"transition": path, "name": name}))
             target = t.state or self.state
-            self.record("wait", name, self.state, self.state, output={"due_at": due.isoformat(), "target": target})
+            self.record(
+                "wait",
+                name,
+                self.state,
+                self.state,
+                output={"due_at": due.isoformat(), "target": target},
+            )
             return "waiting"
         assert t.invoke is not None
         inv = t.invoke
@@ -259,8 +267,7 @@ def _loop_error(taken: list[str]) -> LoopError:
         cycle.insert(0, p)
     states = [p.split(".")[1] for p in cycle]
     return LoopError(
-        f"always-chain exceeded {MAX_ALWAYS_CHAIN} steps; it loops through "
-        + " -> ".join(cycle + cycle[:1]),
+        f"always-chain exceeded {MAX_ALWAYS_CHAIN} steps; it loops through " + " -> ".join(cycle + cycle[:1]),
         loop=states,
     )
 
@@ -312,7 +319,11 @@ def action(
 
 
 def fire_timer(
-    cm: CompiledMachine, snap: Snapshot, payload: Mapping[str, Any], env: Mapping[str, Any], now: dt.datetime
+    cm: CompiledMachine,
+    snap: Snapshot,
+    payload: Mapping[str, Any],
+    env: Mapping[str, Any],
+    now: dt.datetime,
 ) -> Outcome:
     """Take the transition a due timer was armed for (its guard held when it was armed)."""
     path = str(payload["transition"])
@@ -366,7 +377,5 @@ class InvokeFailed(Exception):
 
 def failure(snap: Snapshot, kind: str, name: str | None, error: str, input: JSON = None) -> Outcome:
     """The outcome of a step the executor could not apply: failed, state and context unchanged."""
-    step = StepRecord(
-        kind, name, snap.state, snap.state, input=input, context=snap.context, error=error
-    )
+    step = StepRecord(kind, name, snap.state, snap.state, input=input, context=snap.context, error=error)
     return Outcome(snap.state, "failed", snap.context, error=error, steps=[step])

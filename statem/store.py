@@ -31,7 +31,12 @@ def get_machine(conn: Connection, machine_id: str, version: int | None) -> Row[A
 
 
 def insert_machine(
-    conn: Connection, machine_id: str, version: int, definition: dict[str, Any], content_hash: str, now: dt.datetime
+    conn: Connection,
+    machine_id: str,
+    version: int,
+    definition: dict[str, Any],
+    content_hash: str,
+    now: dt.datetime,
 ) -> None:
     """Store a new machine version."""
     conn.execute(
@@ -47,9 +52,7 @@ def insert_machine(
 
 def list_machines(conn: Connection) -> Sequence[Row[Any]]:
     """Every saved machine version, by id then version."""
-    return conn.execute(
-        select(machines).order_by(machines.c.machine_id, machines.c.version)
-    ).all()
+    return conn.execute(select(machines).order_by(machines.c.machine_id, machines.c.version)).all()
 
 
 # --------------------------------------------------------------------------- executions
@@ -167,17 +170,13 @@ def has_idempotency_key(conn: Connection, execution_id: str, key: str) -> bool:
 
 def history(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
     """The steps of an execution, by seq."""
-    return conn.execute(
-        select(steps).where(steps.c.execution_id == execution_id).order_by(steps.c.seq)
-    ).all()
+    return conn.execute(select(steps).where(steps.c.execution_id == execution_id).order_by(steps.c.seq)).all()
 
 
 # --------------------------------------------------------------------------- tasks
 
 
-def insert_tasks(
-    conn: Connection, execution_id: str, specs: Iterable[TaskSpec], now: dt.datetime
-) -> None:
+def insert_tasks(conn: Connection, execution_id: str, specs: Iterable[TaskSpec], now: dt.datetime) -> None:
     """Arm tasks for an execution (pending, due at their due time)."""
     rows = [
         {
@@ -311,7 +310,14 @@ def retry_task(conn: Connection, task_id: int, claim: str, due_at: dt.datetime, 
     res = conn.execute(
         update(tasks)
         .where(tasks.c.id == task_id, tasks.c.claim == claim, tasks.c.status == "claimed")
-        .values(status="pending", claim=None, owner=None, lease_expires_at=None, due_at=due_at, last_error=error)
+        .values(
+            status="pending",
+            claim=None,
+            owner=None,
+            lease_expires_at=None,
+            due_at=due_at,
+            last_error=error,
+        )
     )
     return res.rowcount == 1
 
@@ -321,7 +327,13 @@ def release_task(conn: Connection, task_id: int, claim: str) -> None:
     conn.execute(
         update(tasks)
         .where(tasks.c.id == task_id, tasks.c.claim == claim, tasks.c.status == "claimed")
-        .values(status="pending", claim=None, owner=None, lease_expires_at=None, attempts=tasks.c.attempts - 1)
+        .values(
+            status="pending",
+            claim=None,
+            owner=None,
+            lease_expires_at=None,
+            attempts=tasks.c.attempts - 1,
+        )
     )
 
 
@@ -339,27 +351,23 @@ def next_due(conn: Connection) -> dt.datetime | None:
     lease = conn.execute(
         select(func.min(tasks.c.lease_expires_at)).where(tasks.c.status == "claimed")
     ).scalar()
-    times = [t for t in (pending, lease) if t is not None]
-    if not times:
-        return None
-    from .schema import UTCDateTime
-
-    conv = UTCDateTime().process_result_value
-    return min(t for t in (conv(x, conn.dialect) for x in times) if t is not None)
+    times: list[dt.datetime] = [t for t in (pending, lease) if t is not None]
+    return min(times) if times else None
 
 
 def stats(conn: Connection, now: dt.datetime) -> dict[str, Any]:
     """Counts for operators: executions by status, tasks by kind/status, overdue work."""
-    by_status = dict(
-        conn.execute(select(executions.c.status, func.count()).group_by(executions.c.status)).all()  # type: ignore[arg-type]
-    )
+    counted = conn.execute(select(executions.c.status, func.count()).group_by(executions.c.status))
+    by_status: dict[str, int] = {row[0]: row[1] for row in counted}
     by_task: dict[str, int] = {}
     for kind, status, n in conn.execute(
         select(tasks.c.kind, tasks.c.status, func.count()).group_by(tasks.c.kind, tasks.c.status)
     ):
         by_task[f"{kind}/{status}"] = n
     overdue = conn.execute(
-        select(func.count(), func.min(tasks.c.due_at)).where(tasks.c.status == "pending", tasks.c.due_at <= now)
+        select(func.count(), func.min(tasks.c.due_at)).where(
+            tasks.c.status == "pending", tasks.c.due_at <= now
+        )
     ).one()
     oldest = overdue[1]
     return {

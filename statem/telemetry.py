@@ -56,7 +56,7 @@ class Metrics:
             self.steps[kind] += n
 
     def task(self, outcome: str) -> None:
-        """Count a task outcome: ``effect``, ``timer``, ``child``, ``resume``, ``retry``, ``stale``, ``failed``."""
+        """Count a task outcome: its kind, or ``retry``, ``stale``, ``failed``."""
         with self._lock:
             self.tasks[outcome] += 1
 
@@ -77,6 +77,10 @@ class Metrics:
         return {
             "steps": steps,
             "tasks": tasks,
-            "timer_lateness": {"count": len(late), "p50": pct(0.5), "p99": pct(0.99),
-                               "max": late[-1] if late else None},
+            "timer_lateness": {
+                "count": len(late),
+                "p50": pct(0.5),
+                "p99": pct(0.99),
+                "max": late[-1] if late else None,
+            },
         }

@@ -68,15 +68,25 @@ class Worker:
     def start(self) -> Worker:
         """Start the scheduler and, on PostgreSQL, the LISTEN thread."""
         s = self.settings
-        self._scheduler.add_job(self.poll, "interval", seconds=s.poll_seconds, id="poll",
-                                next_run_time=dt.datetime.now(dt.UTC))
+        self._scheduler.add_job(
+            self.poll,
+            "interval",
+            seconds=s.poll_seconds,
+            id="poll",
+            next_run_time=dt.datetime.now(dt.UTC),
+        )
         self._scheduler.add_job(self.renew, "interval", seconds=max(s.lease_seconds / 3, 0.05), id="renew")
         self.engine.add_listener(self.wake)
         self._scheduler.start()
         if not dialects.is_sqlite(self.engine.db):
             self._listener = threading.Thread(target=self._listen, name="statem-listen", daemon=True)
             self._listener.start()
-        log.info("worker %s started (%d threads, lease %.0fs)", self.owner, s.concurrency, s.lease_seconds)
+        log.info(
+            "worker %s started (%d threads, lease %.0fs)",
+            self.owner,
+            s.concurrency,
+            s.lease_seconds,
+        )
         return self
 
     def stop(self, wait: bool = True) -> None:
@@ -95,15 +105,23 @@ class Worker:
                     for tid, claim in releases:
                         store.release_task(conn, tid, claim)
             except StatemError as exc:
-                log.warning("could not release %d claimed tasks (their leases will lapse): %s", len(releases), exc)
+                log.warning(
+                    "could not release %d claimed tasks (their leases will lapse): %s",
+                    len(releases),
+                    exc,
+                )
         self._pool.shutdown(wait=wait)
         log.info("worker %s stopped after %d tasks", self.owner, self.tasks_run)
 
     def __enter__(self) -> Worker:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     def run_forever(self) -> None:
@@ -111,7 +129,11 @@ class Worker:
         done = threading.Event()
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("worker %s got %s; finishing tasks in flight", self.owner, signal.Signals(signum).name)
+            log.info(
+                "worker %s got %s; finishing tasks in flight",
+                self.owner,
+                signal.Signals(signum).name,
+            )
             done.set()
 
         old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -159,8 +181,9 @@ class Worker:
             free = self.settings.concurrency - len(self._inflight)
         if free <= 0:
             return 0
-        tasks = self.engine.executor.claim(self.owner, min(free, self.settings.claim_batch),
-                                           self.settings.lease_seconds)
+        tasks = self.engine.executor.claim(
+            self.owner, min(free, self.settings.claim_batch), self.settings.lease_seconds
+        )
         for task in tasks:
             with self._lock:
                 self._inflight[task.id] = task.claim
@@ -207,7 +230,11 @@ class Worker:
 
     def _recovered(self) -> None:
         if self._outage_since is not None:
-            log.warning("worker %s reconnected after %.1fs", self.owner, time.monotonic() - self._outage_since)
+            log.warning(
+                "worker %s reconnected after %.1fs",
+                self.owner,
+                time.monotonic() - self._outage_since,
+            )
             self._outage_since = None
             self._backoff = 0.0
 

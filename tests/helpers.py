@@ -22,7 +22,7 @@ def http_server(respond: Responder) -> Iterator[tuple[str, list[dict[str, Any]]]
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             body = json.loads(raw) if raw else None
-            headers = {k: v for k, v in self.headers.items()}
+            headers = dict(self.headers.items())
             calls.append({"method": self.command, "path": self.path, "json": body, "headers": headers})
             status, data = respond(self.path, body, headers)
             out = data.encode() if isinstance(data, str) else json.dumps(data).encode()
@@ -63,7 +63,10 @@ def effect_machine(effect: str = "work", **invoke: Any) -> dict[str, Any]:
         "start_at": "go",
         "context": {"n": "input.get('n', 1)"},
         "states": {
-            "go": {"always": [{"name": "call", "invoke": inv}], "actions": {"skip": {"state": "skipped"}, "abandon": {"state": "broken"}}},
+            "go": {
+                "always": [{"name": "call", "invoke": inv}],
+                "actions": {"skip": {"state": "skipped"}, "abandon": {"state": "broken"}},
+            },
             "done": {"end": True, "return": "ctx['result']"},
             "broken": {"end": True},
             "skipped": {"end": True},

@@ -1,4 +1,4 @@
-"""Every code example in the README and docs/ runs; the README's SQL cookbook runs verbatim on both databases."""
+"""Every code example in the README and docs/ runs; the SQL cookbook runs verbatim on both databases."""
 
 from __future__ import annotations
 
@@ -54,9 +54,17 @@ def test_readme_cookbook_runs_on_both_databases(db_url: str) -> None:
             # the 503 sent the shipment to a 1 s timer: it stays pending work
             stuck = engine.start("order", {"n": 1})
             assert stuck.status == "waiting"
-            engine.save_machine({"id": "oops", "version": 1, "start_at": "a", "states": {
-                "a": {"always": [{"state": "b", "wait_for": {"seconds": 0}}]},
-                "b": {"always": [{"state": "a", "context": {"x": "1 / 0"}}]}}})
+            engine.save_machine(
+                {
+                    "id": "oops",
+                    "version": 1,
+                    "start_at": "a",
+                    "states": {
+                        "a": {"always": [{"state": "b", "wait_for": {"seconds": 0}}]},
+                        "b": {"always": [{"state": "a", "context": {"x": "1 / 0"}}]},
+                    },
+                }
+            )
             failed = engine.start("oops")
             run_until_idle(engine)
             assert engine.get(failed.id).status == "failed"
@@ -75,5 +83,8 @@ def test_readme_cookbook_runs_on_both_databases(db_url: str) -> None:
     assert [r["id"] for r in failures] == [failed.id]
     assert "division by zero" in failures[0]["error"]
     assert sum(r["executions"] for r in counts) == 4  # order, its shipment, stuck, failed
-    assert sorted((r["kind"], r["name"]) for r in pending) == [("child", "ship"), ("timer", "retry-later")]
+    assert sorted((r["kind"], r["name"]) for r in pending) == [
+        ("child", "ship"),
+        ("timer", "retry-later"),
+    ]
     assert contexts[-1]["context"] is not None

@@ -210,7 +210,7 @@ def test_unknown_ids_and_bad_input(engine: Engine) -> None:
         engine.history("missing")
     with pytest.raises(InputError):
         engine.start("counter", {"when": object()})  # type: ignore[dict-item]
-    with pytest.raises(InputError, match="too large|bytes"):
+    with pytest.raises(InputError, match=r"too large|bytes"):
         engine.start("counter", {"blob": "x" * 2_000_000})
     assert engine.executions() == []
 

@@ -164,7 +164,8 @@ def test_http_effect_against_a_real_server(fengine: Engine, clock: FakeClock) ->
         fengine.env["base"] = base
         m = effect_machine(
             effect="http.request.json",
-            input="{'method': 'POST', 'url': env['base'] + input.get('path', '/ok'), 'json': {'n': ctx['n']}}",
+            input="{'method': 'POST', 'url': env['base'] + input.get('path', '/ok'), "
+            "'json': {'n': ctx['n']}}",
             **{"if": "output['status'] == 200"},
         )
         m["context"]["path"] = "input.get('path', '/ok')"
@@ -189,8 +190,14 @@ def test_timer_fires_when_due(fengine: Engine, clock: FakeClock) -> None:
             "start_at": "wait",
             "states": {
                 "wait": {
-                    "always": [{"name": "later", "state": "done", "wait_for": {"minutes": 1},
-                                "context": {"fired": "True"}}],
+                    "always": [
+                        {
+                            "name": "later",
+                            "state": "done",
+                            "wait_for": {"minutes": 1},
+                            "context": {"fired": "True"},
+                        }
+                    ],
                     "actions": {"hurry": {"state": "done"}},
                 },
                 "done": {"end": True},
@@ -229,7 +236,7 @@ def test_timer_until_expression(fengine: Engine, clock: FakeClock) -> None:
             },
         }
     )
-    due = clock() .replace(year=2031)
+    due = clock().replace(year=2031)
     ex = fengine.start("until", {"at": due.isoformat()})
     clock.advance(days=364)
     assert run_until_idle(fengine) == 0
@@ -242,8 +249,15 @@ def test_timer_survives_restart(db_url: str) -> None:
     clock = FakeClock()
     first = Engine(db_url, clock=clock)
     first.save_machine(
-        {"id": "t", "version": 1, "start_at": "w",
-         "states": {"w": {"always": [{"state": "done", "wait_for": {"hours": 1}}]}, "done": {"end": True}}}
+        {
+            "id": "t",
+            "version": 1,
+            "start_at": "w",
+            "states": {
+                "w": {"always": [{"state": "done", "wait_for": {"hours": 1}}]},
+                "done": {"end": True},
+            },
+        }
     )
     ex = first.start("t")
     first.close()
@@ -279,12 +293,21 @@ def child_machines(engine: Engine, child_end: str = "ok") -> None:
             "start_at": "spawn",
             "states": {
                 "spawn": {
-                    "always": [{"name": "run-child", "invoke": {
-                        "machine": ["child"],
-                        "input": "{'x': input['x']}",
-                        "success": {"state": "done", "context": {"got": "output"}},
-                        "error": {"name": "child-failed", "state": "failed", "context": {"why": "output"}},
-                    }}],
+                    "always": [
+                        {
+                            "name": "run-child",
+                            "invoke": {
+                                "machine": ["child"],
+                                "input": "{'x': input['x']}",
+                                "success": {"state": "done", "context": {"got": "output"}},
+                                "error": {
+                                    "name": "child-failed",
+                                    "state": "failed",
+                                    "context": {"why": "output"},
+                                },
+                            },
+                        }
+                    ],
                     "actions": {"abort": {"state": "failed"}},
                 },
                 "done": {"end": True, "return": "ctx['got']"},
@@ -313,7 +336,10 @@ def test_child_cancel_takes_error_branch_and_parent_cancel_cascades(fengine: Eng
     fengine.cancel(child.id, reason="ops")
     run_until_idle(fengine)
     parent = fengine.get(ex.id)
-    assert parent.state == "failed" and parent.context["why"] == {"type": "canceled", "message": "ops"}
+    assert parent.state == "failed" and parent.context["why"] == {
+        "type": "canceled",
+        "message": "ops",
+    }
 
     ex = fengine.start("parent", {"x": 0})
     run_until_idle(fengine)
@@ -337,10 +363,25 @@ def test_failed_child_and_parent_moving_on(fengine: Engine) -> None:
 
 def test_missing_child_machine_takes_error_branch(fengine: Engine) -> None:
     fengine.save_machine(
-        {"id": "p", "version": 1, "start_at": "s", "states": {
-            "s": {"always": [{"invoke": {"machine": ["ghost", 3], "success": {"state": "e"},
-                                         "error": {"state": "e", "context": {"why": "output['type']"}}}}]},
-            "e": {"end": True}}}
+        {
+            "id": "p",
+            "version": 1,
+            "start_at": "s",
+            "states": {
+                "s": {
+                    "always": [
+                        {
+                            "invoke": {
+                                "machine": ["ghost", 3],
+                                "success": {"state": "e"},
+                                "error": {"state": "e", "context": {"why": "output['type']"}},
+                            }
+                        }
+                    ]
+                },
+                "e": {"end": True},
+            },
+        }
     )
     ex = fengine.start("p")
     run_until_idle(fengine)
@@ -353,10 +394,25 @@ def test_nested_children(fengine: Engine) -> None:
         if depth == 3:
             inner = {"always": [{"state": "end", "context": {"v": "input['v'] + 1"}}]}
         else:
-            inner = {"always": [{"invoke": {"machine": [f"n{depth + 1}", 1], "input": "{'v': input['v'] + 1}",
-                                            "success": {"state": "end", "context": {"v": "output"}}}}]}
-        fengine.save_machine({"id": f"n{depth}", "version": 1, "start_at": "s",
-                              "states": {"s": inner, "end": {"end": True, "return": "ctx['v']"}}})
+            inner = {
+                "always": [
+                    {
+                        "invoke": {
+                            "machine": [f"n{depth + 1}", 1],
+                            "input": "{'v': input['v'] + 1}",
+                            "success": {"state": "end", "context": {"v": "output"}},
+                        }
+                    }
+                ]
+            }
+        fengine.save_machine(
+            {
+                "id": f"n{depth}",
+                "version": 1,
+                "start_at": "s",
+                "states": {"s": inner, "end": {"end": True, "return": "ctx['v']"}},
+            }
+        )
     ex = fengine.start("n1", {"v": 0})
     run_until_idle(fengine)
     assert fengine.get(ex.id).output == 3
@@ -394,8 +450,17 @@ def test_worker_threads_and_wait(db_url: str, tmp_path: Path) -> None:
     engine = Engine(db_url)
     engine.effects.register("work", lambda input, *, idempotency_key: input["n"] * 10)
     engine.save_machine(effect_machine())
-    engine.save_machine({"id": "tick", "version": 1, "start_at": "w", "states": {
-        "w": {"always": [{"state": "done", "wait_for": {"seconds": 0.3}}]}, "done": {"end": True}}})
+    engine.save_machine(
+        {
+            "id": "tick",
+            "version": 1,
+            "start_at": "w",
+            "states": {
+                "w": {"always": [{"state": "done", "wait_for": {"seconds": 0.3}}]},
+                "done": {"end": True},
+            },
+        }
+    )
     try:
         from statem import WorkerSettings
 

@@ -35,7 +35,10 @@ class Workers:
         with (self.tmp / f"worker{len(self.procs)}.log").open("wb") as log:
             p = subprocess.Popen(
                 [*STATEM, "--app", "tests.apps.fxapp:make", "worker", "--poll", "0.2", *args],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self.procs.append(p)
         return p
@@ -102,7 +105,9 @@ def test_sigkilled_worker_is_recovered_by_lease_expiry(engine: Engine, workers: 
     ids = [engine.start("fx").id for _ in range(4)]
     victim = workers.start("--concurrency", "4", "--lease", "2")
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (not workers.calls.exists() or not workers.calls.read_text().strip()):
+    while time.monotonic() < deadline and (
+        not workers.calls.exists() or not workers.calls.read_text().strip()
+    ):
         time.sleep(0.05)
     assert workers.calls.exists(), workers.logs()
     victim.send_signal(signal.SIGKILL)  # mid-task: effects started, no result committed
@@ -120,8 +125,9 @@ def test_sigterm_finishes_in_flight_work(engine: Engine, workers: Workers) -> No
     ids = [engine.start("fx").id for _ in range(2)]
     w = workers.start("--concurrency", "2")
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (not workers.calls.exists() or
-                                            len(workers.calls.read_text().splitlines()) < 2):
+    while time.monotonic() < deadline and (
+        not workers.calls.exists() or len(workers.calls.read_text().splitlines()) < 2
+    ):
         time.sleep(0.05)
     w.send_signal(signal.SIGTERM)
     assert w.wait(timeout=20) == 0

@@ -73,7 +73,9 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("idempotency_key", sa.String(200), nullable=True),
         sa.ForeignKeyConstraint(
-            ["execution_id"], ["statem_executions.id"], name="fk_statem_steps_execution_id_statem_executions"
+            ["execution_id"],
+            ["statem_executions.id"],
+            name="fk_statem_steps_execution_id_statem_executions",
         ),
         sa.PrimaryKeyConstraint("execution_id", "seq", name="pk_statem_steps"),
     )
@@ -100,7 +102,9 @@ def upgrade() -> None:
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["execution_id"], ["statem_executions.id"], name="fk_statem_tasks_execution_id_statem_executions"
+            ["execution_id"],
+            ["statem_executions.id"],
+            name="fk_statem_tasks_execution_id_statem_executions",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_statem_tasks"),
     )
