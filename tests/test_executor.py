@@ -477,3 +477,35 @@ def test_worker_threads_and_wait(db_url: str, tmp_path: Path) -> None:
             engine.wait(engine.start("fx").id, timeout=0.2)  # no worker running any more
     finally:
         engine.close()
+
+
+def test_task_for_a_machine_that_no_longer_validates_fails_the_execution(db_url: str) -> None:
+    from sqlalchemy import text
+
+    clock = FakeClock()
+    first = Engine(db_url, clock=clock)
+    first.save_machine(
+        {
+            "id": "t",
+            "version": 1,
+            "start_at": "w",
+            "states": {
+                "w": {"always": [{"state": "done", "wait_for": {"seconds": 5}}]},
+                "done": {"end": True},
+            },
+        }
+    )
+    ex = first.start("t")
+    with first.db.begin() as conn:  # someone edits the stored definition by hand
+        conn.execute(text('UPDATE statem_machines SET definition = \'{"id": "t"}\''))
+    first.close()
+    clock.advance(10)
+    fresh = Engine(db_url, clock=clock)  # a new process: nothing cached
+    try:
+        assert run_until_idle(fresh) == 1
+        failed = fresh.get(ex.id)
+        assert failed.status == "failed" and failed.state == "w"
+        assert "no longer validates" in (failed.error or "")
+        assert fresh.history(ex.id)[-1].error == failed.error
+    finally:
+        fresh.close()

@@ -35,8 +35,10 @@ def update_src(u: Update) -> dict[str, str] | None:
     if u is None:
         return None
     op, k = u
-    return {"n": f"(ctx['n'] + {k}) % 1000" if op == "add" else f"(ctx['n'] * {k}) % 1000",
-            "hops": "ctx['hops'] + 1"}
+    return {
+        "n": f"(ctx['n'] + {k}) % 1000" if op == "add" else f"(ctx['n'] * {k}) % 1000",
+        "hops": "ctx['hops'] + 1",
+    }
 
 
 def update_fn(u: Update, n: int) -> int:
@@ -64,7 +66,9 @@ class S:
     actions: dict[str, T] = field(default_factory=dict)
 
 
-guards = st.one_of(st.none(), st.tuples(st.integers(2, 4), st.integers(0, 3)).map(lambda t: (t[0], t[1] % t[0])))
+guards = st.one_of(
+    st.none(), st.tuples(st.integers(2, 4), st.integers(0, 3)).map(lambda t: (t[0], t[1] % t[0]))
+)
 updates = st.one_of(st.none(), st.tuples(st.sampled_from(["add", "mul"]), st.integers(1, 7)))
 
 
@@ -116,10 +120,17 @@ def to_definition(states: list[S], keep: set[int]) -> dict[str, Any]:
         if s.final:
             out[f"s{i}"] = {"end": True, "return": "ctx['n']"}
         else:
-            out[f"s{i}"] = {"always": [tdef(t) for t in s.always],
-                            "actions": {k: tdef(t) for k, t in s.actions.items()}}
-    return {"id": "prop", "version": 1, "start_at": "s0",
-            "context": {"n": "input.get('n', 0)", "hops": "0"}, "states": out}
+            out[f"s{i}"] = {
+                "always": [tdef(t) for t in s.always],
+                "actions": {k: tdef(t) for k, t in s.actions.items()},
+            }
+    return {
+        "id": "prop",
+        "version": 1,
+        "start_at": "s0",
+        "context": {"n": "input.get('n', 0)", "hops": "0"},
+        "states": out,
+    }
 
 
 class Reference:
@@ -174,11 +185,17 @@ def _attempt(fn: Callable[[], Any]) -> tuple[str | None, Any]:
         return type(exc).__name__, None
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow])
-@given(states=machines(), n=st.integers(0, 50), actions=st.lists(st.sampled_from(["a", "b", "c"]), max_size=8))
-def test_engine_matches_reference(sqlite_engine: Engine, tmp_path: Path, states: list[S], n: int,
-                                  actions: list[str]) -> None:
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    states=machines(), n=st.integers(0, 50), actions=st.lists(st.sampled_from(["a", "b", "c"]), max_size=8)
+)
+def test_engine_matches_reference(
+    sqlite_engine: Engine, tmp_path: Path, states: list[S], n: int, actions: list[str]
+) -> None:
     keep = reachable(states)
     engine = sqlite_engine
     definition = to_definition(states, keep)
