@@ -216,10 +216,7 @@ def discard_tasks(conn: Connection, execution_id: str, keep: int | None = None) 
     cond = tasks.c.execution_id == execution_id
     if keep is not None:
         cond = and_(cond, tasks.c.id != keep)
-    rows = conn.execute(select(tasks).where(cond)).all()
-    if rows:
-        conn.execute(delete(tasks).where(tasks.c.id.in_([r.id for r in rows])))
-    return rows
+    return conn.execute(delete(tasks).where(cond).returning(*tasks.c)).all()
 
 
 def execution_has_tasks(conn: Connection, execution_id: str) -> bool:

@@ -216,7 +216,7 @@ def test_engine_matches_reference(
         if ref_err is not None:  # a rejected trigger changes nothing, in the reference too
             ref.state, ref.status = int(before[0][1:]), before[1]
             ref.n, ref.hops, ref.output = before[2]["n"], before[2]["hops"], before[3]
-        err, got = _attempt(lambda a=action: engine.trigger(ex.id, a))
+        err, _ = _attempt(lambda a=action: engine.trigger(ex.id, a))
         assert err == ref_err, (action, before)
         stored = engine.get(ex.id)
         assert (stored.state, stored.status, stored.context, stored.output) == ref.snapshot()
