@@ -509,3 +509,18 @@ def test_task_for_a_machine_that_no_longer_validates_fails_the_execution(db_url:
         assert fresh.history(ex.id)[-1].error == failed.error
     finally:
         fresh.close()
+
+
+def test_strict_effects_rejects_unknown_effect_names_at_save(db_url: str) -> None:
+    from statem import DefinitionError
+
+    engine = Engine(db_url, strict_effects=True)
+    try:
+        with pytest.raises(DefinitionError, match="unknown effect 'work'"):
+            engine.save_machine(effect_machine())
+        assert engine.machines() == []
+        engine.effects.register("work", lambda input, *, idempotency_key: None)
+        engine.save_machine(effect_machine())
+        assert [m.id for m in engine.machines()] == ["fx"]
+    finally:
+        engine.close()
