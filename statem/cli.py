@@ -22,6 +22,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from . import __version__
 from .definition import load_definition
 from .engine import Engine
 from .errors import DefinitionError, StatemError
@@ -72,15 +73,15 @@ def load_app(spec: str, db: str | None) -> Engine:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise click.UsageError(f"--app {spec}: cannot import {module_name!r}: {exc}") from None
+        raise BadUsage(f"--app {spec}: cannot import {module_name!r}: {exc}") from None
     target = getattr(module, attr or "engine", None)
     if target is None:
-        raise click.UsageError(f"--app {spec}: module {module_name!r} has no attribute {attr or 'engine'!r}")
+        raise BadUsage(f"--app {spec}: module {module_name!r} has no attribute {attr or 'engine'!r}")
     engine = target if isinstance(target, Engine) else target()
     if not isinstance(engine, Engine):
-        raise click.UsageError(f"--app {spec}: {attr!r} is not an Engine or a function returning one")
+        raise BadUsage(f"--app {spec}: {attr!r} is not an Engine or a function returning one")
     if db and db != engine.url:
-        raise click.UsageError(f"--app {spec} uses {engine.url!r}; drop --db or make them agree")
+        raise BadUsage(f"--app {spec} uses {engine.url!r}; drop --db or make them agree")
     return engine
 
 
@@ -101,16 +102,34 @@ def json_option(f: F) -> F:
     )(f)
 
 
+class Rejected(click.ClickException):
+    """Bad input from the user: one line on stderr, exit status 1."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class BadUsage(Rejected):
+    """A bad option value (``--app``, ``--older-than``): one line on stderr, exit status 2."""
+
+    exit_code = 2
+
+
 def parse_json(value: str | None, what: str) -> Any:
     """Parse a ``--input`` argument (JSON, or ``@file.json``)."""
     if value is None:
         return None
-    try:
-        if value.startswith("@"):
+    if value.startswith("@"):
+        try:
             value = Path(value[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise Rejected(f"{what}: cannot read {value[1:]!r}: {exc.strerror or exc}") from None
+    try:
         return json.loads(value)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise click.BadParameter(f"{what} is not valid JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise Rejected(f"{what} is not valid JSON: {exc}") from None
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -131,7 +150,7 @@ pass_ctx = click.make_pass_decorator(Ctx)
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
-@click.version_option(package_name="statem")
+@click.version_option(__version__, prog_name="statem")
 @click.pass_context
 def cli(ctx: click.Context, db: str | None, app: str | None, as_json: bool, debug: bool) -> None:
     """statem: durable state machines.
@@ -162,11 +181,14 @@ def db() -> None:
 
 
 @db.command("upgrade")
+@json_option
 @pass_ctx
 def db_upgrade(c: Ctx) -> None:
     """Create or upgrade the tables (alembic upgrade head)."""
-    c.engine().migrate()
-    click.echo("database is at the latest schema")
+    engine = c.engine()
+    engine.migrate()
+    url = engine.db.url.render_as_string(hide_password=True)
+    c.emit({"database": url, "schema": "head"}, lambda: f"{url}: schema is at the latest revision")
 
 
 # --------------------------------------------------------------------------- machines
@@ -196,9 +218,11 @@ def machines_load(c: Ctx, paths: Sequence[Path]) -> None:
             errors.append(f"{path}: {exc}")
     if errors:
         fail("\n".join(errors) + f"\nnothing stored ({len(errors)} of {len(paths)} files invalid)")
-    engine = c.engine()
-    for m in loaded:
-        engine.save_machine(m)
+    try:
+        c.engine().save_machines(loaded)
+    except DefinitionError as exc:
+        where = next((p for p, m in zip(paths, loaded, strict=True) if m.id == exc.machine), None)
+        fail(f"{where}: {exc}\nnothing stored")
     c.emit(
         [{"id": m.id, "version": m.version} for m in loaded],
         lambda: "\n".join(f"saved {m.id} v{m.version}" for m in loaded),
@@ -549,7 +573,7 @@ def _duration(text: str) -> dt.timedelta:
     try:
         return dt.timedelta(seconds=float(text[:-1]) * units[text[-1]])
     except (KeyError, ValueError, IndexError):
-        raise click.BadParameter(f"{text!r}: use a number with s, m, h or d (e.g. 15m)") from None
+        raise BadUsage(f"--older-than {text!r}: use a number with s, m, h or d (e.g. 15m)") from None
 
 
 def fail(message: str) -> NoReturn:
@@ -574,8 +598,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (StatemError, TimeoutError) as exc:
         if debug:
             raise
-        first = str(exc).splitlines()
-        click.echo(f"error: {type(exc).__name__}: {chr(10).join(first)}", err=True)
+        # one line, except a DefinitionError, which lists every problem on its own line
+        lines = str(exc).splitlines() or [""]
+        shown = lines if isinstance(exc, DefinitionError) else lines[:1]
+        click.echo(f"error: {type(exc).__name__}: {chr(10).join(shown)}", err=True)
         sys.exit(1)
     except Exception as exc:
         if debug:

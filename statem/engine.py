@@ -14,13 +14,13 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Row
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
 from . import dialects, semantics, store
 from .definition import CompiledMachine, Machine, compile_machine, load_definition
@@ -80,7 +80,10 @@ class Engine:
         worker_settings: WorkerSettings | None = None,
     ) -> None:
         self.url = url
-        self.db = dialects.make_engine(url)
+        try:
+            self.db = dialects.make_engine(url)
+        except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+            raise StoreError(f"invalid database URL {url!r}: {_first_line(exc)}") from None
         self.env: dict[str, Any] = dict(check_json(dict(env or {}), "env"))
         self.clock: Clock = clock or utcnow
         self.strict_effects = strict_effects
@@ -108,7 +111,7 @@ class Engine:
         except IntegrityError:
             raise
         except DBAPIError as exc:
-            raise StoreError(f"database error: {_first_line(exc.orig or exc)}") from exc
+            raise store_error(exc) from exc
 
     def close(self) -> None:
         """Release the database connections."""
@@ -149,43 +152,39 @@ class Engine:
         Raises DefinitionError when the definition is invalid or when different content is
         already saved under the same (id, version). Nothing is stored on error.
         """
-        machine = load_definition(definition)
-        cm = compile_machine(machine)
+        return self.save_machines([definition])[0]
+
+    def save_machines(self, definitions: Sequence[Mapping[str, Any] | Machine | str | Path]) -> list[Machine]:
+        """Validate every definition, then store them all in one transaction, or none."""
+        compiled = [self._validated(d) for d in definitions]
+        try:
+            with self.transaction() as conn:
+                for cm in compiled:
+                    self._store_machine(conn, cm)
+        except IntegrityError:  # a concurrent save of the same version won the race: compare again
+            return self.save_machines([cm.machine for cm in compiled])
+        with self._machines_lock:
+            for cm in compiled:
+                self._machines[cm.key] = cm
+        return [cm.machine for cm in compiled]
+
+    def _validated(self, definition: Mapping[str, Any] | Machine | str | Path) -> CompiledMachine:
+        cm = compile_machine(load_definition(definition))
         if self.strict_effects:
             unknown = sorted(cm.effects() - set(self.effects.names()))
             if unknown:
-                raise DefinitionError(
-                    machine.id,
-                    [("", f"unknown effect {name!r}; register it with @engine.effect") for name in unknown],
-                )
-        try:
-            with self.transaction() as conn:
-                row = store.get_machine(conn, machine.id, machine.version)
-                if row is None:
-                    store.insert_machine(
-                        conn,
-                        machine.id,
-                        machine.version,
-                        machine.to_json(),
-                        cm.content_hash,
-                        self.clock(),
-                    )
-                elif row.content_hash != cm.content_hash:
-                    raise DefinitionError(
-                        machine.id,
-                        [
-                            (
-                                "version",
-                                f"version {machine.version} is already saved with different content; "
-                                "save the change as a new version",
-                            )
-                        ],
-                    )
-        except IntegrityError:  # a concurrent save of the same version won the race
-            return self.save_machine(machine)
-        with self._machines_lock:
-            self._machines[cm.key] = cm
-        return machine
+                hint = "register it with @engine.effect"
+                raise DefinitionError(cm.machine.id, [("", f"unknown effect {n!r}; {hint}") for n in unknown])
+        return cm
+
+    def _store_machine(self, conn: Connection, cm: CompiledMachine) -> None:
+        m = cm.machine
+        row = store.get_machine(conn, m.id, m.version)
+        if row is None:
+            store.insert_machine(conn, m.id, m.version, m.to_json(), cm.content_hash, self.clock())
+        elif row.content_hash != cm.content_hash:
+            reason = f"version {m.version} is already saved with different content; save the change as a new version"
+            raise DefinitionError(m.id, [("version", reason)])
 
     def get_machine(self, machine_id: str, version: int | None = None) -> Machine:
         """A saved machine: the latest version when ``version`` is None."""
@@ -546,6 +545,14 @@ def _check_input(value: JSON | None) -> JSON:
         raise
     except StatemError as exc:
         raise InputError(str(exc)) from None
+
+
+def store_error(exc: DBAPIError) -> StoreError:
+    """A database error as a one-line StoreError, with a hint when the schema is missing."""
+    text = _first_line(exc.orig or exc)
+    if "no such table: statem_" in text or ('relation "statem_' in text and "does not exist" in text):
+        return StoreError(f"the database has no statem tables ({text}); run `statem db upgrade` first")
+    return StoreError(f"database error: {text}")
 
 
 def _first_line(exc: BaseException) -> str:

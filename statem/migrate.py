@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.exc import DBAPIError
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -34,18 +36,23 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """``alembic upgrade`` on the engine's database."""
-    cfg = alembic_config(str(engine.db.url.render_as_string(hide_password=False)))
-    with engine.db.connect() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-        conn.commit()
+    """``alembic upgrade`` on the engine's database; database failures raise StoreError."""
+    _run(engine, command.upgrade, revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """``alembic downgrade`` on the engine's database."""
+    _run(engine, command.downgrade, revision)
+
+
+def _run(engine: Engine, action: Callable[[Config, str], None], revision: str) -> None:
+    from .engine import store_error
+
     cfg = alembic_config(str(engine.db.url.render_as_string(hide_password=False)))
-    with engine.db.connect() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
-        conn.commit()
+    try:
+        with engine.db.connect() as conn:
+            cfg.attributes["connection"] = conn
+            action(cfg, revision)
+            conn.commit()
+    except DBAPIError as exc:
+        raise store_error(exc) from exc

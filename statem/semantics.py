@@ -197,7 +197,11 @@ class _Chain:
             assert child is not None
             payload["machine"] = list(child)
             self.tasks.append(TaskSpec("child", self.now, payload))
-        target = inv.effect if inv.effect is not None else f"machine {inv.child}"
+        if inv.effect is not None:
+            target = inv.effect
+        else:
+            mid, version = inv.child or ("?", None)
+            target = f"machine {mid} v{version}" if version is not None else f"machine {mid} (latest)"
         self.record("invoke", name, self.state, self.state, output={"invoke": target, "input": task_input})
         return "running"
 

@@ -55,7 +55,7 @@ class Worker:
         self._poll_lock = threading.Lock()
         self._scheduler = BackgroundScheduler(
             timezone=dt.UTC,
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            job_defaults={"coalesce": True, "max_instances": 3, "misfire_grace_time": None},
         )
         self._stopping = threading.Event()
         self._outage_since: float | None = None
