@@ -183,7 +183,10 @@ class Engine:
         if row is None:
             store.insert_machine(conn, m.id, m.version, m.to_json(), cm.content_hash, self.clock())
         elif row.content_hash != cm.content_hash:
-            reason = f"version {m.version} is already saved with different content; save the change as a new version"
+            reason = (
+                f"version {m.version} is already saved with different content; "
+                "save the change as a new version"
+            )
             raise DefinitionError(m.id, [("version", reason)])
 
     def get_machine(self, machine_id: str, version: int | None = None) -> Machine:
