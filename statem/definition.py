@@ -37,6 +37,8 @@ from .errors import DefinitionError, ExpressionError
 from .expressions import Expression, compile_expression
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$"
+#: Longest machine id, state or action name (the width of the database columns).
+MAX_NAME_LENGTH = 200
 _NAME_RE = re.compile(NAME_PATTERN)
 
 
@@ -114,7 +116,7 @@ class Invoke(Model):
     input: str | None = None
     success: Branch | None = Field(default=None, validation_alias=AliasChoices("success", "then"))
     error: Branch | None = Field(default=None, validation_alias=AliasChoices("error", "else"))
-    if_: str | None = Field(default=None, alias="if", validation_alias=AliasChoices("if", "if_"))
+    if_: str | None = Field(default=None, alias="if", validation_alias="if")
     retry: Retry | None = None
     timeout_seconds: Annotated[float, Field(gt=0)] | None = None
 
@@ -148,16 +150,14 @@ class State(Model):
     always: list[Transition] = Field(default_factory=list)
     actions: dict[str, Transition] = Field(default_factory=dict)
     end: bool = False
-    return_: str | None = Field(
-        default=None, alias="return", validation_alias=AliasChoices("return", "return_")
-    )
+    return_: str | None = Field(default=None, alias="return", validation_alias="return")
 
 
 class Machine(Model):
     """A versioned machine definition. ``(id, version)`` is immutable once saved."""
 
-    id: str
-    version: Annotated[StrictInt, Field(gt=0)]
+    id: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
+    version: Annotated[StrictInt, Field(gt=0, le=2**31 - 1)]
     description: str | None = None
     start_at: str
     execution_mode: Literal["async", "sync"] = "async"
@@ -194,22 +194,29 @@ class Machine(Model):
 # --------------------------------------------------------------------------- loading
 
 
+#: Fields whose type is a union: pydantic tags their errors with the member's type name.
+_UNION_FIELDS = frozenset({"context", "machine", "state_machine", "state-machine"})
+_TYPE_TAG = re.compile(r"^[a-z-]+\[.*\]$")  # 'dict[str,str]', 'function-after[...]': never a name
+
+
 def _loc(loc: tuple[int | str, ...]) -> str:
+    """A dotted path from a pydantic error location, without pydantic's union-member tags."""
     out = ""
+    previous: int | str | None = None
     for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("function-after", "function-before", "constrained-float"):
-            continue
-        else:
-            out += f".{part}" if out else str(part)
+        tag = isinstance(part, str) and (
+            _TYPE_TAG.match(part) is not None or (previous in _UNION_FIELDS and part in ("str", "int"))
+        )
+        if not tag:
+            out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        previous = part
     return out
 
 
 def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
     problems = []
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("tuple[", "str"))))
+        loc = tuple(e["loc"])
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -235,6 +242,8 @@ def read_definition(source: Mapping[str, Any] | Machine | str | Path) -> Any:
         return source.to_json()
     if isinstance(source, Mapping):
         return dict(source)
+    if not isinstance(source, str | Path):
+        raise DefinitionError(None, [("", "a definition must be a mapping of keys to values")])
     path = Path(source)
     try:
         text = path.read_text(encoding="utf-8")
@@ -255,11 +264,37 @@ def load_definition(source: Mapping[str, Any] | Machine | str | Path) -> Machine
         try:
             machine = Machine.model_validate(data)
         except ValidationError as exc:
-            raise DefinitionError(name, _pydantic_problems(exc)) from None
+            raise DefinitionError(
+                name, _pydantic_problems(exc) + _graph_problems_despite(data, exc)
+            ) from None
     problems = check_machine(machine)
     if problems:
         raise DefinitionError(machine.id, problems)
     return machine
+
+
+def _graph_problems_despite(data: dict[str, Any], err: ValidationError) -> list[tuple[str, str]]:
+    """When the only structural problems are unknown keys, also report the graph problems.
+
+    The unknown keys are dropped from a copy and the copy validated again, so one error
+    lists both kinds (``bogus: unknown key`` and ``...state: unknown target state``).
+    """
+    if any(e["type"] != "extra_forbidden" for e in err.errors()):
+        return []
+    trimmed = json.loads(json.dumps(data, default=str))
+    for e in err.errors():
+        node: Any = trimmed
+        *parents, last = e["loc"]
+        try:
+            for part in parents:
+                node = node[part]
+            del node[last]
+        except (KeyError, IndexError, TypeError):
+            return []
+    try:
+        return check_machine(Machine.model_validate(trimmed))
+    except ValidationError:
+        return []
 
 
 # --------------------------------------------------------------------------- checks
@@ -313,10 +348,12 @@ def check_machine(m: Machine) -> list[tuple[str, str]]:
     if not m.states:
         problems.append(("states", "a machine needs at least one state"))
     for sname, st in m.states.items():
-        if not _NAME_RE.match(sname):
-            problems.append((f"states.{sname}", f"state name must match {NAME_PATTERN}"))
+        if not _NAME_RE.match(sname) or len(sname) > MAX_NAME_LENGTH:
+            problems.append(
+                (f"states.{sname}", f"state name must match {NAME_PATTERN}, at most {MAX_NAME_LENGTH} long")
+            )
         for aname in st.actions:
-            if not _NAME_RE.match(aname):
+            if not _NAME_RE.match(aname) or len(aname) > MAX_NAME_LENGTH:
                 problems.append((f"states.{sname}.actions.{aname}", f"action name must match {NAME_PATTERN}"))
         if st.end and (st.always or st.actions):
             problems.append((f"states.{sname}", "a final state (end: true) cannot have transitions"))
@@ -326,6 +363,15 @@ def check_machine(m: Machine) -> list[tuple[str, str]]:
         problems.append(("start_at", f"unknown state {m.start_at!r}"))
 
     for _, path, t in m.transitions():
+        named = [(f"{path}.name", t.name)]
+        if t.invoke is not None:
+            named += [
+                (f"{path}.invoke.{b}.name", getattr(getattr(t.invoke, b), "name", None))
+                for b in ("success", "error")
+            ]
+        for where, name in named:
+            if name is not None and (not _NAME_RE.match(name) or len(name) > MAX_NAME_LENGTH):
+                problems.append((where, f"a step name must match {NAME_PATTERN}"))
         inv = t.invoke
         if t.wait_for is not None:
             given = [k for k, v in t.wait_for.model_dump().items() if v is not None]
@@ -421,3 +467,24 @@ def compile_machine(machine: Machine) -> CompiledMachine:
     """Parse every expression of a validated machine once."""
     exprs = {path: compile_expression(src, path) for path, src in _expressions(machine)}
     return CompiledMachine(machine=machine, content_hash=machine.content_hash(), expressions=exprs)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a definition, accepting every alias the loader accepts.
+
+    pydantic lists a field under its first alias only; the other spellings (``start-at``,
+    ``then``/``else``, ``state_machine``...) are added here so editors validating YAML
+    against ``machine.schema.json`` agree with :func:`load_definition`.
+    """
+    schema = Machine.model_json_schema(by_alias=True, mode="validation")
+    for cls in (Machine, State, Transition, Invoke, Branch, Retry, WaitFor):
+        node = schema if cls is Machine else schema["$defs"][cls.__name__]
+        props = node["properties"]
+        for field in cls.model_fields.values():
+            choices = field.validation_alias
+            if not isinstance(choices, AliasChoices):
+                continue
+            names = [c for c in choices.choices if isinstance(c, str)]
+            for other in names[1:]:
+                props.setdefault(other, props[names[0]])
+    return schema

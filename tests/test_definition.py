@@ -481,11 +481,6 @@ def test_multiple_graph_and_expression_problems_are_all_reported(engine: Engine)
     assert engine.machines() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG statem/definition.py load_definition: when pydantic validation fails it raises at once "
-    "and never runs check_machine, so an unknown key hides an unknown target state in the same definition",
-)
 def test_structural_and_graph_problems_are_reported_together() -> None:
     defn = mutate((("bogus",), 1), (("states", "cart", "actions", "add", "state"), "nowhere"))
     with pytest.raises(DefinitionError) as info:
@@ -494,11 +489,6 @@ def test_structural_and_graph_problems_are_reported_together() -> None:
     assert paths == {"bogus", "states.cart.actions.add.state"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG statem/definition.py:212 _pydantic_problems drops every loc part starting with 'str' "
-    "(meant for pydantic's union tags), so a state named 'stream' vanishes from the path",
-)
 @pytest.mark.parametrize("name", ["stream", "strict", "string-check"])
 def test_path_keeps_state_names_that_start_with_str(name: str) -> None:
     defn = mutate(
@@ -510,11 +500,6 @@ def test_path_keeps_state_names_that_start_with_str(name: str) -> None:
     assert info.value.problems == [(f"states.{name}.bogus", "unknown key")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG statem/definition.py _pydantic_problems: pydantic's union tag 'dict[str,str]' of "
-    "ContextUpdate leaks into the path (states.cart.actions.add.context.dict[str,str].order)",
-)
 def test_path_of_non_string_context_value_has_no_union_tag() -> None:
     defn = mutate((("states", "cart", "actions", "add", "context", "order"), 5))
     with pytest.raises(DefinitionError) as info:
@@ -524,12 +509,6 @@ def test_path_of_non_string_context_value_has_no_union_tag() -> None:
     assert not any("[str" in p for p in paths), paths
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG statem/definition.py Machine: version, id and state names are not bounded to the "
-    "columns of statem/schema.py (Integer, String(200)): SQLite stores them, PostgreSQL raises "
-    "StoreError (or start() does), instead of a DefinitionError on both",
-)
 @pytest.mark.parametrize(
     ("edits", "path"),
     [
@@ -747,11 +726,6 @@ def test_missing_file_is_a_definition_error_naming_the_path(engine: Engine, tmp_
     assert engine.machines() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG statem/definition.py read_definition: a value that is neither a Mapping, a Machine nor "
-    "a path (e.g. a list from json.loads) goes to Path(source) and raises TypeError, not DefinitionError",
-)
 @pytest.mark.parametrize("value", [pytest.param([BASE], id="list"), pytest.param(42, id="int")])
 def test_non_mapping_python_value_is_a_definition_error(value: Any) -> None:
     with pytest.raises(DefinitionError) as info:
