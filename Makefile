@@ -23,7 +23,7 @@ postgres:
 	@bash scripts/ensure-postgres.sh
 
 lint: install
-	$(BIN)/ruff check statem tests bench migrations
+	$(BIN)/ruff check .
 
 typecheck: install
 	$(BIN)/mypy statem
