@@ -292,46 +292,29 @@ def finish_task(conn: Connection, task_id: int, claim: str) -> bool:
     return res.rowcount == 1
 
 
-def hold_task(conn: Connection, task_id: int, claim: str, child_id: str) -> bool:
-    """Fenced: mark a child task as waiting for its child's result."""
+def _unclaim(conn: Connection, task_id: int, claim: str, **values: Any) -> bool:
+    """Fenced: drop our claim on a task and set ``values``; False if the claim is no longer ours."""
     res = conn.execute(
         update(tasks)
         .where(tasks.c.id == task_id, tasks.c.claim == claim, tasks.c.status == "claimed")
-        .values(status="waiting", claim=None, owner=None, lease_expires_at=None, child_id=child_id)
+        .values(claim=None, owner=None, lease_expires_at=None, **values)
     )
     return res.rowcount == 1
+
+
+def hold_task(conn: Connection, task_id: int, claim: str, child_id: str) -> bool:
+    """Fenced: mark a child task as waiting for its child's result."""
+    return _unclaim(conn, task_id, claim, status="waiting", child_id=child_id)
 
 
 def retry_task(conn: Connection, task_id: int, claim: str, due_at: dt.datetime, error: str) -> bool:
     """Fenced: put a failed attempt back as pending, due after its backoff."""
-    res = conn.execute(
-        update(tasks)
-        .where(tasks.c.id == task_id, tasks.c.claim == claim, tasks.c.status == "claimed")
-        .values(
-            status="pending",
-            claim=None,
-            owner=None,
-            lease_expires_at=None,
-            due_at=due_at,
-            last_error=error,
-        )
-    )
-    return res.rowcount == 1
+    return _unclaim(conn, task_id, claim, status="pending", due_at=due_at, last_error=error)
 
 
 def release_task(conn: Connection, task_id: int, claim: str) -> None:
     """Give a claimed task back unrun (a worker shutting down), without using an attempt."""
-    conn.execute(
-        update(tasks)
-        .where(tasks.c.id == task_id, tasks.c.claim == claim, tasks.c.status == "claimed")
-        .values(
-            status="pending",
-            claim=None,
-            owner=None,
-            lease_expires_at=None,
-            attempts=tasks.c.attempts - 1,
-        )
-    )
+    _unclaim(conn, task_id, claim, status="pending", attempts=tasks.c.attempts - 1)
 
 
 def take_waiting_task(conn: Connection, task_id: int) -> Row[Any] | None:

@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -230,21 +229,6 @@ def test_every_revision_steps_down_and_up_keeping_data(empty_url: str) -> None:
 # --------------------------------------------------------------------------- alembic CLI
 
 
-def _statem_importable_outside_checkout() -> bool:
-    """Is statem installed in this interpreter (e.g. ``pip install -e .``), not just on the cwd?"""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    with tempfile.TemporaryDirectory() as cwd:
-        proc = subprocess.run([sys.executable, "-c", "import statem"], cwd=cwd, env=env, capture_output=True)
-    return proc.returncode == 0
-
-
-@pytest.mark.xfail(
-    not _statem_importable_outside_checkout(),
-    strict=True,
-    reason="BUG alembic.ini: no `prepend_sys_path = .` in [alembic], so in a checkout where statem is "
-    "not pip-installed, `alembic -c alembic.ini upgrade head` fails in migrations/env.py with "
-    "ModuleNotFoundError: No module named 'statem'",
-)
 def test_plain_alembic_cli_from_repo_root(tmp_path: Path) -> None:
     db = tmp_path / "cli.db"
     url = f"sqlite:///{db}"
