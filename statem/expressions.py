@@ -38,6 +38,7 @@ import ast
 import datetime as dt
 import math
 import operator
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -121,9 +122,59 @@ def _range(*args: int) -> list[int]:
     return list(r)
 
 
+def _bounded_text(value: Any) -> None:
+    """Refuse to render a container whose text would exceed the string limit."""
+    if isinstance(value, list | tuple | dict | set):
+        try:
+            to_json(list(value) if isinstance(value, set) else value, LIMITS.string_chars)
+        except InputError:
+            raise _Abort(
+                f"rendering this value as text would exceed {LIMITS.string_chars} characters"
+            ) from None
+
+
+def _str(value: Any = "") -> str:
+    _bounded_text(value)
+    return str(value)
+
+
+def _sum(values: Iterable[Any], start: Any = 0) -> Any:
+    if not isinstance(start, int | float) or isinstance(start, bool):
+        raise _Abort("sum() adds numbers only; use a comprehension to join lists or strings")
+    return sum(values, start)
+
+
+def _round(number: Any, ndigits: int | None = None) -> Any:
+    if ndigits is not None and abs(ndigits) > 100:
+        raise _Abort("round() takes at most 100 digits")
+    return round(number, ndigits)
+
+
+def _join(sep: str) -> Callable[[Iterable[Any]], str]:
+    def join(items: Iterable[Any]) -> str:
+        parts = list(items)
+        if len(sep) * len(parts) + sum(len(p) for p in parts if isinstance(p, str)) > LIMITS.string_chars:
+            raise _Abort(f"join() would build more than {LIMITS.string_chars} characters")
+        return sep.join(parts)
+
+    return join
+
+
+def _replace(text: str) -> Callable[..., str]:
+    def replace(old: str, new: str, count: int = -1) -> str:
+        hits = text.count(old) if old else len(text) + 1
+        if count >= 0:
+            hits = min(hits, count)
+        if len(text) + hits * max(len(new) - len(old), 0) > LIMITS.string_chars:
+            raise _Abort(f"replace() would build more than {LIMITS.string_chars} characters")
+        return text.replace(old, new, count)
+
+    return replace
+
+
 _HELPER_FUNCS: dict[str, Any] = {
-    "len": len, "min": min, "max": max, "sorted": sorted, "sum": sum, "abs": abs, "round": round,
-    "any": any, "all": all, "str": str, "int": int, "float": float, "bool": bool, "dict": dict,
+    "len": len, "min": min, "max": max, "sorted": sorted, "sum": _sum, "abs": abs, "round": _round,
+    "any": any, "all": all, "str": _str, "int": int, "float": float, "bool": bool, "dict": dict,
     "list": list, "range": _range, "now": _now, "get_in": _get_in, "merge": _merge,
 }  # fmt: skip
 #: Helper functions expressions may call.
@@ -179,6 +230,9 @@ def _check_tree(tree: ast.AST, source: str, path: str) -> None:
                 reject("*args and **kwargs are not allowed in calls")
 
 
+_PLAIN_ERRORS = (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, OverflowError)
+
+
 class _Sandbox(Interpreter):  # type: ignore[misc]
     """asteval with a node budget, a deadline, safe operators and ``{**a}`` merges."""
 
@@ -225,7 +279,36 @@ class _Sandbox(Interpreter):  # type: ignore[misc]
         value = self.run(node.value)
         if not isinstance(value, str | dict | list):
             raise TypeError(f"{type(value).__name__} has no method {node.attr!r}")
+        if isinstance(value, str) and node.attr == "join":
+            return _join(value)
+        if isinstance(value, str) and node.attr == "replace":
+            return _replace(value)
         return getattr(value, node.attr)
+
+    def on_call(self, node: ast.Call) -> Any:
+        # asteval's own on_call puts repr(args) in its error message: with a large argument
+        # that alone can exhaust memory. Call directly and name the function only.
+        func = self.run(node.func)
+        args = [self.run(a) for a in node.args]
+        kwargs = {k.arg: self.run(k.value) for k in node.keywords if k.arg is not None}
+        try:
+            return func(*args, **kwargs)
+        except _Abort:
+            raise
+        except Exception as exc:
+            name = getattr(func, "__name__", "function")
+            raise type(exc)(f"{name}(): {exc}") if type(exc) in _PLAIN_ERRORS else exc from None
+
+    def on_formattedvalue(self, node: ast.FormattedValue) -> str:
+        value = self.run(node.value)
+        _bounded_text(value)
+        spec = self.run(node.format_spec) if node.format_spec is not None else ""
+        if re.search(r"\d{4,}", str(spec)):
+            raise _Abort("f-string widths and precisions are limited to 3 digits")
+        conversion = {115: str, 114: repr, 97: ascii}.get(node.conversion)
+        if conversion is not None:
+            value = conversion(value)
+        return format(value, str(spec))
 
     def on_dict(self, node: ast.Dict) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
@@ -273,6 +356,12 @@ def _pow(a: Any, b: Any) -> Any:
     return operator.pow(a, b)
 
 
+def _mod(a: Any, b: Any) -> Any:
+    if isinstance(a, str):
+        raise _Abort("%-formatting is not allowed; use an f-string")
+    return operator.mod(a, b)
+
+
 def _int_bound(value: Any) -> Any:
     if isinstance(value, int) and value.bit_length() > LIMITS.int_bits:
         raise _Abort(f"integer exceeds {LIMITS.int_bits} bits")
@@ -281,7 +370,7 @@ def _int_bound(value: Any) -> Any:
 
 _BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: _add, ast.Sub: operator.sub, ast.Mult: _mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: _pow,
+    ast.FloorDiv: operator.floordiv, ast.Mod: _mod, ast.Pow: _pow,
 }  # fmt: skip
 
 _local = threading.local()
