@@ -305,7 +305,7 @@ class _Sandbox(Interpreter):  # type: ignore[misc]
         spec = self.run(node.format_spec) if node.format_spec is not None else ""
         if re.search(r"\d{4,}", str(spec)):
             raise _Abort("f-string widths and precisions are limited to 3 digits")
-        conversion = {115: str, 114: repr, 97: ascii}.get(node.conversion)
+        conversion: Callable[[object], str] | None = {115: str, 114: repr, 97: ascii}.get(node.conversion)
         if conversion is not None:
             value = conversion(value)
         return format(value, str(spec))
