@@ -230,6 +230,8 @@ def _check_tree(tree: ast.AST, source: str, path: str) -> None:
                 reject("*args and **kwargs are not allowed in calls")
 
 
+#: f-string conversions by their code: !s, !r, !a.
+_CONVERSIONS: dict[int, Callable[[object], str]] = {115: str, 114: repr, 97: ascii}
 _PLAIN_ERRORS = (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, OverflowError)
 
 
@@ -305,7 +307,7 @@ class _Sandbox(Interpreter):  # type: ignore[misc]
         spec = self.run(node.format_spec) if node.format_spec is not None else ""
         if re.search(r"\d{4,}", str(spec)):
             raise _Abort("f-string widths and precisions are limited to 3 digits")
-        conversion: Callable[[object], str] | None = {115: str, 114: repr, 97: ascii}.get(node.conversion)
+        conversion = _CONVERSIONS.get(node.conversion)
         if conversion is not None:
             value = conversion(value)
         return format(value, str(spec))
