@@ -259,23 +259,27 @@ class Engine:
         With ``execution_id``, a repeated start returns the existing execution.
         """
         data = _check_input(input)
-        if execution_id is not None:
-            existing = self._find(execution_id)
-            if existing is not None:
-                return existing
-        cm = self.compiled(machine_id, version)
         eid = execution_id or uuid.uuid4().hex
         now = self.clock()
-        outcome = semantics.start(cm, eid, data, self.env, now)
         try:
             with self.transaction() as conn:
+                if execution_id is not None and (row := store.get_execution(conn, execution_id)):
+                    return Execution.from_row(row)
+                cm = self.compiled(machine_id, version, conn)
+                outcome = semantics.start(cm, eid, data, self.env, now)
                 self.insert_execution(conn, cm, eid, data, now, outcome)
-        except IntegrityError:
+        except IntegrityError:  # a concurrent start with the same execution_id won
             existing = self._find(eid)
             if existing is None:
                 raise
             return existing
-        return self._after(cm, eid, outcome)
+        if cm.machine.execution_mode == "sync" and any(t.kind != "timer" for t in outcome.tasks):
+            return self._after(cm, eid, outcome)
+        self._wake_if(outcome)
+        return Execution(
+            eid, cm.machine.id, cm.machine.version, outcome.state, outcome.status, outcome.context,
+            data, outcome.output, outcome.error, None, now, now,
+        )  # fmt: skip
 
     def insert_execution(
         self,
@@ -287,24 +291,28 @@ class Engine:
         outcome: Outcome,
         parent: tuple[str, int] | None = None,
     ) -> None:
-        """Create an execution row and commit its first step (start or a child start)."""
+        """Create an execution row as its first step (a start or a child start) leaves it."""
+        parent_id, parent_task_id = parent if parent else (None, None)
         store.insert_execution(
             conn,
             id=eid,
             machine_id=cm.machine.id,
             machine_version=cm.machine.version,
-            state=cm.machine.start_at,
-            status="running",
-            context={},
+            state=outcome.state,
+            status=outcome.status,
+            context=outcome.context,
             input=data,
-            parent_id=parent[0] if parent else None,
-            parent_task_id=parent[1] if parent else None,
+            output=outcome.output,
+            error=outcome.error,
+            parent_id=parent_id,
+            parent_task_id=parent_task_id,
+            seq=len(outcome.steps),
+            version=1,
             created_at=now,
             updated_at=now,
         )
-        row = store.lock_execution(conn, eid)
-        assert row is not None
-        self.commit_step(conn, row, outcome, now, discard=False)
+        store.insert_steps(conn, eid, 1, outcome.steps, now)
+        self._arm(conn, eid, outcome, now, parent_id, parent_task_id)
 
     def trigger(
         self,
@@ -355,27 +363,25 @@ class Engine:
         outcome: Outcome,
         now: dt.datetime,
         *,
-        discard: bool = True,
         idempotency_key: str | None = None,
         report_to_parent: bool = True,
     ) -> None:
         """Persist one step on a locked execution row: history, new state, armed tasks.
 
-        With ``discard`` (every step but the first), tasks armed earlier are dropped (a later
-        step wins), each recorded in history; a child left behind is canceled. A child that
-        ends hands its result to its parent as a ``resume`` task (unless the parent itself
-        is canceling it: ``report_to_parent=False``).
+        Tasks armed earlier are dropped (a later step wins), each recorded in history; a
+        child left behind is canceled. A child that ends hands its result to its parent as
+        a ``resume`` task (unless the parent itself is canceling it: ``report_to_parent=False``).
         """
         records = list(outcome.steps)
-        if discard:
-            for task in store.discard_tasks(conn, row.id):
-                records.insert(1, _discard_record(task, outcome.steps[0].from_state or row.state, row))
-                if task.kind == "child" and task.child_id:
-                    self.cancel_locked(
-                        conn, task.child_id, f"parent {row.id!r} moved on", now, notify_parent=False
-                    )
+        for task in store.discard_tasks(conn, row.id):
+            records.insert(1, _discard_record(task, outcome.steps[0].from_state or row.state))
+            self.metrics.step("discard")
+            if task.kind == "child" and task.child_id:
+                self.cancel_locked(
+                    conn, task.child_id, f"parent {row.id!r} moved on", now, notify_parent=False
+                )
         last = store.insert_steps(conn, row.id, row.seq + 1, records, now, idempotency_key)
-        store.update_execution(
+        store.write_step(
             conn,
             row,
             state=outcome.state,
@@ -384,16 +390,31 @@ class Engine:
             output=outcome.output,
             error=outcome.error,
             seq=last,
-            updated_at=now,
+            now=now,
         )
-        store.insert_tasks(conn, row.id, outcome.tasks, now)
-        for record in records:
+        if report_to_parent:
+            self._arm(conn, row.id, outcome, now, row.parent_id, row.parent_task_id)
+        else:
+            self._arm(conn, row.id, outcome, now, None, None)
+
+    def _arm(
+        self,
+        conn: Connection,
+        eid: str,
+        outcome: Outcome,
+        now: dt.datetime,
+        parent_id: str | None,
+        parent_task_id: int | None,
+    ) -> None:
+        """Insert the tasks a step armed; a child that ended hands its result to its parent."""
+        store.insert_tasks(conn, eid, outcome.tasks, now)
+        for record in outcome.steps:
             self.metrics.step(record.kind)
         armed = bool(outcome.tasks)
-        if report_to_parent and outcome.status in FINAL_STATUSES and row.parent_task_id is not None:
+        if outcome.status in FINAL_STATUSES and parent_id is not None and parent_task_id is not None:
             ok = outcome.status == "finished"
             result = outcome.output if ok else {"type": outcome.status, "message": outcome.error or ""}
-            store.insert_resume(conn, row.parent_id, row.parent_task_id, ok, result, now)
+            store.insert_resume(conn, parent_id, parent_task_id, ok, result, now)
             armed = True
         if armed:
             dialects.notify(conn)
@@ -403,7 +424,7 @@ class Engine:
     ) -> None:
         """Record history rows that do not move the execution (retries, stale results)."""
         last = store.insert_steps(conn, row.id, row.seq + 1, records, now)
-        store.update_execution(conn, row, seq=last, updated_at=now)
+        store.write_seq(conn, row, last, now)
 
     def cancel(self, execution_id: str, reason: str = "canceled") -> Execution:
         """Cancel an execution and, recursively, its unfinished children. A no-op on a final one."""
@@ -563,7 +584,7 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _discard_record(task: Row[Any], state: str, row: Row[Any]) -> StepRecord:
+def _discard_record(task: Row[Any], state: str) -> StepRecord:
     what = {"task": task.kind, "armed_at": task.created_at.isoformat()}
     payload = task.payload or {}
     if task.kind == "timer":

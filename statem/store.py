@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, or_, select, update
 
 from . import dialects
 from .schema import executions, machines, steps, tasks
@@ -58,32 +58,97 @@ def list_machines(conn: Connection) -> Sequence[Row[Any]]:
 # --------------------------------------------------------------------------- executions
 
 
+_INSERT_EXECUTION = insert(executions)
+
+
 def insert_execution(conn: Connection, **values: Any) -> None:
-    """Create an execution row (seq 0, version 0; the first step bumps both)."""
-    conn.execute(insert(executions).values(seq=0, version=0, **values))
+    """Create an execution row."""
+    conn.execute(_INSERT_EXECUTION, values)
+
+
+# The statements of the hot path (one step) are built once: building a SQLAlchemy
+# statement costs more than running it on SQLite.
+_GET_EXECUTION = select(executions).where(executions.c.id == bindparam("p_id"))
+_LOCK_EXECUTION = _GET_EXECUTION.with_for_update()
+_FENCE = (executions.c.id == bindparam("p_id"), executions.c.version == bindparam("p_version"))
+_WRITE_STEP = (
+    update(executions)
+    .where(*_FENCE)
+    .values(
+        version=bindparam("p_version") + 1,
+        state=bindparam("p_state"),
+        status=bindparam("p_status"),
+        context=bindparam("p_context", type_=executions.c.context.type),
+        output=bindparam("p_output", type_=executions.c.output.type),
+        error=bindparam("p_error"),
+        seq=bindparam("p_seq"),
+        updated_at=bindparam("p_now", type_=executions.c.updated_at.type),
+    )
+)
+_WRITE_SEQ = (
+    update(executions)
+    .where(*_FENCE)
+    .values(
+        version=bindparam("p_version") + 1,
+        seq=bindparam("p_seq"),
+        updated_at=bindparam("p_now", type_=executions.c.updated_at.type),
+    )
+)
+_INSERT_STEPS = insert(steps)
+_INSERT_TASKS = insert(tasks)
+_HAS_KEY = select(steps.c.seq).where(
+    steps.c.execution_id == bindparam("p_id"), steps.c.idempotency_key == bindparam("p_key")
+)
+_DISCARD_TASKS = delete(tasks).where(tasks.c.execution_id == bindparam("p_id")).returning(*tasks.c)
+_FINISH_TASK = delete(tasks).where(
+    tasks.c.id == bindparam("p_task"), tasks.c.claim == bindparam("p_claim"), tasks.c.status == "claimed"
+)
 
 
 def get_execution(conn: Connection, execution_id: str) -> Row[Any] | None:
     """The execution row, without locking it."""
-    return conn.execute(select(executions).where(executions.c.id == execution_id)).first()
+    return conn.execute(_GET_EXECUTION, {"p_id": execution_id}).first()
 
 
 def lock_execution(conn: Connection, execution_id: str) -> Row[Any] | None:
-    """The execution row, locked until the transaction ends (serializes its steps)."""
-    q = select(executions).where(executions.c.id == execution_id)
-    return conn.execute(dialects.for_update(conn, q)).first()
+    """The execution row, locked until the transaction ends (serializes its steps).
+
+    SQLite has no row locks: its writing transactions already hold the database lock.
+    """
+    q = _GET_EXECUTION if dialects.is_sqlite(conn) else _LOCK_EXECUTION
+    return conn.execute(q, {"p_id": execution_id}).first()
 
 
-def update_execution(conn: Connection, row: Row[Any], **values: Any) -> None:
-    """Write back an execution, fenced by its optimistic version; raise if another writer won."""
+def write_step(
+    conn: Connection,
+    row: Row[Any],
+    *,
+    state: str,
+    status: str,
+    context: Any,
+    output: Any,
+    error: str | None,
+    seq: int,
+    now: dt.datetime,
+) -> None:
+    """Write back an execution after a step, fenced by its optimistic version."""
+    params = {
+        "p_id": row.id, "p_version": row.version, "p_state": state, "p_status": status,
+        "p_context": context, "p_output": output, "p_error": error, "p_seq": seq, "p_now": now,
+    }  # fmt: skip
+    _fenced(conn, row, conn.execute(_WRITE_STEP, params).rowcount)
+
+
+def write_seq(conn: Connection, row: Row[Any], seq: int, now: dt.datetime) -> None:
+    """Advance an execution's last seq (history rows that do not move it), fenced."""
+    params = {"p_id": row.id, "p_version": row.version, "p_seq": seq, "p_now": now}
+    _fenced(conn, row, conn.execute(_WRITE_SEQ, params).rowcount)
+
+
+def _fenced(conn: Connection, row: Row[Any], rowcount: int) -> None:
     from .errors import ConcurrencyError
 
-    res = conn.execute(
-        update(executions)
-        .where(executions.c.id == row.id, executions.c.version == row.version)
-        .values(version=row.version + 1, **values)
-    )
-    if res.rowcount != 1:
+    if rowcount != 1:
         raise ConcurrencyError(f"execution {row.id!r} was changed by another writer; retry")
 
 
@@ -158,14 +223,13 @@ def insert_steps(
             }
         )
     if rows:
-        conn.execute(insert(steps), rows)
+        conn.execute(_INSERT_STEPS, rows)
     return seq
 
 
 def has_idempotency_key(conn: Connection, execution_id: str, key: str) -> bool:
     """True if a step of this execution was already applied under ``key``."""
-    q = select(steps.c.seq).where(steps.c.execution_id == execution_id, steps.c.idempotency_key == key)
-    return conn.execute(q).first() is not None
+    return conn.execute(_HAS_KEY, {"p_id": execution_id, "p_key": key}).first() is not None
 
 
 def history(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
@@ -191,7 +255,7 @@ def insert_tasks(conn: Connection, execution_id: str, specs: Iterable[TaskSpec],
         for s in specs
     ]
     if rows:
-        conn.execute(insert(tasks), rows)
+        conn.execute(_INSERT_TASKS, rows)
 
 
 def insert_resume(
@@ -211,12 +275,9 @@ def insert_resume(
     )
 
 
-def discard_tasks(conn: Connection, execution_id: str, keep: int | None = None) -> Sequence[Row[Any]]:
-    """Delete every armed task of an execution (but ``keep``); returns the rows deleted."""
-    cond = tasks.c.execution_id == execution_id
-    if keep is not None:
-        cond = and_(cond, tasks.c.id != keep)
-    return conn.execute(delete(tasks).where(cond).returning(*tasks.c)).all()
+def discard_tasks(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
+    """Delete every armed task of an execution; returns the rows deleted."""
+    return conn.execute(_DISCARD_TASKS, {"p_id": execution_id}).all()
 
 
 def execution_has_tasks(conn: Connection, execution_id: str) -> bool:
@@ -286,10 +347,7 @@ def renew_leases(conn: Connection, claims: Iterable[tuple[int, str]], lease_unti
 
 def finish_task(conn: Connection, task_id: int, claim: str) -> bool:
     """Fenced delete: True only if this claim is still the current one on the task."""
-    res = conn.execute(
-        delete(tasks).where(tasks.c.id == task_id, tasks.c.claim == claim, tasks.c.status == "claimed")
-    )
-    return res.rowcount == 1
+    return conn.execute(_FINISH_TASK, {"p_task": task_id, "p_claim": claim}).rowcount == 1
 
 
 def _unclaim(conn: Connection, task_id: int, claim: str, **values: Any) -> bool:
