@@ -155,9 +155,10 @@ def insert_backlog(engine: Engine, count: int) -> None:
         conn.execute(
             sa.text(
                 "INSERT INTO statem_executions (id, machine_id, machine_version, state, status, context, "
-                "input, seq, version, created_at, updated_at) "
+                "input, seq, version, armed, created_at, updated_at) "
                 "SELECT 'backlog-' || g, 'bench_timer', 1, :state, :status, '{}'::json, "
-                "json_build_object('at', CAST(:at AS text)), 1, 1, now(), now() FROM generate_series(1, :n) g"
+                "json_build_object('at', CAST(:at AS text)), 1, 1, true, now(), now() "
+                "FROM generate_series(1, :n) g"
             ),
             params,
         )

@@ -308,6 +308,7 @@ class Engine:
             parent_task_id=parent_task_id,
             seq=len(outcome.steps),
             version=1,
+            armed=bool(outcome.tasks),
             created_at=now,
             updated_at=now,
         )
@@ -373,7 +374,8 @@ class Engine:
         a ``resume`` task (unless the parent itself is canceling it: ``report_to_parent=False``).
         """
         records = list(outcome.steps)
-        for task in store.discard_tasks(conn, row.id):
+        dropped = store.discard_tasks(conn, row.id) if row.armed else ()
+        for task in dropped:
             records.insert(1, _discard_record(task, outcome.steps[0].from_state or row.state))
             self.metrics.step("discard")
             if task.kind == "child" and task.child_id:
@@ -390,6 +392,7 @@ class Engine:
             output=outcome.output,
             error=outcome.error,
             seq=last,
+            armed=bool(outcome.tasks),
             now=now,
         )
         if report_to_parent:

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -98,6 +99,7 @@ executions = Table(
     Column("parent_task_id", BigID, nullable=True),
     Column("seq", Integer, nullable=False, comment="seq of the last history step"),
     Column("version", Integer, nullable=False, comment="optimistic lock, +1 per write"),
+    Column("armed", Boolean, nullable=False, comment="may have tasks: false only when none can exist"),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     ForeignKeyConstraint(

@@ -82,6 +82,7 @@ _WRITE_STEP = (
         output=bindparam("p_output", type_=executions.c.output.type),
         error=bindparam("p_error"),
         seq=bindparam("p_seq"),
+        armed=bindparam("p_armed"),
         updated_at=bindparam("p_now", type_=executions.c.updated_at.type),
     )
 )
@@ -129,12 +130,14 @@ def write_step(
     output: Any,
     error: str | None,
     seq: int,
+    armed: bool,
     now: dt.datetime,
 ) -> None:
     """Write back an execution after a step, fenced by its optimistic version."""
     params = {
         "p_id": row.id, "p_version": row.version, "p_state": state, "p_status": status,
-        "p_context": context, "p_output": output, "p_error": error, "p_seq": seq, "p_now": now,
+        "p_context": context, "p_output": output, "p_error": error, "p_seq": seq, "p_armed": armed,
+        "p_now": now,
     }  # fmt: skip
     _fenced(conn, row, conn.execute(_WRITE_STEP, params).rowcount)
 

@@ -45,6 +45,9 @@ def upgrade() -> None:
         sa.Column("parent_task_id", BigID, nullable=True),
         sa.Column("seq", sa.Integer(), nullable=False, comment="seq of the last history step"),
         sa.Column("version", sa.Integer(), nullable=False, comment="optimistic lock, +1 per write"),
+        sa.Column(
+            "armed", sa.Boolean(), nullable=False, comment="may have tasks: false only when none can exist"
+        ),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
