@@ -226,7 +226,7 @@ def insert_steps(
             }
         )
     if rows:
-        conn.execute(_INSERT_STEPS, rows)
+        conn.execute(_INSERT_STEPS, rows[0] if len(rows) == 1 else rows)
     return seq
 
 
