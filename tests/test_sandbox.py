@@ -199,3 +199,36 @@ def test_matches_python_on_the_safe_subset(src: str) -> None:
             evaluate(src)
         return
     assert evaluate(src) == expected
+
+
+def test_a_worker_survives_hostile_expressions(sqlite_engine: Any) -> None:
+    """Expressions that are only evaluated by the executor fail their execution, not the worker."""
+    from statem import WorkerSettings
+
+    def compiles(src: str) -> bool:
+        try:
+            compile_expression(src)
+        except ExpressionError:
+            return False
+        return True
+
+    heavy = [e for e in ESCAPES if ("10**" in e or "range(" in e or "100000" in e) and compiles(e)][:12]
+    assert len(heavy) == 12
+    ids = []
+    for i, src in enumerate(heavy):
+        sqlite_engine.save_machine(
+            {"id": f"hostile{i}", "version": 1, "start_at": "a", "states": {
+                "a": {"always": [{"state": "b", "wait_for": {"seconds": 0}}]},
+                "b": {"always": [{"state": "c", "context": {"x": src}}]},
+                "c": {"end": True}}}
+        )  # fmt: skip
+        ids.append(sqlite_engine.start(f"hostile{i}").id)
+    sqlite_engine.save_machine(
+        {"id": "fine", "version": 1, "start_at": "a", "states": {
+            "a": {"always": [{"state": "b", "wait_for": {"seconds": 0}}]}, "b": {"end": True}}}
+    )  # fmt: skip
+    with sqlite_engine.worker(WorkerSettings(concurrency=2, poll_seconds=0.2)):
+        for eid in ids:
+            ex = sqlite_engine.wait(eid, timeout=30)
+            assert ex.status == "failed" and ex.state == "a", (ex.state, ex.error)
+        assert sqlite_engine.wait(sqlite_engine.start("fine").id, timeout=10).status == "finished"
