@@ -1,0 +1,201 @@
+"""Fault injection: workers SIGKILLed at random while they run, and trigger storms.
+
+After the storm or the killing: every execution finished, every history has contiguous
+seqs with no step applied twice, every effect key was called at least once, and every
+final context equals the one a crash-free run gives.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from statem import Engine
+from statem.testing import run_until_idle
+
+from .apps.torture_app import MACHINE, charge
+from .conftest import ROOT
+
+pytestmark = pytest.mark.slow
+STATEM = [sys.executable, "-m", "statem.cli", "--app", "tests.apps.torture_app:make", "worker"]
+
+
+def drive(engine: Engine, n: int) -> list[str]:
+    """Start ``n`` executions and fire their actions (the caller's part of the process)."""
+    ids = []
+    for i in range(n):
+        eid = engine.start("torture", {"n": i}, execution_id=f"t{i}").id
+        for sku in ("a", "b")[: 1 + i % 2]:
+            engine.trigger(eid, "add", {"sku": sku}, idempotency_key=f"{eid}-{sku}")
+        engine.trigger(eid, "close", idempotency_key=f"{eid}-close")
+        ids.append(eid)
+    return ids
+
+
+def reference(tmp_path: Path, n: int) -> dict[str, Any]:
+    """Final contexts from a crash-free, in-process run of the same inputs."""
+    engine = Engine(f"sqlite:///{tmp_path / 'reference.db'}")
+    engine.migrate()
+    engine.save_machine(MACHINE)
+    engine.effects.register("charge", charge)
+    ids = drive(engine, n)
+    deadline = time.monotonic() + 30
+    while not all(engine.get(i).done for i in ids) and time.monotonic() < deadline:
+        run_until_idle(engine)
+        time.sleep(0.05)
+    contexts = {i: engine.get(i).context for i in ids}
+    engine.close()
+    return contexts
+
+
+def check(engine: Engine, ids: list[str], expected: dict[str, Any], calls: Path) -> dict[str, int]:
+    duplicated = lost = 0
+    for eid in ids:
+        ex = engine.get(eid)
+        lost += ex.status != "finished"
+        steps = engine.history(eid)
+        assert [s.seq for s in steps] == list(range(1, len(steps) + 1)), eid
+        kinds = Counter(s.kind for s in steps)
+        duplicated += max(kinds["result"] - 1, 0) + max(kinds["timer"] - 1, 0) + max(kinds["action"] - 3, 0)
+        assert ex.context == expected[eid], eid
+    keys = Counter(calls.read_text().split()) if calls.exists() else Counter()
+    assert {k.split(":")[0] for k in keys} == set(ids)  # every execution's effect was called
+    figures = {"executions": len(ids), "lost": lost, "duplicated": duplicated,
+               "keys": len(keys), "max_calls_per_key": max(keys.values(), default=0)}  # fmt: skip
+    assert lost == 0 and duplicated == 0, figures
+    assert len(keys) == len(ids), figures  # one effect per execution, each called at least once
+    return figures
+
+
+def torture(db_url: str, tmp_path: Path, workers: int, n: int, seconds: float) -> dict[str, int]:
+    engine = Engine(db_url)
+    engine.save_machine(MACHINE)
+    calls = tmp_path / "calls.txt"
+    env = {**os.environ, "STATEM_DATABASE_URL": db_url, "FX_CALLS": str(calls)}
+    args = [*STATEM, "--poll", "0.1", "--lease", "1", "--concurrency", "4"]
+    procs: list[subprocess.Popen[bytes]] = []
+    log = (tmp_path / "workers.log").open("ab")
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    procs = [spawn() for _ in range(workers)]
+    kills = 0
+    stop = threading.Event()
+
+    def killer() -> None:
+        nonlocal kills
+        rng = random.Random(7)
+        while not stop.wait(rng.uniform(0.1, 0.4)):
+            k = rng.randrange(len(procs))
+            procs[k].send_signal(signal.SIGKILL)
+            procs[k].wait()
+            kills += 1
+            procs[k] = spawn()
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        ids = drive(engine, n)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not all(engine.get(i).done for i in ids):
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join()
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        log.close()
+    figures = check(engine, ids, reference(tmp_path, n), calls)
+    engine.close()
+    figures["kills"] = kills
+    print(f"torture figures: {figures}")
+    assert kills >= 3
+    return figures
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_crash_torture_two_workers_postgresql(db_url: str, tmp_path: Path) -> None:
+    torture(db_url, tmp_path, workers=2, n=100, seconds=60)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_crash_torture_one_worker_sqlite(db_url: str, tmp_path: Path) -> None:
+    torture(db_url, tmp_path, workers=1, n=40, seconds=60)
+
+
+# --------------------------------------------------------------------------- trigger storms
+
+COUNTERS = {
+    "id": "counters",
+    "version": 1,
+    "start_at": "open",
+    "context": {"n": "0"},
+    "states": {"open": {"actions": {"bump": {"context": {"n": "ctx['n'] + 1"}}}}},
+}
+PROCESSES, THREADS, TOTAL, TARGETS = 4, 4, 2000, 100
+
+
+def _storm(url: str, proc: int, queue: Any) -> None:
+    """One process of the storm: THREADS threads, each firing its share of the triggers."""
+    engine = Engine(url)
+    accepted: list[str] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def fire(thread: int) -> None:
+        rng = random.Random(proc * 100 + thread)
+        share = TOTAL // (PROCESSES * THREADS)
+        for i in range(share):
+            target = f"c{rng.randrange(TARGETS)}"
+            # a tenth repeat a key another thread or process also sends
+            key = f"shared-{i % 20}-{target}" if i % 10 == 0 else f"p{proc}t{thread}i{i}"
+            try:
+                engine.trigger(target, "bump", idempotency_key=key)
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            with lock:
+                accepted.append(f"{target}|{key}")
+
+    threads = [threading.Thread(target=fire, args=(t,)) for t in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine.close()
+    queue.put((accepted, errors))
+
+
+def test_trigger_storm_applies_every_accepted_trigger_once(engine: Engine, db_url: str) -> None:
+    engine.save_machine(COUNTERS)
+    for i in range(TARGETS):
+        engine.start("counters", execution_id=f"c{i}")
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_storm, args=(db_url, p, queue)) for p in range(PROCESSES)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=240) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    errors = [e for _, errs in results for e in errs]
+    assert errors == []
+    distinct = {a for accepted, _ in results for a in accepted}  # a repeated key is applied once
+    per_target = Counter(a.split("|")[0] for a in distinct)
+    for i in range(TARGETS):
+        assert engine.get(f"c{i}").context["n"] == per_target[f"c{i}"]
+    assert sum(per_target.values()) < TOTAL  # some keys were repeated...
+    assert sum(per_target.values()) > TOTAL * 0.9  # ...a tenth at most
