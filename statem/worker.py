@@ -58,6 +58,7 @@ class Worker:
             job_defaults={"coalesce": True, "max_instances": 3, "misfire_grace_time": None},
         )
         self._stopping = threading.Event()
+        self._again = False
         self._outage_since: float | None = None
         self._backoff = 0.0
         self._retry_at = 0.0
@@ -165,14 +166,22 @@ class Worker:
         """Claim ready tasks for the free threads; schedule the next wake-up."""
         if self._stopping.is_set() or time.monotonic() < self._retry_at:
             return
-        with self._poll_lock:
-            try:
+        if not self._poll_lock.acquire(blocking=False):
+            self._again = True  # the poll running now goes round once more
+            return
+        try:
+            upcoming = None
+            self._again = True
+            while self._again and not self._stopping.is_set():
+                self._again = False
                 claimed = self._claim()
                 upcoming = None if claimed else self._next_due()
-            except StatemError as exc:
-                self._outage(exc)
-                return
             self._recovered()
+        except StatemError as exc:
+            self._outage(exc)
+            return
+        finally:
+            self._poll_lock.release()
         if upcoming is not None:
             self.wake(max(upcoming, dt.datetime.now(dt.UTC)))
 

@@ -199,3 +199,147 @@ def test_trigger_storm_applies_every_accepted_trigger_once(engine: Engine, db_ur
         assert engine.get(f"c{i}").context["n"] == per_target[f"c{i}"]
     assert sum(per_target.values()) < TOTAL  # some keys were repeated...
     assert sum(per_target.values()) > TOTAL * 0.9  # ...a tenth at most
+
+
+# --------------------------------------------------------------------------- database outage
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+TICKER = {
+    "id": "ticker",
+    "version": 1,
+    "start_at": "tick",
+    "context": {"n": "0"},
+    "states": {
+        "tick": {"always": [
+            {"name": "enough", "state": "done", "when": "ctx['n'] >= 12"},
+            {"name": "next", "wait_for": {"seconds": 0.5}, "context": {"n": "ctx['n'] + 1"}},
+        ]},
+        "done": {"end": True},
+    },
+}  # fmt: skip
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateCluster:
+    """A throwaway PostgreSQL server of our own, so stopping it disturbs no other test."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, _free_port()
+        self.data = root / "data"
+
+    def pg_ctl(self, *args: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(self.data),
+                        *args], check=True, capture_output=True, timeout=60)  # fmt: skip
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        self.pg_ctl("-o", opts, "-l", str(self.root / "server.log"), "-w", "start")
+
+    def stop(self) -> None:
+        self.pg_ctl("-m", "fast", "-w", "stop")
+
+    def __enter__(self) -> PrivateCluster:
+        os.chown(self.root, _uid("postgres"), -1)
+        initdb = ["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(self.data)]
+        subprocess.run([*initdb, "-A", "trust", "-U", "postgres"], check=True, capture_output=True, timeout=120)
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(self.data),
+                        "-m", "immediate", "stop"], capture_output=True, timeout=60)  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+
+def _uid(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_uid
+
+
+@pytest.mark.skipif(
+    not (PG_BIN / "initdb").exists(), reason="PostgreSQL 15 server binaries are not installed"
+)
+def test_workers_and_callers_ride_out_a_database_outage(tmp_path: Path) -> None:
+    import shutil
+    import tempfile
+
+    from statem import StoreError
+
+    root = Path(tempfile.mkdtemp(prefix="statem-pg-"))  # outside pytest's root-only tmp tree
+    try:
+        _ride_out_outage(root, tmp_path, StoreError)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _ride_out_outage(root: Path, tmp_path: Path, StoreError: type[Exception]) -> None:
+    with PrivateCluster(root) as cluster:
+        engine = Engine(cluster.url)
+        engine.migrate()
+        engine.save_machine(COUNTERS)
+        engine.save_machine(TICKER)
+        counters = [engine.start("counters", execution_id=f"c{i}").id for i in range(5)]
+        tickers = [engine.start("ticker").id for _ in range(3)]
+        env = {**os.environ, "STATEM_DATABASE_URL": cluster.url}
+        with (tmp_path / "worker.log").open("wb") as log:
+            worker = subprocess.Popen([sys.executable, "-m", "statem.cli", "worker", "--poll", "0.2"],
+                                      cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        accepted: Counter[str] = Counter()
+        refused: list[tuple[str, float]] = []
+        stop = threading.Event()
+
+        def caller() -> None:
+            i = 0
+            while not stop.is_set():
+                target = counters[i % len(counters)]
+                began = time.monotonic()
+                try:
+                    engine.trigger(target, "bump")
+                    accepted[target] += 1
+                except StoreError as exc:
+                    refused.append((str(exc), time.monotonic() - began))
+                    time.sleep(0.05)
+                i += 1
+                time.sleep(0.01)
+
+        thread = threading.Thread(target=caller)
+        thread.start()
+        try:
+            time.sleep(1.5)
+            cluster.stop()
+            time.sleep(5)
+            cluster.start()
+            time.sleep(2)
+        finally:
+            stop.set()
+            thread.join()
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not all(engine.get(t).done for t in tickers):
+                time.sleep(0.2)
+            assert worker.poll() is None, "the worker died in the outage"
+            assert all(engine.get(t).status == "finished" for t in tickers)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=30)
+        for target in counters:
+            assert engine.get(target).context["n"] == accepted[target]  # none lost, none doubled
+        assert refused, "no trigger was refused during the outage"
+        assert all(seconds < 15 for _, seconds in refused), max(s for _, s in refused)  # bound: see docs
+        assert all("database" in msg for msg, _ in refused)
+        engine.close()
+    text = (tmp_path / "worker.log").read_text()
+    assert text.count("lost the database") == 1, text
+    assert text.count("reconnected after") == 1, text
+    assert "Traceback" not in text
