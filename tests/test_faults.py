@@ -248,7 +248,9 @@ class PrivateCluster:
     def __enter__(self) -> PrivateCluster:
         os.chown(self.root, _uid("postgres"), -1)
         initdb = ["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(self.data)]
-        subprocess.run([*initdb, "-A", "trust", "-U", "postgres"], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [*initdb, "-A", "trust", "-U", "postgres"], check=True, capture_output=True, timeout=120
+        )
         self.start()
         return self
 
