@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 export STATEM_TEST_PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: install demo test lint typecheck pytest postgres bench clean
+.PHONY: install demo test lint typecheck pytest postgres bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,21 @@ pytest: install postgres
 
 test: lint typecheck pytest
 
-bench: install postgres
+BENCH_VENV  = .venv-bench
+BENCH_STAMP = $(BENCH_VENV)/.installed-stamp
+
+$(BENCH_STAMP): pyproject.toml bench/requirements-peer.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[postgres]' -r bench/requirements-peer.txt
+	touch $(BENCH_STAMP)
+
+# every benchmark (statem's own, then the DBOS comparison) and one summary table
+bench: install postgres $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
+bench-quick: install postgres $(BENCH_STAMP)
+	$(BIN)/python -m bench --quick
+
 clean:
-	rm -rf $(VENV) demo.db* statem.db* .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) .venv-bench demo.db* statem.db* .pytest_cache .mypy_cache .ruff_cache build dist

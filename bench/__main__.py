@@ -10,24 +10,38 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
+import json
+import subprocess
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import ModuleType
 
 from .common import Result, quiet_logs, say, summary
 
 #: The benchmarks, in the order they run.
 BENCHMARKS = ("steps", "executor", "timers", "memory")
-#: Benchmarks that run only when their module exists (written later, by others).
-OPTIONAL = ("peer",)
+#: The peer comparison needs DBOS, which lives in its own virtualenv (``make bench`` makes it).
+PEER_PYTHON = Path(__file__).resolve().parent.parent / ".venv-bench" / "bin" / "python"
 
 
 def available() -> list[str]:
-    """The benchmark names that can run here: the fixed ones and the optional ones present."""
-    extra = [name for name in OPTIONAL if importlib.util.find_spec(f"bench.{name}") is not None]
-    return [*BENCHMARKS, *extra]
+    """The benchmark names that can run here: the fixed ones, and ``peer`` when its venv exists."""
+    return [*BENCHMARKS, "peer"] if PEER_PYTHON.exists() else list(BENCHMARKS)
+
+
+def run_peer(quick: bool) -> list[Result]:
+    """bench/peer.py in the bench virtualenv; its last line carries the summary rows."""
+    args = [str(PEER_PYTHON), "-m", "bench.peer", *(["--quick"] if quick else [])]
+    proc = subprocess.run(args, cwd=PEER_PYTHON.parents[2], capture_output=True, text=True, check=True)
+    rows: list[Result] = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("SUMMARY "):
+            rows = [Result(**row) for row in json.loads(line.removeprefix("SUMMARY "))]
+        else:
+            say(line)
+    return rows
 
 
 def runner(module: ModuleType) -> Callable[[bool], list[Result]]:
@@ -41,7 +55,10 @@ def run_one(name: str, quick: bool) -> tuple[list[Result], str | None]:
     say(f"\n== {name}{' (quick)' if quick else ''}")
     began = time.monotonic()
     try:
-        results = runner(importlib.import_module(f"bench.{name}"))(quick)
+        if name == "peer":
+            results = run_peer(quick)
+        else:
+            results = runner(importlib.import_module(f"bench.{name}"))(quick)
     except Exception as exc:
         traceback.print_exc()
         return [], f"{name}: {type(exc).__name__}: {exc}"

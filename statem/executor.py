@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("statem.executor")
 
+#: Task kinds ``execution_mode: sync`` runs in the caller (timers always go to workers).
+INLINE_KINDS = ("effect", "child", "resume")
+
 
 def default_owner() -> str:
     """A worker name unique across hosts and processes: ``host:pid:random``."""
@@ -50,6 +54,7 @@ class Executor:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._inline = threading.local()  # the queue of the sync execution this thread runs
 
     # ------------------------------------------------------------------ claiming
     def claim(
@@ -95,20 +100,39 @@ class Executor:
         Children of sync machines are followed; an async child's tasks are left to workers.
         """
         family = [execution_id]
-        while True:
-            batch = self.claim(
-                "inline",
-                16,
-                self.engine.worker_settings.lease_seconds,
-                execution_ids=family,
-                kinds=("effect", "child", "resume"),
+        self._inline.queue = []
+        try:
+            while True:
+                batch = self._inline.queue or self.claim(
+                    "inline",
+                    16,
+                    self.engine.worker_settings.lease_seconds,
+                    execution_ids=family,
+                    kinds=INLINE_KINDS,
+                )
+                self._inline.queue = []
+                if not batch:
+                    return
+                for task in batch:
+                    child = self.run(task)
+                    if child is not None and child not in family:
+                        family.append(child)
+        finally:
+            self._inline.queue = None
+
+    def _claim_next_inline(self, conn: Connection, execution_id: str, now: dt.datetime) -> bool:
+        """Running inline: claim the tasks this step armed in its own transaction (saves one)."""
+        queue = getattr(self._inline, "queue", None)
+        if queue is None:
+            return False
+        lease = dt.timedelta(seconds=self.engine.worker_settings.lease_seconds)
+        queue.extend(
+            store.claim_tasks(
+                conn, owner="inline", claim=uuid.uuid4().hex, now=now, lease_until=now + lease,
+                limit=16, execution_ids=[execution_id], kinds=INLINE_KINDS,
             )
-            if not batch:
-                return
-            for task in batch:
-                child = self.run(task)
-                if child is not None and child not in family:
-                    family.append(child)
+        )  # fmt: skip
+        return True
 
     # ------------------------------------------------------------------ running
     def run(self, task: Row[Any]) -> str | None:
@@ -161,7 +185,8 @@ class Executor:
             outcome = self._outcome(conn, row, make, kind, name or task.payload.get("name"), now)
             self.engine.commit_step(conn, row, outcome, now)
             self._log(task, outcome)
-        if outcome.tasks:
+            inline = bool(outcome.tasks) and self._claim_next_inline(conn, row.id, now)
+        if outcome.tasks and not inline:
             self.engine._wake()
 
     def _outcome(
@@ -207,7 +232,11 @@ class Executor:
         policy = None
         timeout: float | None = None
         try:
-            cm = self.engine.compiled(*self._pin(task))
+            cm = (
+                self.engine.compiled(*payload["pin"])
+                if "pin" in payload
+                else self.engine.compiled(*self._pin(task))
+            )
             inv = semantics.transition_at(cm, payload["transition"]).invoke
             assert inv is not None
             policy, timeout = inv.retry, inv.timeout_seconds

@@ -186,7 +186,12 @@ class _Chain:
         assert t.invoke is not None
         inv = t.invoke
         task_input = self.eval(f"{path}.invoke.input") if inv.input is not None else {}
-        payload: dict[str, Any] = {"transition": path, "name": name, "input": task_input}
+        payload: dict[str, Any] = {
+            "transition": path,
+            "name": name,
+            "input": task_input,
+            "pin": [self.snap.machine_id, self.snap.machine_version],  # spares the executor a read
+        }
         if inv.effect is not None:
             payload["effect"] = inv.effect
             self.tasks.append(TaskSpec("effect", self.now, payload))
