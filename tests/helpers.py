@@ -72,3 +72,13 @@ def effect_machine(effect: str = "work", **invoke: Any) -> dict[str, Any]:
             "skipped": {"end": True},
         },
     }
+
+
+def timer_machine(**wait_for: float) -> dict[str, Any]:
+    """w -> (timer) -> done."""
+    return {
+        "id": "t",
+        "version": 1,
+        "start_at": "w",
+        "states": {"w": {"always": [{"state": "done", "wait_for": wait_for}]}, "done": {"end": True}},
+    }

@@ -12,7 +12,7 @@ import pytest
 from statem import Engine
 from statem.testing import FakeClock, run_until_idle
 
-from .helpers import effect_machine, http_server
+from .helpers import effect_machine, http_server, timer_machine
 
 
 @pytest.fixture
@@ -248,17 +248,7 @@ def test_timer_until_expression(fengine: Engine, clock: FakeClock) -> None:
 def test_timer_survives_restart(db_url: str) -> None:
     clock = FakeClock()
     first = Engine(db_url, clock=clock)
-    first.save_machine(
-        {
-            "id": "t",
-            "version": 1,
-            "start_at": "w",
-            "states": {
-                "w": {"always": [{"state": "done", "wait_for": {"hours": 1}}]},
-                "done": {"end": True},
-            },
-        }
-    )
+    first.save_machine(timer_machine(hours=1))
     ex = first.start("t")
     first.close()
     clock.advance(hours=2)
@@ -484,17 +474,7 @@ def test_task_for_a_machine_that_no_longer_validates_fails_the_execution(db_url:
 
     clock = FakeClock()
     first = Engine(db_url, clock=clock)
-    first.save_machine(
-        {
-            "id": "t",
-            "version": 1,
-            "start_at": "w",
-            "states": {
-                "w": {"always": [{"state": "done", "wait_for": {"seconds": 5}}]},
-                "done": {"end": True},
-            },
-        }
-    )
+    first.save_machine(timer_machine(seconds=5))
     ex = first.start("t")
     with first.db.begin() as conn:  # someone edits the stored definition by hand
         conn.execute(text('UPDATE statem_machines SET definition = \'{"id": "t"}\''))
