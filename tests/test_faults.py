@@ -78,7 +78,15 @@ def check(engine: Engine, ids: list[str], expected: dict[str, Any], calls: Path)
     return figures
 
 
-def torture(db_url: str, tmp_path: Path, workers: int, n: int, seconds: float) -> dict[str, int]:
+def torture(
+    db_url: str,
+    tmp_path: Path,
+    workers: int,
+    n: int,
+    seconds: float,
+    kill_every: tuple[float, float] = (0.1, 0.4),
+) -> dict[str, int]:
+    """Drive ``n`` executions while a random worker is SIGKILLed every ``kill_every`` seconds."""
     engine = Engine(db_url)
     engine.save_machine(MACHINE)
     calls = tmp_path / "calls.txt"
@@ -97,7 +105,7 @@ def torture(db_url: str, tmp_path: Path, workers: int, n: int, seconds: float) -
     def killer() -> None:
         nonlocal kills
         rng = random.Random(7)
-        while not stop.wait(rng.uniform(0.1, 0.4)):
+        while not stop.wait(rng.uniform(*kill_every)):
             k = rng.randrange(len(procs))
             procs[k].send_signal(signal.SIGKILL)
             procs[k].wait()
