@@ -504,3 +504,21 @@ def test_strict_effects_rejects_unknown_effect_names_at_save(db_url: str) -> Non
         assert [m.id for m in engine.machines()] == ["fx"]
     finally:
         engine.close()
+
+
+def test_sync_parent_runs_a_sync_child_and_its_effects_inline(fengine: Engine) -> None:
+    fengine.effects.register("work", lambda input, *, idempotency_key: input["n"] * 3)
+    child = effect_machine()
+    child["execution_mode"] = "sync"
+    fengine.save_machine(child)
+    fengine.save_machine(
+        {"id": "boss", "version": 1, "start_at": "s", "execution_mode": "sync", "states": {
+            "s": {"always": [{"invoke": {"machine": ["fx", 1], "input": "{'n': input['n']}",
+                                         "success": {"state": "t", "context": {"got": "output"}}}}]},
+            "t": {"always": [{"invoke": {"effect": "work", "input": "{'n': ctx['got']}",
+                                         "success": {"state": "done", "context": {"final": "output"}}}}]},
+            "done": {"end": True, "return": "ctx['final']"}}}
+    )  # fmt: skip
+    ex = fengine.start("boss", {"n": 2})
+    assert (ex.status, ex.output) == ("finished", 18)  # child: 2*3 = 6; parent's effect: 6*3 = 18
+    assert run_until_idle(fengine) == 0
