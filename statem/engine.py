@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,12 +36,12 @@ from .errors import (
 )
 from .expressions import JSON, check_json
 from .records import Execution, MachineInfo, Step
-from .semantics import FINAL_STATUSES, Outcome, Snapshot, StepRecord
+from .semantics import FINAL_STATUSES, INLINE_KINDS, Outcome, Snapshot, StepRecord, TaskSpec
 from .settings import WorkerSettings
 from .telemetry import Metrics
 
 if TYPE_CHECKING:
-    from .executor import Executor
+    from .executor import Executor, InlineRun
     from .worker import Worker
 
 log = logging.getLogger("statem")
@@ -51,6 +52,15 @@ Clock = Callable[[], dt.datetime]
 def utcnow() -> dt.datetime:
     """The current time, aware, in UTC."""
     return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Armed:
+    """What a committed step armed: tasks claimed for the inline caller to run next, and
+    whether it left work for workers (they were notified)."""
+
+    ready: list[Row[Any]] = field(default_factory=list)
+    for_workers: bool = False
 
 
 def snapshot(row: Row[Any]) -> Snapshot:
@@ -261,21 +271,26 @@ class Engine:
         data = _check_input(input)
         eid = execution_id or uuid.uuid4().hex
         now = self.clock()
+        inline: InlineRun | None = None
         try:
             with self.transaction() as conn:
                 if execution_id is not None and (row := store.get_execution(conn, execution_id)):
                     return Execution.from_row(row)
                 cm = self.compiled(machine_id, version, conn)
                 outcome = semantics.start(cm, eid, data, self.env, now)
-                self.insert_execution(conn, cm, eid, data, now, outcome)
+                if cm.machine.execution_mode == "sync":
+                    inline = self.executor.new_run(eid)
+                armed = self.insert_execution(conn, cm, eid, data, now, outcome, inline=inline)
         except IntegrityError:  # a concurrent start with the same execution_id won
             existing = self._find(eid)
             if existing is None:
                 raise
             return existing
-        if cm.machine.execution_mode == "sync" and any(t.kind != "timer" for t in outcome.tasks):
-            return self._after(cm, eid, outcome)
-        self._wake_if(outcome)
+        if armed.for_workers:
+            self._wake()
+        if inline is not None and armed.ready:
+            self.executor.run_inline(inline, armed.ready)
+            return self.get(eid)
         return Execution(
             eid, cm.machine.id, cm.machine.version, outcome.state, outcome.status, outcome.context,
             data, outcome.output, outcome.error, None, now, now,
@@ -290,7 +305,8 @@ class Engine:
         now: dt.datetime,
         outcome: Outcome,
         parent: tuple[str, int] | None = None,
-    ) -> None:
+        inline: InlineRun | None = None,
+    ) -> Armed:
         """Create an execution row as its first step (a start or a child start) leaves it."""
         parent_id, parent_task_id = parent if parent else (None, None)
         store.insert_execution(
@@ -313,7 +329,7 @@ class Engine:
             updated_at=now,
         )
         store.insert_steps(conn, eid, 1, outcome.steps, now)
-        self._arm(conn, eid, outcome, now, parent_id, parent_task_id)
+        return self._arm(conn, eid, outcome, now, parent_id, parent_task_id, inline)
 
     def trigger(
         self,
@@ -331,6 +347,7 @@ class Engine:
         """
         data = _check_input(input)
         now = self.clock()
+        inline: InlineRun | None = None
         with self.transaction() as conn:
             row = store.lock_execution(conn, execution_id)
             if row is None:
@@ -339,23 +356,16 @@ class Engine:
                 return Execution.from_row(row)
             cm = self.compiled(row.machine_id, row.machine_version, conn)
             outcome = semantics.action(cm, snapshot(row), action, data, self.env, now)
-            self.commit_step(conn, row, outcome, now, idempotency_key=idempotency_key)
+            if cm.machine.execution_mode == "sync":
+                inline = self.executor.new_run(execution_id)
+            armed = self.commit_step(conn, row, outcome, now, idempotency_key=idempotency_key, inline=inline)
             created = row.created_at
-        if cm.machine.execution_mode == "sync" and outcome.tasks:
-            return self._after(cm, execution_id, outcome)
-        self._wake_if(outcome)
-        return _execution(row, outcome, now, created)
-
-    def _after(self, cm: CompiledMachine, eid: str, outcome: Outcome) -> Execution:
-        """After start/trigger commits: run a sync machine's tasks inline, wake workers."""
-        if cm.machine.execution_mode == "sync" and any(t.kind != "timer" for t in outcome.tasks):
-            self.executor.run_inline(eid)
-        self._wake_if(outcome)
-        return self.get(eid)
-
-    def _wake_if(self, outcome: Outcome) -> None:
-        if outcome.tasks:
+        if armed.for_workers:
             self._wake()
+        if inline is not None and armed.ready:
+            self.executor.run_inline(inline, armed.ready)
+            return self.get(execution_id)
+        return _execution(row, outcome, now, created)
 
     def commit_step(
         self,
@@ -366,15 +376,21 @@ class Engine:
         *,
         idempotency_key: str | None = None,
         report_to_parent: bool = True,
-    ) -> None:
+        dropped: Sequence[Row[Any]] | None = None,
+        inline: InlineRun | None = None,
+    ) -> Armed:
         """Persist one step on a locked execution row: history, new state, armed tasks.
 
         Tasks armed earlier are dropped (a later step wins), each recorded in history; a
-        child left behind is canceled. A child that ends hands its result to its parent as
-        a ``resume`` task (unless the parent itself is canceling it: ``report_to_parent=False``).
+        child left behind is canceled. ``dropped`` says which, when the caller has already
+        deleted them (the executor does, to check its claim in the same statement). A child
+        that ends hands its result to its parent as a ``resume`` task (unless the parent
+        itself is canceling it: ``report_to_parent=False``). With ``inline``, the tasks the
+        step arms for executions that run is following are claimed for it as they are armed.
         """
         records = list(outcome.steps)
-        dropped = store.discard_tasks(conn, row.id) if row.armed else ()
+        if dropped is None:
+            dropped = store.discard_tasks(conn, row.id) if row.armed else ()
         for task in dropped:
             records.insert(1, _discard_record(task, outcome.steps[0].from_state or row.state))
             self.metrics.step("discard")
@@ -396,9 +412,8 @@ class Engine:
             now=now,
         )
         if report_to_parent:
-            self._arm(conn, row.id, outcome, now, row.parent_id, row.parent_task_id)
-        else:
-            self._arm(conn, row.id, outcome, now, None, None)
+            return self._arm(conn, row.id, outcome, now, row.parent_id, row.parent_task_id, inline)
+        return self._arm(conn, row.id, outcome, now, None, None, inline)
 
     def _arm(
         self,
@@ -408,19 +423,37 @@ class Engine:
         now: dt.datetime,
         parent_id: str | None,
         parent_task_id: int | None,
-    ) -> None:
-        """Insert the tasks a step armed; a child that ended hands its result to its parent."""
-        store.insert_tasks(conn, eid, outcome.tasks, now)
+        inline: InlineRun | None,
+    ) -> Armed:
+        """Insert the tasks a step armed; a child that ended hands its result to its parent.
+
+        Tasks an inline run will take are inserted already claimed under its token; the
+        rest are left pending for workers, who are notified when the transaction commits.
+        """
         for record in outcome.steps:
             self.metrics.step(record.kind)
-        armed = bool(outcome.tasks)
+        claim = inline.claim(now) if inline is not None else None
+        mine: list[TaskSpec] = []
+        theirs: list[TaskSpec] = []
+        here = inline is not None and inline.covers(eid)
+        for spec in outcome.tasks:
+            (mine if here and spec.kind in INLINE_KINDS else theirs).append(spec)
+        store.insert_tasks(conn, eid, theirs, now)
+        ready = store.insert_claimed_tasks(conn, eid, mine, now, claim) if claim is not None else []
+        for_workers = bool(theirs)
         if outcome.status in FINAL_STATUSES and parent_id is not None and parent_task_id is not None:
             ok = outcome.status == "finished"
             result = outcome.output if ok else {"type": outcome.status, "message": outcome.error or ""}
-            store.insert_resume(conn, parent_id, parent_task_id, ok, result, now)
-            armed = True
-        if armed:
+            if inline is not None and inline.covers(parent_id):
+                resume = store.insert_resume(conn, parent_id, parent_task_id, ok, result, now, claim)
+                assert resume is not None
+                ready.append(resume)
+            else:
+                store.insert_resume(conn, parent_id, parent_task_id, ok, result, now)
+                for_workers = True
+        if for_workers:
             dialects.notify(conn)
+        return Armed(ready, for_workers)
 
     def append_steps(
         self, conn: Connection, row: Row[Any], records: list[StepRecord], now: dt.datetime

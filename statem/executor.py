@@ -18,7 +18,9 @@ import os
 import socket
 import threading
 import uuid
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Row
@@ -36,8 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("statem.executor")
 
-#: Task kinds ``execution_mode: sync`` runs in the caller (timers always go to workers).
-INLINE_KINDS = ("effect", "child", "resume")
+
+class _Stale(Exception):
+    """Our claim on a task is no longer current: roll the step back."""
 
 
 def default_owner() -> str:
@@ -49,12 +52,43 @@ def _error(exc: BaseException) -> dict[str, str]:
     return {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
 
 
+def _is_claim(row: Row[Any], task: Row[Any]) -> bool:
+    """True if ``row`` is ``task`` still held under its claim."""
+    return bool(row.id == task.id and row.claim == task.claim and row.status == "claimed")
+
+
+@dataclass
+class InlineRun:
+    """The sync executions one caller runs inline, and the tasks their steps armed for it.
+
+    A step of an execution in ``family`` inserts the effect, child and result tasks it arms
+    already claimed under this run's fencing ``token`` (no claim query), and the caller
+    runs them after that step commits, one transaction per result, until the queue is
+    empty. If the caller dies, the claims lapse after ``lease_seconds`` and a worker takes
+    the tasks, as with any claim.
+    """
+
+    token: str
+    lease_seconds: float
+    family: set[str]
+    owner: str = "inline"
+    queue: deque[Row[Any]] = field(default_factory=deque)
+
+    def covers(self, execution_id: str | None) -> bool:
+        """True if this run takes the inline tasks of ``execution_id``."""
+        return execution_id in self.family
+
+    def claim(self, now: dt.datetime) -> store.Claim:
+        """The claim tasks armed at ``now`` are inserted under."""
+        return store.Claim(self.owner, self.token, now + dt.timedelta(seconds=self.lease_seconds))
+
+
 class Executor:
     """Runs tasks for one engine."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._inline = threading.local()  # the queue of the sync execution this thread runs
+        self._local = threading.local()  # .run: the InlineRun this thread is draining
 
     # ------------------------------------------------------------------ claiming
     def claim(
@@ -94,54 +128,42 @@ class Executor:
                 ran += 1
         return ran
 
-    def run_inline(self, execution_id: str) -> None:
-        """Run a sync execution's ready tasks (not timers) in the caller until it rests.
+    def new_run(self, execution_id: str) -> InlineRun:
+        """A fresh inline run for a sync execution that ``start``/``trigger`` is stepping."""
+        return InlineRun(uuid.uuid4().hex, self.engine.worker_settings.lease_seconds, {execution_id})
+
+    def current_run(self, execution_id: str) -> InlineRun | None:
+        """The inline run this thread is in, if it follows ``execution_id``."""
+        run: InlineRun | None = getattr(self._local, "run", None)
+        return run if run is not None and run.covers(execution_id) else None
+
+    def run_inline(self, run: InlineRun, ready: Sequence[Row[Any]]) -> None:
+        """Run ``ready`` (tasks claimed for ``run`` by a committed step) and what they arm, here.
 
         Children of sync machines are followed; an async child's tasks are left to workers.
+        Inside the run's own loop (a sync child started by a sync parent) the tasks are
+        queued for that loop. A run started while another is going on in this thread (an
+        effect calling ``start``) is run to its end first, then the outer one goes on.
         """
-        family = [execution_id]
-        self._inline.queue = []
+        run.queue.extend(ready)
+        outer: InlineRun | None = getattr(self._local, "run", None)
+        if outer is run:
+            return
+        self._local.run = run
         try:
-            while True:
-                batch = self._inline.queue or self.claim(
-                    "inline",
-                    16,
-                    self.engine.worker_settings.lease_seconds,
-                    execution_ids=family,
-                    kinds=INLINE_KINDS,
-                )
-                self._inline.queue = []
-                if not batch:
-                    return
-                for task in batch:
-                    child = self.run(task)
-                    if child is not None and child not in family:
-                        family.append(child)
+            while run.queue:
+                self.run(run.queue.popleft())
         finally:
-            self._inline.queue = None
-
-    def _claim_next_inline(self, conn: Connection, execution_id: str, now: dt.datetime) -> bool:
-        """Running inline: claim the tasks this step armed in its own transaction (saves one)."""
-        queue = getattr(self._inline, "queue", None)
-        if queue is None:
-            return False
-        lease = dt.timedelta(seconds=self.engine.worker_settings.lease_seconds)
-        queue.extend(
-            store.claim_tasks(
-                conn, owner="inline", claim=uuid.uuid4().hex, now=now, lease_until=now + lease,
-                limit=16, execution_ids=[execution_id], kinds=INLINE_KINDS,
-            )
-        )  # fmt: skip
-        return True
+            self._local.run = outer
 
     # ------------------------------------------------------------------ running
-    def run(self, task: Row[Any]) -> str | None:
-        """Run one claimed task; never raises for a step failure. Returns a started child's id."""
+    def run(self, task: Row[Any]) -> None:
+        """Run one claimed task; never raises for a step failure."""
         self.engine.metrics.task(task.kind)
         with span("statem.task", kind=task.kind, execution_id=task.execution_id, task_id=task.id):
-            return self._dispatch(task)
+            self._dispatch(task)
 
-    def _dispatch(self, task: Row[Any]) -> str | None:
+    def _dispatch(self, task: Row[Any]) -> None:
         try:
             if task.kind == "effect":
                 self._effect(task)
@@ -153,40 +175,58 @@ class Executor:
                     "timer",
                 )
             elif task.kind == "child":
-                return self._child(task)
+                self._child(task)
             elif task.kind == "resume":
                 self._resume(task)
             else:
                 log.error("task %s has unknown kind %r; left alone", task.id, task.kind)
         except StatemError as exc:  # database trouble: the claim lapses and the task comes back
             log.warning("task %s (%s of %s) not applied: %s", task.id, task.kind, task.execution_id, exc)
-        return None
+
+    def _stale(self, task: Row[Any]) -> None:
+        self.engine.metrics.task("stale")
+        log.info("task %s of %s is stale (discarded or reclaimed); dropped", task.id, task.execution_id)
 
     def _locked(self, conn: Connection, task: Row[Any]) -> Row[Any] | None:
         """Lock the task's execution, then check and consume our claim; None if stale."""
         row = store.lock_execution(conn, task.execution_id)
         if row is None or not store.finish_task(conn, task.id, task.claim):
-            self.engine.metrics.task("stale")
-            log.info(
-                "task %s of %s is stale (discarded or reclaimed); dropped",
-                task.id,
-                task.execution_id,
-            )
+            self._stale(task)
             return None
         return row
 
-    def _step(self, task: Row[Any], make: Any, kind: str, name: str | None = None) -> None:
-        """Apply a task's step in one fenced transaction; a failing step fails the execution."""
+    def _step(self, task: Row[Any], make: Any, kind: str) -> None:
+        """Apply a task's step in one fenced transaction; a failing step fails the execution.
+
+        The execution is locked, then all its armed tasks are taken in one
+        ``DELETE ... RETURNING``: ours must be among them under our claim (fencing: if it is
+        not, the transaction is rolled back and the result dropped); the others are the
+        ones this step discards (a later step wins).
+        """
         now = self.engine.clock()
-        with self.engine.transaction() as conn:
-            row = self._locked(conn, task)
-            if row is None or row.status in FINAL_STATUSES:
-                return
-            outcome = self._outcome(conn, row, make, kind, name or task.payload.get("name"), now)
-            self.engine.commit_step(conn, row, outcome, now)
-            self._log(task, outcome)
-            inline = bool(outcome.tasks) and self._claim_next_inline(conn, row.id, now)
-        if outcome.tasks and not inline:
+        inline = self.current_run(task.execution_id)
+        try:
+            with self.engine.transaction() as conn:
+                row = store.lock_execution(conn, task.execution_id)
+                if row is None:
+                    raise _Stale
+                if row.status in FINAL_STATUSES:
+                    if not store.finish_task(conn, task.id, task.claim):
+                        raise _Stale
+                    return
+                taken = store.discard_tasks(conn, row.id)
+                if not any(_is_claim(t, task) for t in taken):
+                    raise _Stale
+                others = [t for t in taken if t.id != task.id]
+                outcome = self._outcome(conn, row, make, kind, task.payload.get("name"), now)
+                armed = self.engine.commit_step(conn, row, outcome, now, dropped=others, inline=inline)
+                self._log(task, outcome)
+        except _Stale:
+            self._stale(task)
+            return
+        if inline is not None:
+            inline.queue.extend(armed.ready)
+        if armed.for_workers:
             self.engine._wake()
 
     def _outcome(
@@ -293,24 +333,24 @@ class Executor:
         self.engine._wake()
 
     # ------------------------------------------------------------------ children
-    def _child(self, task: Row[Any]) -> str | None:
+    def _child(self, task: Row[Any]) -> None:
         payload = task.payload
         machine_id, version = payload["machine"]
         now = self.engine.clock()
         child_id = f"{task.execution_id}.{task.id}"
-        child_cm = None
+        inline = self.current_run(task.execution_id)
         with self.engine.transaction() as conn:
             parent = store.lock_execution(conn, task.execution_id)
             if parent is None or parent.status in FINAL_STATUSES:
                 store.finish_task(conn, task.id, task.claim)
-                return None
+                return
             try:
                 child_cm = self.engine.compiled(machine_id, version, conn)
                 outcome = semantics.start(child_cm, child_id, payload.get("input"), self.engine.env, now)
             except StatemError as exc:
                 error = _error(exc)
                 if not store.finish_task(conn, task.id, task.claim):
-                    return None
+                    return
                 failed = self._outcome(
                     conn,
                     parent,
@@ -321,34 +361,37 @@ class Executor:
                     payload.get("name"),
                     now,
                 )
-                self.engine.commit_step(conn, parent, failed, now)
-                return None
-            if not store.hold_task(conn, task.id, task.claim, child_id):
-                return None
-            self.engine.insert_execution(
-                conn,
-                child_cm,
-                child_id,
-                payload.get("input"),
-                now,
-                outcome,
-                parent=(parent.id, task.id),
-            )
-        log.info(
-            "execution %s started child %s (%s v%s)",
-            task.execution_id,
-            child_id,
-            child_cm.machine.id,
-            child_cm.machine.version,
-        )
-        if child_cm.machine.execution_mode == "sync" and outcome.tasks:
-            self.run_inline(child_id)
-        self.engine._wake()
-        return child_id
+                armed = self.engine.commit_step(conn, parent, failed, now, inline=inline)
+                child_run = inline
+            else:
+                if not store.hold_task(conn, task.id, task.claim, child_id):
+                    return
+                # a sync child runs in the caller: in this thread's run if it follows the
+                # parent, else in a run of its own (a worker took the parent's child task)
+                child_run = None
+                if child_cm.machine.execution_mode == "sync":
+                    child_run = inline or self.new_run(child_id)
+                    child_run.family.add(child_id)
+                armed = self.engine.insert_execution(
+                    conn, child_cm, child_id, payload.get("input"), now, outcome,
+                    parent=(parent.id, task.id), inline=child_run,
+                )  # fmt: skip
+                log.info(
+                    "execution %s started child %s (%s v%s)",
+                    task.execution_id,
+                    child_id,
+                    child_cm.machine.id,
+                    child_cm.machine.version,
+                )
+        if armed.for_workers:
+            self.engine._wake()
+        if child_run is not None and armed.ready:
+            self.run_inline(child_run, armed.ready)
 
     def _resume(self, task: Row[Any]) -> None:
         payload = task.payload
         now = self.engine.clock()
+        inline = self.current_run(task.execution_id)
         with self.engine.transaction() as conn:
             row = self._locked(conn, task)
             if row is None:
@@ -373,7 +416,9 @@ class Executor:
                 waiting.payload.get("name"),
                 now,
             )
-            self.engine.commit_step(conn, row, outcome, now)
+            armed = self.engine.commit_step(conn, row, outcome, now, inline=inline)
             self._log(task, outcome)
-        if outcome.tasks:
+        if inline is not None:
+            inline.queue.extend(armed.ready)
+        if armed.for_workers:
             self.engine._wake()

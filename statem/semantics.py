@@ -32,6 +32,8 @@ from .settings import MAX_ALWAYS_CHAIN
 
 Status = Literal["running", "waiting", "finished", "failed", "canceled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"finished", "failed", "canceled"})
+#: Task kinds ``execution_mode: sync`` runs in the caller (timers always go to workers).
+INLINE_KINDS: frozenset[str] = frozenset({"effect", "child", "resume"})
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,9 @@ class StepRecord:
 
 @dataclass
 class TaskSpec:
-    """A task to arm with the step: a timer, an effect call or a child start."""
+    """A task to arm with the step: a timer, an effect call, a child start or a child's result."""
 
-    kind: Literal["timer", "effect", "child"]
+    kind: Literal["timer", "effect", "child", "resume"]
     due_at: dt.datetime
     payload: dict[str, Any]
 

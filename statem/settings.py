@@ -22,6 +22,8 @@ DEFAULT_MAX_ATTEMPTS = 1
 DEFAULT_EFFECT_TIMEOUT_SECONDS = 60.0
 #: How long start/trigger wait for the database before failing with StoreError.
 DB_TIMEOUT_SECONDS = 10.0
+#: A pooled PostgreSQL connection idle longer than this is pinged before it is used again.
+PING_IDLE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, or_, select, update
@@ -97,6 +98,8 @@ _WRITE_SEQ = (
 )
 _INSERT_STEPS = insert(steps)
 _INSERT_TASKS = insert(tasks)
+_INSERT_CLAIMED = insert(tasks).returning(*tasks.c)
+_INSERT_CLAIMED_MANY = insert(tasks).returning(*tasks.c, sort_by_parameter_order=True)
 _HAS_KEY = select(steps.c.seq).where(
     steps.c.execution_id == bindparam("p_id"), steps.c.idempotency_key == bindparam("p_key")
 )
@@ -243,39 +246,68 @@ def history(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
 # --------------------------------------------------------------------------- tasks
 
 
-def insert_tasks(conn: Connection, execution_id: str, specs: Iterable[TaskSpec], now: dt.datetime) -> None:
-    """Arm tasks for an execution (pending, due at their due time)."""
-    rows = [
-        {
-            "execution_id": execution_id,
-            "kind": s.kind,
-            "status": "pending",
-            "due_at": s.due_at,
-            "payload": s.payload,
-            "attempts": 0,
-            "created_at": now,
-        }
+@dataclass(frozen=True)
+class Claim:
+    """A claim to take tasks under as they are armed: owner, fencing token and lease."""
+
+    owner: str
+    token: str
+    lease_until: dt.datetime
+
+
+def _task_rows(
+    execution_id: str, specs: Iterable[TaskSpec], now: dt.datetime, claim: Claim | None
+) -> list[dict[str, Any]]:
+    held = (
+        {"status": "claimed", "claim": claim.token, "owner": claim.owner,
+         "lease_expires_at": claim.lease_until, "attempts": 1}
+        if claim is not None
+        else {"status": "pending", "attempts": 0}
+    )  # fmt: skip
+    return [
+        {"execution_id": execution_id, "kind": s.kind, "due_at": s.due_at, "payload": s.payload,
+         "created_at": now, **held}
         for s in specs
-    ]
-    if rows:
-        conn.execute(_INSERT_TASKS, rows)
+    ]  # fmt: skip
+
+
+def insert_tasks(conn: Connection, execution_id: str, specs: Sequence[TaskSpec], now: dt.datetime) -> None:
+    """Arm tasks for an execution (pending, due at their due time)."""
+    if specs:
+        conn.execute(_INSERT_TASKS, _task_rows(execution_id, specs, now, None))
+
+
+def insert_claimed_tasks(
+    conn: Connection, execution_id: str, specs: Sequence[TaskSpec], now: dt.datetime, claim: Claim
+) -> list[Row[Any]]:
+    """Arm tasks already claimed under ``claim`` (one statement); returns their rows.
+
+    The caller that armed them runs them after this transaction commits, with no claim
+    query; if it dies first, its lease lapses and a worker takes them, as with any claim.
+    """
+    if not specs:
+        return []
+    rows = _task_rows(execution_id, specs, now, claim)
+    if len(rows) == 1:
+        return list(conn.execute(_INSERT_CLAIMED, rows[0]).all())
+    return list(conn.execute(_INSERT_CLAIMED_MANY, rows).all())
 
 
 def insert_resume(
-    conn: Connection, parent_id: str, parent_task_id: int, ok: bool, output: Any, now: dt.datetime
-) -> None:
-    """Hand a child's result to its parent as a ready ``resume`` task."""
-    conn.execute(
-        insert(tasks).values(
-            execution_id=parent_id,
-            kind="resume",
-            status="pending",
-            due_at=now,
-            payload={"task": parent_task_id, "ok": ok, "output": output},
-            attempts=0,
-            created_at=now,
-        )
-    )
+    conn: Connection,
+    parent_id: str,
+    parent_task_id: int,
+    ok: bool,
+    output: Any,
+    now: dt.datetime,
+    claim: Claim | None = None,
+) -> Row[Any] | None:
+    """Hand a child's result to its parent as a ready ``resume`` task (claimed under ``claim``)."""
+    spec = TaskSpec("resume", now, {"task": parent_task_id, "ok": ok, "output": output})
+    if claim is not None:
+        return insert_claimed_tasks(conn, parent_id, [spec], now, claim)[0]
+    insert_tasks(conn, parent_id, [spec], now)
+    return None
 
 
 def discard_tasks(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
