@@ -61,6 +61,8 @@ class Armed:
 
     ready: list[Row[Any]] = field(default_factory=list)
     for_workers: bool = False
+    #: the execution row as the step wrote it (when an inline run asked for it)
+    row: Row[Any] | None = None
 
 
 def snapshot(row: Row[Any]) -> Snapshot:
@@ -289,8 +291,7 @@ class Engine:
         if armed.for_workers:
             self._wake()
         if inline is not None and armed.ready:
-            self.executor.run_inline(inline, armed.ready)
-            return self.get(eid)
+            return self._run_inline(inline, armed, eid)
         return Execution(
             eid, cm.machine.id, cm.machine.version, outcome.state, outcome.status, outcome.context,
             data, outcome.output, outcome.error, None, now, now,
@@ -309,8 +310,9 @@ class Engine:
     ) -> Armed:
         """Create an execution row as its first step (a start or a child start) leaves it."""
         parent_id, parent_task_id = parent if parent else (None, None)
-        store.insert_execution(
+        written = store.insert_execution(
             conn,
+            returning=inline is not None,
             id=eid,
             machine_id=cm.machine.id,
             machine_version=cm.machine.version,
@@ -329,7 +331,9 @@ class Engine:
             updated_at=now,
         )
         store.insert_steps(conn, eid, 1, outcome.steps, now)
-        return self._arm(conn, eid, outcome, now, parent_id, parent_task_id, inline)
+        armed = self._arm(conn, eid, outcome, now, parent_id, parent_task_id, inline)
+        armed.row = written
+        return armed
 
     def trigger(
         self,
@@ -363,9 +367,16 @@ class Engine:
         if armed.for_workers:
             self._wake()
         if inline is not None and armed.ready:
-            self.executor.run_inline(inline, armed.ready)
-            return self.get(execution_id)
+            return self._run_inline(inline, armed, execution_id)
         return _execution(row, outcome, now, created)
+
+    def _run_inline(self, inline: InlineRun, armed: Armed, eid: str) -> Execution:
+        """Run a sync execution's tasks here; the execution as its last step here left it."""
+        if armed.row is not None:
+            inline.rows[eid] = armed.row
+        self.executor.run_inline(inline, armed.ready)
+        row = inline.rows.get(eid)
+        return Execution.from_row(row) if row is not None else self.get(eid)
 
     def commit_step(
         self,
@@ -399,7 +410,47 @@ class Engine:
                     conn, task.child_id, f"parent {row.id!r} moved on", now, notify_parent=False
                 )
         last = store.insert_steps(conn, row.id, row.seq + 1, records, now, idempotency_key)
-        store.write_step(
+        written = self._write(conn, row, outcome, last, now, returning=inline is not None)
+        parent_id, parent_task_id = (row.parent_id, row.parent_task_id) if report_to_parent else (None, None)
+        armed = self._arm(conn, row.id, outcome, now, parent_id, parent_task_id, inline)
+        armed.row = written
+        return armed
+
+    def commit_unread_step(
+        self,
+        conn: Connection,
+        row: Row[Any],
+        outcome: Outcome,
+        now: dt.datetime,
+        *,
+        check: Callable[[Sequence[Row[Any]]], None],
+        inline: InlineRun,
+    ) -> Armed:
+        """:meth:`commit_step` on a row an inline run's previous step wrote, without reading
+        it again: the write comes first, fenced by that row's version (ConcurrencyError if
+        anything wrote the execution since), so it also takes the row lock. Then the
+        execution's armed tasks are deleted and handed to ``check``, which raises unless
+        they are exactly what the caller expects (nothing to discard). Any error rolls the
+        whole step back.
+        """
+        written = self._write(conn, row, outcome, row.seq + len(outcome.steps), now, returning=True)
+        check(store.discard_tasks(conn, row.id))
+        store.insert_steps(conn, row.id, row.seq + 1, outcome.steps, now)
+        armed = self._arm(conn, row.id, outcome, now, row.parent_id, row.parent_task_id, inline)
+        armed.row = written
+        return armed
+
+    def _write(
+        self,
+        conn: Connection,
+        row: Row[Any],
+        outcome: Outcome,
+        seq: int,
+        now: dt.datetime,
+        *,
+        returning: bool,
+    ) -> Row[Any] | None:
+        return store.write_step(
             conn,
             row,
             state=outcome.state,
@@ -407,13 +458,11 @@ class Engine:
             context=outcome.context,
             output=outcome.output,
             error=outcome.error,
-            seq=last,
+            seq=seq,
             armed=bool(outcome.tasks),
             now=now,
+            returning=returning,
         )
-        if report_to_parent:
-            return self._arm(conn, row.id, outcome, now, row.parent_id, row.parent_task_id, inline)
-        return self._arm(conn, row.id, outcome, now, None, None, inline)
 
     def _arm(
         self,

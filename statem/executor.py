@@ -28,13 +28,13 @@ from sqlalchemy import Connection, Row
 from . import semantics, store
 from .effects import call_effect
 from .engine import snapshot
-from .errors import StatemError
+from .errors import ConcurrencyError, StatemError
 from .expressions import JSON
 from .semantics import FINAL_STATUSES, InvokeFailed, Outcome, StepRecord
 from .telemetry import span
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .engine import Armed, Engine
 
 log = logging.getLogger("statem.executor")
 
@@ -73,6 +73,17 @@ class InlineRun:
     family: set[str]
     owner: str = "inline"
     queue: deque[Row[Any]] = field(default_factory=deque)
+    #: execution id -> its row as this run's last step on it wrote it (RETURNING); a write
+    #: that does not return the row drops the entry. The next step writes fenced by that
+    #: row's version instead of reading the row again (see Engine.commit_unread_step).
+    rows: dict[str, Row[Any]] = field(default_factory=dict)
+
+    def remember(self, execution_id: str, row: Row[Any] | None) -> None:
+        """Keep ``row`` as the latest of ``execution_id`` (forget it when None)."""
+        if row is None:
+            self.rows.pop(execution_id, None)
+        else:
+            self.rows[execution_id] = row
 
     def covers(self, execution_id: str | None) -> bool:
         """True if this run takes the inline tasks of ``execution_id``."""
@@ -203,8 +214,11 @@ class Executor:
         not, the transaction is rolled back and the result dropped); the others are the
         ones this step discards (a later step wins).
         """
-        now = self.engine.clock()
         inline = self.current_run(task.execution_id)
+        known = inline.rows.pop(task.execution_id, None) if inline is not None else None
+        if inline is not None and known is not None and self._step_unread(task, make, kind, inline, known):
+            return
+        now = self.engine.clock()
         try:
             with self.engine.transaction() as conn:
                 row = store.lock_execution(conn, task.execution_id)
@@ -224,14 +238,45 @@ class Executor:
         except _Stale:
             self._stale(task)
             return
+        self._armed(inline, task.execution_id, armed)
+
+    def _step_unread(self, task: Row[Any], make: Any, kind: str, inline: InlineRun, row: Row[Any]) -> bool:
+        """The step on the row this run's previous step wrote, without reading it again.
+
+        Taken only when nothing else happened in between: the write is fenced by that
+        row's version, and our task must be the execution's only armed task, under our
+        claim. Anything else rolls back and returns False, and the caller takes the
+        locking path, which handles every case (stale claims, discards, other writers).
+        """
+
+        def only_ours(taken: Sequence[Row[Any]]) -> None:
+            if len(taken) != 1 or not _is_claim(taken[0], task):
+                raise _Stale
+
+        now = self.engine.clock()
+        outcome = self._outcome(None, row, make, kind, task.payload.get("name"), now)
+        try:
+            with self.engine.transaction() as conn:
+                armed = self.engine.commit_unread_step(
+                    conn, row, outcome, now, check=only_ours, inline=inline
+                )
+        except (_Stale, ConcurrencyError):
+            return False
+        self._log(task, outcome)
+        self._armed(inline, task.execution_id, armed)
+        return True
+
+    def _armed(self, inline: InlineRun | None, execution_id: str, armed: Armed) -> None:
+        """After a step committed: queue what it claimed for this run, wake workers if needed."""
         if inline is not None:
+            inline.remember(execution_id, armed.row)
             inline.queue.extend(armed.ready)
         if armed.for_workers:
             self.engine._wake()
 
     def _outcome(
         self,
-        conn: Connection,
+        conn: Connection | None,
         row: Row[Any],
         make: Any,
         kind: str,
@@ -305,6 +350,9 @@ class Executor:
         return row.machine_id, row.machine_version
 
     def _retry(self, task: Row[Any], delay: float, error: dict[str, str]) -> None:
+        inline = self.current_run(task.execution_id)
+        if inline is not None:
+            inline.remember(task.execution_id, None)  # the retry step writes the row
         now = self.engine.clock()
         due = now + dt.timedelta(seconds=delay)
         with self.engine.transaction() as conn:
@@ -362,13 +410,13 @@ class Executor:
                     now,
                 )
                 armed = self.engine.commit_step(conn, parent, failed, now, inline=inline)
-                child_run = inline
+                started, child_run = False, None
             else:
                 if not store.hold_task(conn, task.id, task.claim, child_id):
                     return
                 # a sync child runs in the caller: in this thread's run if it follows the
                 # parent, else in a run of its own (a worker took the parent's child task)
-                child_run = None
+                started, child_run = True, None
                 if child_cm.machine.execution_mode == "sync":
                     child_run = inline or self.new_run(child_id)
                     child_run.family.add(child_id)
@@ -383,9 +431,13 @@ class Executor:
                     child_cm.machine.id,
                     child_cm.machine.version,
                 )
+        if not started:  # the parent took its error branch
+            self._armed(inline, task.execution_id, armed)
+            return
         if armed.for_workers:
             self.engine._wake()
         if child_run is not None and armed.ready:
+            child_run.remember(child_id, armed.row)
             self.run_inline(child_run, armed.ready)
 
     def _resume(self, task: Row[Any]) -> None:
@@ -418,7 +470,4 @@ class Executor:
             )
             armed = self.engine.commit_step(conn, row, outcome, now, inline=inline)
             self._log(task, outcome)
-        if inline is not None:
-            inline.queue.extend(armed.ready)
-        if armed.for_workers:
-            self.engine._wake()
+        self._armed(inline, task.execution_id, armed)

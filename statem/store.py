@@ -62,9 +62,15 @@ def list_machines(conn: Connection) -> Sequence[Row[Any]]:
 _INSERT_EXECUTION = insert(executions)
 
 
-def insert_execution(conn: Connection, **values: Any) -> None:
-    """Create an execution row."""
+_INSERT_EXECUTION_RETURNING = insert(executions).returning(*executions.c)
+
+
+def insert_execution(conn: Connection, *, returning: bool = False, **values: Any) -> Row[Any] | None:
+    """Create an execution row; with ``returning``, return it as stored."""
+    if returning:
+        return conn.execute(_INSERT_EXECUTION_RETURNING, values).one()
     conn.execute(_INSERT_EXECUTION, values)
+    return None
 
 
 # The statements of the hot path (one step) are built once: building a SQLAlchemy
@@ -87,6 +93,7 @@ _WRITE_STEP = (
         updated_at=bindparam("p_now", type_=executions.c.updated_at.type),
     )
 )
+_WRITE_STEP_RETURNING = _WRITE_STEP.returning(*executions.c)
 _WRITE_SEQ = (
     update(executions)
     .where(*_FENCE)
@@ -135,14 +142,24 @@ def write_step(
     seq: int,
     armed: bool,
     now: dt.datetime,
-) -> None:
-    """Write back an execution after a step, fenced by its optimistic version."""
+    returning: bool = False,
+) -> Row[Any] | None:
+    """Write back an execution after a step, fenced by its optimistic version.
+
+    Raises ConcurrencyError, changing nothing, when ``row.version`` is no longer the
+    stored one. With ``returning``, returns the row as written.
+    """
     params = {
         "p_id": row.id, "p_version": row.version, "p_state": state, "p_status": status,
         "p_context": context, "p_output": output, "p_error": error, "p_seq": seq, "p_armed": armed,
         "p_now": now,
     }  # fmt: skip
+    if returning:
+        written = conn.execute(_WRITE_STEP_RETURNING, params).first()
+        _fenced(conn, row, 0 if written is None else 1)
+        return written
     _fenced(conn, row, conn.execute(_WRITE_STEP, params).rowcount)
+    return None
 
 
 def write_seq(conn: Connection, row: Row[Any], seq: int, now: dt.datetime) -> None:

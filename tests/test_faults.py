@@ -31,10 +31,12 @@ pytestmark = pytest.mark.slow
 STATEM = [sys.executable, "-m", "statem.cli", "--app", "tests.apps.torture_app:make", "worker"]
 
 
-def drive(engine: Engine, n: int) -> list[str]:
-    """Start ``n`` executions and fire their actions (the caller's part of the process)."""
+def drive(engine: Engine, n: int, pace: float = 0.0) -> list[str]:
+    """Start ``n`` executions and fire their actions (the caller's part of the process),
+    one every ``pace`` seconds."""
     ids = []
     for i in range(n):
+        time.sleep(pace)
         eid = engine.start("torture", {"n": i}, execution_id=f"t{i}").id
         for sku in ("a", "b")[: 1 + i % 2]:
             engine.trigger(eid, "add", {"sku": sku}, idempotency_key=f"{eid}-{sku}")
@@ -85,18 +87,34 @@ def torture(
     n: int,
     seconds: float,
     kill_every: tuple[float, float] = (0.1, 0.4),
+    spread: float = 6.0,
 ) -> dict[str, int]:
-    """Drive ``n`` executions while a random worker is SIGKILLed every ``kill_every`` seconds."""
+    """Drive ``n`` executions while a random worker is SIGKILLed and restarted, again and again.
+
+    Each kill comes ``kill_every`` seconds (a random pick in the range) after the chosen
+    worker said it was up, so every worker gets to claim and run work before it dies,
+    however slowly the machine starts a Python process. The executions are started over
+    ``spread`` seconds at least, so work keeps arriving while workers die.
+    """
     engine = Engine(db_url)
     engine.save_machine(MACHINE)
     calls = tmp_path / "calls.txt"
     env = {**os.environ, "STATEM_DATABASE_URL": db_url, "FX_CALLS": str(calls)}
     args = [*STATEM, "--poll", "0.1", "--lease", "1", "--concurrency", "4"]
-    procs: list[subprocess.Popen[bytes]] = []
-    log = (tmp_path / "workers.log").open("ab")
+    spawned = 0
 
-    def spawn() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    def spawn() -> tuple[subprocess.Popen[bytes], Path]:
+        nonlocal spawned
+        spawned += 1
+        path = tmp_path / f"worker-{spawned}.log"
+        with path.open("wb") as out:
+            proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return proc, path
+
+    def wait_up(path: Path) -> None:
+        deadline = time.monotonic() + 30
+        while b" started (" not in path.read_bytes() and time.monotonic() < deadline and not stop.is_set():
+            time.sleep(0.02)
 
     procs = [spawn() for _ in range(workers)]
     kills = 0
@@ -105,27 +123,30 @@ def torture(
     def killer() -> None:
         nonlocal kills
         rng = random.Random(7)
-        while not stop.wait(rng.uniform(*kill_every)):
+        while not stop.is_set():
             k = rng.randrange(len(procs))
-            procs[k].send_signal(signal.SIGKILL)
-            procs[k].wait()
+            proc, path = procs[k]
+            wait_up(path)
+            if stop.wait(rng.uniform(*kill_every)):
+                break
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
             kills += 1
             procs[k] = spawn()
 
     thread = threading.Thread(target=killer)
     thread.start()
     try:
-        ids = drive(engine, n)
+        ids = drive(engine, n, pace=spread / n)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not all(engine.get(i).done for i in ids):
             time.sleep(0.2)
     finally:
         stop.set()
         thread.join()
-        for p in procs:
-            p.send_signal(signal.SIGKILL)
-            p.wait()
-        log.close()
+        for proc, _path in procs:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
     figures = check(engine, ids, reference(tmp_path, n), calls)
     engine.close()
     figures["kills"] = kills
