@@ -522,3 +522,77 @@ def test_sync_parent_runs_a_sync_child_and_its_effects_inline(fengine: Engine) -
     ex = fengine.start("boss", {"n": 2})
     assert (ex.status, ex.output) == ("finished", 18)  # child: 2*3 = 6; parent's effect: 6*3 = 18
     assert run_until_idle(fengine) == 0
+
+
+def chain_of_effects(n: int) -> dict[str, Any]:
+    """A sync machine of ``n`` states, each invoking ``work``; ``skip`` from any of them."""
+    states: dict[str, Any] = {
+        f"s{i}": {
+            "always": [{"name": f"call{i}", "invoke": {
+                "effect": "work", "input": f"{{'i': {i}}}",
+                "success": {"state": f"s{i + 1}", "context": {f"k{i}": "output"}},
+            }}],
+            "actions": {"skip": {"state": "skipped"}},
+        }
+        for i in range(n)
+    }  # fmt: skip
+    states[f"s{n}"] = {"end": True, "return": "ctx"}
+    states["skipped"] = {"end": True}
+    return {"id": "chain", "version": 1, "start_at": "s0", "execution_mode": "sync", "states": states}
+
+
+def test_sync_run_history_and_returned_execution_match_the_database(fengine: Engine) -> None:
+    fengine.effects.register("work", lambda input, *, idempotency_key: input["i"] * 10)
+    fengine.save_machine(chain_of_effects(3))
+    ex = fengine.start("chain", execution_id="c1")
+    assert (ex.status, ex.output) == ("finished", {"k0": 0, "k1": 10, "k2": 20})
+    assert ex == fengine.get("c1")  # what start() returns is what was committed
+    steps = fengine.history("c1")
+    assert [s.kind for s in steps] == ["start", "invoke", "result", "invoke", "result", "invoke", "result"]
+    assert [s.seq for s in steps] == list(range(1, 8))
+    assert run_until_idle(fengine) == 0  # nothing was left behind for workers
+
+
+def test_sync_run_yields_to_a_trigger_that_lands_between_its_steps(fengine: Engine) -> None:
+    calls: list[str] = []
+
+    def work(input: Any, *, idempotency_key: str) -> Any:
+        calls.append(idempotency_key)
+        if input["i"] == 1:  # someone else moves the execution while its effect runs
+            assert fengine.trigger("c1", "skip").state == "skipped"
+        return input["i"]
+
+    fengine.effects.register("work", work)
+    fengine.save_machine(chain_of_effects(3))
+    ex = fengine.start("chain", execution_id="c1")
+    assert (ex.state, ex.status) == ("skipped", "finished")
+    assert ex.context == {"k0": 0}  # the effect's late result was not applied
+    kinds = [s.kind for s in fengine.history("c1")]
+    assert kinds == ["start", "invoke", "result", "invoke", "action", "discard"]
+    assert len(calls) == 2
+    assert fengine.metrics.snapshot()["tasks"].get("stale") == 1
+
+
+def test_a_sync_caller_that_dies_mid_effect_leaves_its_task_to_a_worker(
+    fengine: Engine, clock: FakeClock
+) -> None:
+    keys: list[str] = []
+
+    def work(input: Any, *, idempotency_key: str) -> Any:
+        keys.append(idempotency_key)
+        if len(keys) == 2:
+            raise KeyboardInterrupt  # the caller's process is going down in the middle
+        return input["i"]
+
+    fengine.effects.register("work", work)
+    fengine.save_machine(chain_of_effects(3))
+    with pytest.raises(KeyboardInterrupt):
+        fengine.start("chain", execution_id="c1")
+    assert fengine.get("c1").state == "s1"  # the first result was committed
+    assert run_until_idle(fengine) == 0  # the second effect is still claimed by the dead caller
+    clock.advance(fengine.worker_settings.lease_seconds + 1)
+    assert run_until_idle(fengine) == 2  # its claim lapsed: a worker runs it, then the third
+    done = fengine.get("c1")
+    assert (done.status, done.output) == ("finished", {"k0": 0, "k1": 1, "k2": 2})
+    assert keys[1] == keys[2]  # the retried call has the same idempotency key
+    assert [s.kind for s in fengine.history("c1")].count("result") == 3
