@@ -409,8 +409,9 @@ class Engine:
                 self.cancel_locked(
                     conn, task.child_id, f"parent {row.id!r} moved on", now, notify_parent=False
                 )
-        last = store.insert_steps(conn, row.id, row.seq + 1, records, now, idempotency_key)
-        written = self._write(conn, row, outcome, last, now, returning=inline is not None)
+        written = self._record(
+            conn, row, outcome, records, now, idempotency_key, returning=inline is not None
+        )
         parent_id, parent_task_id = (row.parent_id, row.parent_task_id) if report_to_parent else (None, None)
         armed = self._arm(conn, row.id, outcome, now, parent_id, parent_task_id, inline)
         armed.row = written
@@ -423,44 +424,49 @@ class Engine:
         outcome: Outcome,
         now: dt.datetime,
         *,
-        check: Callable[[Sequence[Row[Any]]], None],
+        done: tuple[int, str],
         inline: InlineRun,
     ) -> Armed:
-        """:meth:`commit_step` on a row an inline run's previous step wrote, without reading
-        it again: the write comes first, fenced by that row's version (ConcurrencyError if
-        anything wrote the execution since), so it also takes the row lock. Then the
-        execution's armed tasks are deleted and handed to ``check``, which raises unless
-        they are exactly what the caller expects (nothing to discard). Any error rolls the
-        whole step back.
+        """:meth:`commit_step` on the row an inline run's previous step wrote, without
+        reading it again; ``done`` (task id, claim) is the task whose result this is.
+
+        The write (with the history rows) comes first, fenced by that row's version
+        (ConcurrencyError if anything wrote the execution since), so it also takes the
+        row lock. Nothing wrote it since, so no step armed anything since: the previous
+        step armed exactly ``done`` (a step arms at most one task), and there is nothing
+        to discard. ``done`` is then finished under its claim (store.ClaimLost if that is
+        no longer current), in the same statement that arms the next task when there is
+        one. Any error rolls the whole step back.
         """
-        written = self._write(conn, row, outcome, row.seq + len(outcome.steps), now, returning=True)
-        check(store.discard_tasks(conn, row.id))
-        store.insert_steps(conn, row.id, row.seq + 1, outcome.steps, now)
-        armed = self._arm(conn, row.id, outcome, now, row.parent_id, row.parent_task_id, inline)
+        written = self._record(conn, row, outcome, outcome.steps, now, None, returning=True)
+        armed = self._arm(conn, row.id, outcome, now, row.parent_id, row.parent_task_id, inline, done)
         armed.row = written
         return armed
 
-    def _write(
+    def _record(
         self,
         conn: Connection,
         row: Row[Any],
         outcome: Outcome,
-        seq: int,
+        records: Sequence[StepRecord],
         now: dt.datetime,
+        idempotency_key: str | None,
         *,
         returning: bool,
     ) -> Row[Any] | None:
-        return store.write_step(
+        """The step's history rows and the execution's new state, fenced by its version."""
+        return store.record_step(
             conn,
             row,
+            records,
+            now,
+            idempotency_key=idempotency_key,
             state=outcome.state,
             status=outcome.status,
             context=outcome.context,
             output=outcome.output,
             error=outcome.error,
-            seq=seq,
             armed=bool(outcome.tasks),
-            now=now,
             returning=returning,
         )
 
@@ -473,11 +479,13 @@ class Engine:
         parent_id: str | None,
         parent_task_id: int | None,
         inline: InlineRun | None,
+        done: tuple[int, str] | None = None,
     ) -> Armed:
         """Insert the tasks a step armed; a child that ended hands its result to its parent.
 
         Tasks an inline run will take are inserted already claimed under its token; the
         rest are left pending for workers, who are notified when the transaction commits.
+        ``done`` (task id, claim): a task to finish, fenced, first (see commit_unread_step).
         """
         for record in outcome.steps:
             self.metrics.step(record.kind)
@@ -487,8 +495,15 @@ class Engine:
         here = inline is not None and inline.covers(eid)
         for spec in outcome.tasks:
             (mine if here and spec.kind in INLINE_KINDS else theirs).append(spec)
+        ready: list[Row[Any]] = []
+        if done is not None:
+            if claim is not None and mine:
+                ready.append(store.swap_task(conn, done, eid, mine.pop(0), now, claim))
+            elif not store.finish_task(conn, *done):
+                raise store.ClaimLost
         store.insert_tasks(conn, eid, theirs, now)
-        ready = store.insert_claimed_tasks(conn, eid, mine, now, claim) if claim is not None else []
+        if claim is not None:
+            ready += store.insert_claimed_tasks(conn, eid, mine, now, claim)
         for_workers = bool(theirs)
         if outcome.status in FINAL_STATUSES and parent_id is not None and parent_task_id is not None:
             ok = outcome.status == "finished"

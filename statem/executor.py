@@ -244,23 +244,19 @@ class Executor:
         """The step on the row this run's previous step wrote, without reading it again.
 
         Taken only when nothing else happened in between: the write is fenced by that
-        row's version, and our task must be the execution's only armed task, under our
-        claim. Anything else rolls back and returns False, and the caller takes the
-        locking path, which handles every case (stale claims, discards, other writers).
+        row's version, and our task by its claim. Anything else rolls back and returns
+        False, and the caller takes the locking path, which handles every case (stale
+        claims, discards, other writers).
         """
-
-        def only_ours(taken: Sequence[Row[Any]]) -> None:
-            if len(taken) != 1 or not _is_claim(taken[0], task):
-                raise _Stale
 
         now = self.engine.clock()
         outcome = self._outcome(None, row, make, kind, task.payload.get("name"), now)
         try:
             with self.engine.transaction() as conn:
                 armed = self.engine.commit_unread_step(
-                    conn, row, outcome, now, check=only_ours, inline=inline
+                    conn, row, outcome, now, done=(task.id, task.claim), inline=inline
                 )
-        except (_Stale, ConcurrencyError):
+        except (store.ClaimLost, ConcurrencyError):
             return False
         self._log(task, outcome)
         self._armed(inline, task.execution_id, armed)

@@ -12,7 +12,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Row,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 
 from . import dialects
 from .schema import executions, machines, steps, tasks
@@ -94,6 +107,24 @@ _WRITE_STEP = (
     )
 )
 _WRITE_STEP_RETURNING = _WRITE_STEP.returning(*executions.c)
+
+
+def _write_step_with_history() -> Any:
+    """PostgreSQL: the fenced execution UPDATE and the INSERT of its history rows (the JSON
+    array ``:p_rows``) as one statement. The INSERT selects only if the UPDATE matched, so
+    a failed fence writes nothing (and returns no row)."""
+    written = _WRITE_STEP_RETURNING.cte("written")
+    names = [c.name for c in steps.c]
+    rows = func.json_populate_recordset(
+        literal_column("NULL::statem_steps"), bindparam("p_rows", type_=JSON)
+    ).table_valued(*names)
+    history = insert(steps).from_select(
+        names, select(*(rows.c[n] for n in names)).where(select(written.c.id).exists())
+    )
+    return select(*written.c).add_cte(history.cte("history"))
+
+
+_WRITE_STEP_WITH_HISTORY = _write_step_with_history()
 _WRITE_SEQ = (
     update(executions)
     .where(*_FENCE)
@@ -143,23 +174,29 @@ def write_step(
     armed: bool,
     now: dt.datetime,
     returning: bool = False,
+    history: list[dict[str, Any]] | None = None,
 ) -> Row[Any] | None:
     """Write back an execution after a step, fenced by its optimistic version.
 
     Raises ConcurrencyError, changing nothing, when ``row.version`` is no longer the
-    stored one. With ``returning``, returns the row as written.
+    stored one. With ``returning``, returns the row as written. ``history`` (PostgreSQL
+    only; see :func:`record_step`) is inserted by the same statement.
     """
     params = {
         "p_id": row.id, "p_version": row.version, "p_state": state, "p_status": status,
         "p_context": context, "p_output": output, "p_error": error, "p_seq": seq, "p_armed": armed,
         "p_now": now,
     }  # fmt: skip
-    if returning:
+    if history is not None:
+        params["p_rows"] = history
+        written = conn.execute(_WRITE_STEP_WITH_HISTORY, params).first()
+    elif returning:
         written = conn.execute(_WRITE_STEP_RETURNING, params).first()
-        _fenced(conn, row, 0 if written is None else 1)
-        return written
-    _fenced(conn, row, conn.execute(_WRITE_STEP, params).rowcount)
-    return None
+    else:
+        _fenced(conn, row, conn.execute(_WRITE_STEP, params).rowcount)
+        return None
+    _fenced(conn, row, 0 if written is None else 1)
+    return written if returning else None
 
 
 def write_seq(conn: Connection, row: Row[Any], seq: int, now: dt.datetime) -> None:
@@ -216,38 +253,67 @@ def live_children(conn: Connection, execution_id: str) -> list[str]:
 # --------------------------------------------------------------------------- history
 
 
+def _step_rows(
+    execution_id: str,
+    first_seq: int,
+    records: Iterable[StepRecord],
+    at: dt.datetime | str,
+    idempotency_key: str | None,
+) -> list[dict[str, Any]]:
+    return [
+        {"execution_id": execution_id, "seq": first_seq + i, "at": at, "kind": r.kind, "name": r.name,
+         "from_state": r.from_state, "to_state": r.to_state, "input": r.input, "output": r.output,
+         "context": r.context, "error": r.error, "idempotency_key": idempotency_key if i == 0 else None}
+        for i, r in enumerate(records)
+    ]  # fmt: skip
+
+
 def insert_steps(
     conn: Connection,
     execution_id: str,
     first_seq: int,
-    records: Iterable[StepRecord],
+    records: Sequence[StepRecord],
     now: dt.datetime,
     idempotency_key: str | None = None,
 ) -> int:
     """Append history rows numbered from ``first_seq``; returns the last seq written."""
-    rows = []
-    seq = first_seq - 1
-    for i, r in enumerate(records):
-        seq = first_seq + i
-        rows.append(
-            {
-                "execution_id": execution_id,
-                "seq": seq,
-                "at": now,
-                "kind": r.kind,
-                "name": r.name,
-                "from_state": r.from_state,
-                "to_state": r.to_state,
-                "input": r.input,
-                "output": r.output,
-                "context": r.context,
-                "error": r.error,
-                "idempotency_key": idempotency_key if i == 0 else None,
-            }
-        )
+    rows = _step_rows(execution_id, first_seq, records, now, idempotency_key)
     if rows:
         conn.execute(_INSERT_STEPS, rows[0] if len(rows) == 1 else rows)
-    return seq
+    return first_seq + len(rows) - 1
+
+
+def record_step(
+    conn: Connection,
+    row: Row[Any],
+    records: Sequence[StepRecord],
+    now: dt.datetime,
+    *,
+    idempotency_key: str | None = None,
+    state: str,
+    status: str,
+    context: Any,
+    output: Any,
+    error: str | None,
+    armed: bool,
+    returning: bool = False,
+) -> Row[Any] | None:
+    """Append a step's history rows after ``row.seq`` and write back the execution, fenced
+    by its version (ConcurrencyError, with nothing written, if it moved).
+
+    On PostgreSQL this is one statement (the history INSERT rides in a ``WITH`` on the
+    UPDATE, its rows passed as one JSON array): one round trip instead of two. With
+    ``returning``, returns the execution row as written.
+    """
+    seq = row.seq + len(records)
+    fields = {"state": state, "status": status, "context": context, "output": output, "error": error,
+              "seq": seq, "armed": armed, "now": now, "returning": returning}  # fmt: skip
+    if not records or dialects.is_sqlite(conn):
+        written = write_step(conn, row, **fields)  # first: the fence, before any history row
+        insert_steps(conn, row.id, row.seq + 1, records, now, idempotency_key)
+        return written
+    rows = _step_rows(row.id, row.seq + 1, records, now.isoformat(), idempotency_key)
+    return write_step(conn, row, history=rows, **fields)
 
 
 def has_idempotency_key(conn: Connection, execution_id: str, key: str) -> bool:
@@ -395,6 +461,50 @@ def renew_leases(conn: Connection, claims: Iterable[tuple[int, str]], lease_unti
             .where(tasks.c.id == task_id, tasks.c.claim == claim, tasks.c.status == "claimed")
             .values(lease_expires_at=lease_until)
         )
+
+
+class ClaimLost(Exception):
+    """A task's claim is no longer the current one (fencing): roll the step back."""
+
+
+def _swap_statement() -> Any:
+    """PostgreSQL: the fenced finish of one task and the insert of the next, one statement.
+
+    The INSERT selects from the DELETE's RETURNING, so it inserts nothing when the fence
+    fails (the claim is no longer current).
+    """
+    done = _FINISH_TASK.returning(tasks.c.id).cte("done")
+    names = ["execution_id", "kind", "status", "due_at", "payload", "attempts", "claim", "owner",
+             "lease_expires_at", "created_at"]  # fmt: skip
+    values = select(*(bindparam(n, type_=tasks.c[n].type) for n in names)).select_from(done)
+    return insert(tasks).from_select(names, values).returning(*tasks.c)
+
+
+_SWAP_TASK = _swap_statement()
+
+
+def swap_task(
+    conn: Connection,
+    done: tuple[int, str],
+    execution_id: str,
+    spec: TaskSpec,
+    now: dt.datetime,
+    claim: Claim,
+) -> Row[Any]:
+    """Finish task ``done`` (id, claim), fenced, and arm ``spec`` claimed under ``claim``.
+
+    Raises ClaimLost, inserting nothing, when ``done``'s claim is no longer current. One
+    statement on PostgreSQL, two on SQLite.
+    """
+    if dialects.is_sqlite(conn):
+        if not finish_task(conn, *done):
+            raise ClaimLost
+        return insert_claimed_tasks(conn, execution_id, [spec], now, claim)[0]
+    params = {"p_task": done[0], "p_claim": done[1], **_task_rows(execution_id, [spec], now, claim)[0]}
+    row = conn.execute(_SWAP_TASK, params).first()
+    if row is None:
+        raise ClaimLost
+    return row
 
 
 def finish_task(conn: Connection, task_id: int, claim: str) -> bool:
