@@ -151,4 +151,6 @@ tasks = Table(
     ForeignKeyConstraint(["execution_id"], ["statem_executions.id"]),
     Index(None, "status", "due_at"),
     Index(None, "execution_id"),
+    # an id is half of an effect's idempotency key: SQLite must never hand one out again
+    sqlite_autoincrement=True,
 )

@@ -596,3 +596,15 @@ def test_a_sync_caller_that_dies_mid_effect_leaves_its_task_to_a_worker(
     assert (done.status, done.output) == ("finished", {"k0": 0, "k1": 1, "k2": 2})
     assert keys[1] == keys[2]  # the retried call has the same idempotency key
     assert [s.kind for s in fengine.history("c1")].count("result") == 3
+
+
+def test_successive_effects_of_one_execution_get_distinct_idempotency_keys(fengine: Engine) -> None:
+    """A task id is never handed out twice (on SQLite the highest id used to come back once
+    its row was deleted, so every effect of a sync chain was called with the same key)."""
+    keys: list[str] = []
+    fengine.effects.register("work", lambda input, *, idempotency_key: keys.append(idempotency_key))
+    fengine.save_machine(chain_of_effects(3))
+    fengine.start("chain", execution_id="c1")
+    fengine.start("chain", execution_id="c2")
+    assert len(keys) == 6 and len(set(keys)) == 6, keys
+    assert [k.split(":")[0] for k in keys] == ["c1"] * 3 + ["c2"] * 3
