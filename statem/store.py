@@ -26,6 +26,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import result_tuple
 
 from . import dialects
 from .schema import executions, machines, steps, tasks
@@ -74,16 +75,17 @@ def list_machines(conn: Connection) -> Sequence[Row[Any]]:
 
 _INSERT_EXECUTION = insert(executions)
 
-
-_INSERT_EXECUTION_RETURNING = insert(executions).returning(*executions.c)
+# Rows as a write left them, built here instead of read back (RETURNING costs a column
+# decode per value): an INSERT stores exactly the values given, and a fenced UPDATE
+# proves that every column it did not set still holds what the row it was fenced by says.
+_execution_row = result_tuple([c.name for c in executions.c])
+_task_row = result_tuple([c.name for c in tasks.c])
 
 
 def insert_execution(conn: Connection, *, returning: bool = False, **values: Any) -> Row[Any] | None:
     """Create an execution row; with ``returning``, return it as stored."""
-    if returning:
-        return conn.execute(_INSERT_EXECUTION_RETURNING, values).one()
     conn.execute(_INSERT_EXECUTION, values)
-    return None
+    return _execution_row(values[c.name] for c in executions.c) if returning else None
 
 
 # The statements of the hot path (one step) are built once: building a SQLAlchemy
@@ -106,14 +108,13 @@ _WRITE_STEP = (
         updated_at=bindparam("p_now", type_=executions.c.updated_at.type),
     )
 )
-_WRITE_STEP_RETURNING = _WRITE_STEP.returning(*executions.c)
 
 
 def _write_step_with_history() -> Any:
     """PostgreSQL: the fenced execution UPDATE and the INSERT of its history rows (the JSON
     array ``:p_rows``) as one statement. The INSERT selects only if the UPDATE matched, so
-    a failed fence writes nothing (and returns no row)."""
-    written = _WRITE_STEP_RETURNING.cte("written")
+    a failed fence writes nothing (and selects no row)."""
+    written = _WRITE_STEP.returning(executions.c.id).cte("written")
     names = [c.name for c in steps.c]
     rows = func.json_populate_recordset(
         literal_column("NULL::statem_steps"), bindparam("p_rows", type_=JSON)
@@ -136,8 +137,8 @@ _WRITE_SEQ = (
 )
 _INSERT_STEPS = insert(steps)
 _INSERT_TASKS = insert(tasks)
-_INSERT_CLAIMED = insert(tasks).returning(*tasks.c)
-_INSERT_CLAIMED_MANY = insert(tasks).returning(*tasks.c, sort_by_parameter_order=True)
+_INSERT_CLAIMED = insert(tasks).returning(tasks.c.id)
+_INSERT_CLAIMED_MANY = insert(tasks).returning(tasks.c.id, sort_by_parameter_order=True)
 _HAS_KEY = select(steps.c.seq).where(
     steps.c.execution_id == bindparam("p_id"), steps.c.idempotency_key == bindparam("p_key")
 )
@@ -189,14 +190,16 @@ def write_step(
     }  # fmt: skip
     if history is not None:
         params["p_rows"] = history
-        written = conn.execute(_WRITE_STEP_WITH_HISTORY, params).first()
-    elif returning:
-        written = conn.execute(_WRITE_STEP_RETURNING, params).first()
+        matched = len(conn.execute(_WRITE_STEP_WITH_HISTORY, params).all())
     else:
-        _fenced(conn, row, conn.execute(_WRITE_STEP, params).rowcount)
+        matched = conn.execute(_WRITE_STEP, params).rowcount
+    _fenced(conn, row, matched)
+    if not returning:
         return None
-    _fenced(conn, row, 0 if written is None else 1)
-    return written if returning else None
+    written = {**row._mapping, "state": state, "status": status, "context": context, "output": output,
+               "error": error, "seq": seq, "armed": armed, "version": row.version + 1,
+               "updated_at": now}  # fmt: skip
+    return _execution_row(written[c.name] for c in executions.c)
 
 
 def write_seq(conn: Connection, row: Row[Any], seq: int, now: dt.datetime) -> None:
@@ -372,8 +375,15 @@ def insert_claimed_tasks(
         return []
     rows = _task_rows(execution_id, specs, now, claim)
     if len(rows) == 1:
-        return list(conn.execute(_INSERT_CLAIMED, rows[0]).all())
-    return list(conn.execute(_INSERT_CLAIMED_MANY, rows).all())
+        ids = conn.execute(_INSERT_CLAIMED, rows[0]).scalars().all()
+    else:
+        ids = conn.execute(_INSERT_CLAIMED_MANY, rows).scalars().all()
+    return [_as_task_row(task_id, values) for task_id, values in zip(ids, rows, strict=True)]
+
+
+def _as_task_row(task_id: int, values: dict[str, Any]) -> Row[Any]:
+    full = {"child_id": None, "last_error": None, **values, "id": task_id}
+    return _task_row(full[c.name] for c in tasks.c)
 
 
 def insert_resume(
@@ -477,7 +487,7 @@ def _swap_statement() -> Any:
     names = ["execution_id", "kind", "status", "due_at", "payload", "attempts", "claim", "owner",
              "lease_expires_at", "created_at"]  # fmt: skip
     values = select(*(bindparam(n, type_=tasks.c[n].type) for n in names)).select_from(done)
-    return insert(tasks).from_select(names, values).returning(*tasks.c)
+    return insert(tasks).from_select(names, values).returning(tasks.c.id)
 
 
 _SWAP_TASK = _swap_statement()
@@ -500,11 +510,11 @@ def swap_task(
         if not finish_task(conn, *done):
             raise ClaimLost
         return insert_claimed_tasks(conn, execution_id, [spec], now, claim)[0]
-    params = {"p_task": done[0], "p_claim": done[1], **_task_rows(execution_id, [spec], now, claim)[0]}
-    row = conn.execute(_SWAP_TASK, params).first()
-    if row is None:
+    values = _task_rows(execution_id, [spec], now, claim)[0]
+    task_id = conn.execute(_SWAP_TASK, {"p_task": done[0], "p_claim": done[1], **values}).scalar()
+    if task_id is None:
         raise ClaimLost
-    return row
+    return _as_task_row(task_id, values)
 
 
 def finish_task(conn: Connection, task_id: int, claim: str) -> bool:
