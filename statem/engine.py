@@ -112,9 +112,17 @@ class Engine:
 
     # ------------------------------------------------------------------ plumbing
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[Connection]:
-        """One database transaction; database failures surface as StoreError."""
+    def transaction(self, *, write: bool = True, on: Connection | None = None) -> Iterator[Connection]:
+        """One database transaction; database failures surface as StoreError.
+
+        ``on``: a connection the caller holds (an inline run keeps one for all its steps),
+        else one from the pool for this transaction.
+        """
         try:
+            if on is not None:
+                with on.begin():
+                    yield on
+                return
             with self.db.connect() as conn:
                 if not write and dialects.is_sqlite(conn):
                     conn = conn.execution_options(sqlite_begin="DEFERRED")

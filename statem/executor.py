@@ -73,6 +73,8 @@ class InlineRun:
     family: set[str]
     owner: str = "inline"
     queue: deque[Row[Any]] = field(default_factory=deque)
+    #: the connection the run's steps use while it drains (one checkout, not one per step)
+    conn: Connection | None = None
     #: execution id -> its row as this run's last step on it wrote it (RETURNING); a write
     #: that does not return the row drops the entry. The next step writes fenced by that
     #: row's version instead of reading the row again (see Engine.commit_unread_step).
@@ -148,6 +150,11 @@ class Executor:
         run: InlineRun | None = getattr(self._local, "run", None)
         return run if run is not None and run.covers(execution_id) else None
 
+    @staticmethod
+    def _conn(inline: InlineRun | None) -> Connection | None:
+        """The connection of the inline run a step belongs to (None: take one from the pool)."""
+        return inline.conn if inline is not None else None
+
     def run_inline(self, run: InlineRun, ready: Sequence[Row[Any]]) -> None:
         """Run ``ready`` (tasks claimed for ``run`` by a committed step) and what they arm, here.
 
@@ -162,9 +169,11 @@ class Executor:
             return
         self._local.run = run
         try:
-            while run.queue:
-                self.run(run.queue.popleft())
+            with self.engine.db.connect() as run.conn:
+                while run.queue:
+                    self.run(run.queue.popleft())
         finally:
+            run.conn = None
             self._local.run = outer
 
     # ------------------------------------------------------------------ running
@@ -220,7 +229,7 @@ class Executor:
             return
         now = self.engine.clock()
         try:
-            with self.engine.transaction() as conn:
+            with self.engine.transaction(on=self._conn(inline)) as conn:
                 row = store.lock_execution(conn, task.execution_id)
                 if row is None:
                     raise _Stale
@@ -252,7 +261,7 @@ class Executor:
         now = self.engine.clock()
         outcome = self._outcome(None, row, make, kind, task.payload.get("name"), now)
         try:
-            with self.engine.transaction() as conn:
+            with self.engine.transaction(on=self._conn(inline)) as conn:
                 armed = self.engine.commit_unread_step(
                     conn, row, outcome, now, done=(task.id, task.claim), inline=inline
                 )
@@ -351,7 +360,7 @@ class Executor:
             inline.remember(task.execution_id, None)  # the retry step writes the row
         now = self.engine.clock()
         due = now + dt.timedelta(seconds=delay)
-        with self.engine.transaction() as conn:
+        with self.engine.transaction(on=self._conn(inline)) as conn:
             row = store.lock_execution(conn, task.execution_id)
             if row is None or not store.retry_task(conn, task.id, task.claim, due, error["message"]):
                 return
@@ -383,7 +392,7 @@ class Executor:
         now = self.engine.clock()
         child_id = f"{task.execution_id}.{task.id}"
         inline = self.current_run(task.execution_id)
-        with self.engine.transaction() as conn:
+        with self.engine.transaction(on=self._conn(inline)) as conn:
             parent = store.lock_execution(conn, task.execution_id)
             if parent is None or parent.status in FINAL_STATUSES:
                 store.finish_task(conn, task.id, task.claim)
@@ -440,7 +449,7 @@ class Executor:
         payload = task.payload
         now = self.engine.clock()
         inline = self.current_run(task.execution_id)
-        with self.engine.transaction() as conn:
+        with self.engine.transaction(on=self._conn(inline)) as conn:
             row = self._locked(conn, task)
             if row is None:
                 return
