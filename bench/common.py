@@ -317,7 +317,7 @@ def raw_engine(url: str) -> sa.Engine:
 
     SQLite: statem's own connection setup (WAL, synchronous=NORMAL, BEGIN IMMEDIATE), so
     both sides run on the same kind of database. PostgreSQL: a bare ``create_engine``
-    (statem's ``pool_pre_ping`` costs a round trip per transaction: that counts against it).
+    (statem pings a pooled connection only after it sat idle for a second, as this does not).
     """
     if make_url(url).get_backend_name() == "sqlite":
         return make_engine(url)

@@ -499,7 +499,7 @@ def main(
             print(report(cells))
             print(
                 "\nSQL/wf and commits/wf: statements and commits through SQLAlchemy per workflow "
-                "(not counted: statem's pool_pre_ping, one round trip per transaction on PostgreSQL)."
+                "(not counted: BEGIN, a round trip of its own per transaction on PostgreSQL)."
                 "\nspread: the slowest and fastest round's rate, relative to the whole.",
                 flush=True,
             )
