@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import result_tuple
 
 from . import dialects
+from .errors import ConcurrencyError
 from .schema import executions, machines, steps, tasks
 from .semantics import StepRecord, TaskSpec
 
@@ -79,6 +80,7 @@ _INSERT_EXECUTION = insert(executions)
 # decode per value): an INSERT stores exactly the values given, and a fenced UPDATE
 # proves that every column it did not set still holds what the row it was fenced by says.
 _execution_row = result_tuple([c.name for c in executions.c])
+_EXECUTION_INDEX = {c.name: i for i, c in enumerate(executions.c)}
 _task_row = result_tuple([c.name for c in tasks.c])
 
 
@@ -196,10 +198,12 @@ def write_step(
     _fenced(conn, row, matched)
     if not returning:
         return None
-    written = {**row._mapping, "state": state, "status": status, "context": context, "output": output,
-               "error": error, "seq": seq, "armed": armed, "version": row.version + 1,
-               "updated_at": now}  # fmt: skip
-    return _execution_row(written[c.name] for c in executions.c)
+    written = list(row)
+    for name, value in (("state", state), ("status", status), ("context", context), ("output", output),
+                        ("error", error), ("seq", seq), ("armed", armed), ("version", row.version + 1),
+                        ("updated_at", now)):  # fmt: skip
+        written[_EXECUTION_INDEX[name]] = value
+    return _execution_row(written)
 
 
 def write_seq(conn: Connection, row: Row[Any], seq: int, now: dt.datetime) -> None:
@@ -209,8 +213,6 @@ def write_seq(conn: Connection, row: Row[Any], seq: int, now: dt.datetime) -> No
 
 
 def _fenced(conn: Connection, row: Row[Any], rowcount: int) -> None:
-    from .errors import ConcurrencyError
-
     if rowcount != 1:
         raise ConcurrencyError(f"execution {row.id!r} was changed by another writer; retry")
 
@@ -374,7 +376,12 @@ def insert_claimed_tasks(
     if not specs:
         return []
     rows = _task_rows(execution_id, specs, now, claim)
-    if len(rows) == 1:
+    ids: Sequence[Any]
+    if len(rows) == 1 and dialects.is_sqlite(conn):  # the driver's lastrowid: no result to fetch
+        key = conn.execute(_INSERT_TASKS, rows[0]).inserted_primary_key
+        assert key is not None
+        ids = [key[0]]
+    elif len(rows) == 1:
         ids = conn.execute(_INSERT_CLAIMED, rows[0]).scalars().all()
     else:
         ids = conn.execute(_INSERT_CLAIMED_MANY, rows).scalars().all()
