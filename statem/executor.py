@@ -6,8 +6,14 @@ the current one (fencing: a zombie worker whose lease expired commits nothing), 
 the step and delete the task. Failures of the step mark the execution ``failed`` with
 the error in history; they never take the worker down.
 
-:meth:`Executor.run_once` runs ready tasks in the caller's thread (tests, scripts,
-``execution_mode: sync``); :mod:`statem.worker` drives it from APScheduler.
+The one exception is a step of an :class:`InlineRun` (``execution_mode: sync``): the
+execution row its previous step wrote is known, so the step writes fenced by that row's
+version without reading it first, and finishes its task under its claim; any surprise
+rolls back to the locking path above.
+
+:meth:`Executor.run_once` runs ready tasks in the caller's thread (tests, scripts);
+:meth:`Executor.run_inline` runs a sync execution's tasks in the caller of ``start`` or
+``trigger``; :mod:`statem.worker` drives the executor from APScheduler.
 """
 
 from __future__ import annotations
@@ -75,9 +81,9 @@ class InlineRun:
     queue: deque[Row[Any]] = field(default_factory=deque)
     #: the connection the run's steps use while it drains (one checkout, not one per step)
     conn: Connection | None = None
-    #: execution id -> its row as this run's last step on it wrote it (RETURNING); a write
-    #: that does not return the row drops the entry. The next step writes fenced by that
-    #: row's version instead of reading the row again (see Engine.commit_unread_step).
+    #: execution id -> its row as this run's last step on it wrote it; a write that does
+    #: not hand the row back drops the entry. The next step writes fenced by that row's
+    #: version instead of reading the row again (see Engine.commit_unread_step).
     rows: dict[str, Row[Any]] = field(default_factory=dict)
 
     def remember(self, execution_id: str, row: Row[Any] | None) -> None:
