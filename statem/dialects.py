@@ -1,4 +1,8 @@
-"""The differences between SQLite and PostgreSQL, and nothing else.
+"""The differences between SQLite and PostgreSQL in how statem connects and locks.
+
+(The statement-level differences are in :mod:`statem.store`, next to the statements:
+``FOR UPDATE SKIP LOCKED`` in claims, and the PostgreSQL forms that do in one statement
+what SQLite does in two.)
 
 * Row locks: PostgreSQL locks an execution row with ``SELECT ... FOR UPDATE``; SQLite
   has no row locks, so every writing transaction starts with ``BEGIN IMMEDIATE`` and
@@ -16,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 
@@ -29,16 +33,6 @@ NOTIFY_CHANNEL = "statem_tasks"
 def is_sqlite(conn: Connection | Engine) -> bool:
     """True on SQLite."""
     return conn.dialect.name == "sqlite"
-
-
-def for_update(conn: Connection, q: Select[Any]) -> Select[Any]:
-    """Lock the selected rows until the transaction ends (a no-op on SQLite)."""
-    return q if is_sqlite(conn) else q.with_for_update()
-
-
-def skip_locked(conn: Connection, q: Select[Any]) -> Select[Any]:
-    """Lock the selected rows, skipping rows locked by others (plain select on SQLite)."""
-    return q if is_sqlite(conn) else q.with_for_update(skip_locked=True)
 
 
 def notify(conn: Connection) -> None:

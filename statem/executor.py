@@ -115,11 +115,8 @@ class Executor:
         owner: str,
         limit: int,
         lease_seconds: float,
-        *,
-        execution_ids: Sequence[str] | None = None,
-        kinds: Sequence[str] | None = None,
     ) -> list[Row[Any]]:
-        """Claim up to ``limit`` ready tasks under a fresh fencing token."""
+        """Claim up to ``limit`` ready tasks under a fresh fencing token, soonest due first."""
         now = self.engine.clock()
         with self.engine.transaction() as conn:
             return list(
@@ -130,8 +127,6 @@ class Executor:
                     now=now,
                     lease_until=now + dt.timedelta(seconds=lease_seconds),
                     limit=limit,
-                    execution_ids=execution_ids,
-                    kinds=kinds,
                 )
             )
 

@@ -426,6 +426,34 @@ def get_task(conn: Connection, task_id: int) -> Row[Any] | None:
     return conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
 
 
+_READY = or_(
+    and_(tasks.c.status == "pending", tasks.c.due_at <= bindparam("p_now", type_=tasks.c.due_at.type)),
+    and_(
+        tasks.c.status == "claimed", tasks.c.lease_expires_at < bindparam("p_now", type_=tasks.c.due_at.type)
+    ),
+)
+_CLAIM_VALUES = {
+    "status": "claimed",
+    "claim": bindparam("p_claim"),
+    "owner": bindparam("p_owner"),
+    "lease_expires_at": bindparam("p_lease", type_=tasks.c.lease_expires_at.type),
+    "attempts": tasks.c.attempts + 1,
+}
+
+
+def _claim_statement(skip_locked: bool) -> Any:
+    """``UPDATE ... WHERE id IN (the soonest ready ids) RETURNING *``: a claim in one statement."""
+    ready = select(tasks.c.id).where(_READY).order_by(tasks.c.due_at).limit(bindparam("p_limit"))
+    if skip_locked:
+        ready = ready.with_for_update(skip_locked=True)
+    return (
+        update(tasks).where(tasks.c.id.in_(ready.scalar_subquery())).values(_CLAIM_VALUES).returning(*tasks.c)
+    )
+
+
+_CLAIM = {"sqlite": _claim_statement(skip_locked=False), "postgresql": _claim_statement(skip_locked=True)}
+
+
 def claim_tasks(
     conn: Connection,
     *,
@@ -434,40 +462,17 @@ def claim_tasks(
     now: dt.datetime,
     lease_until: dt.datetime,
     limit: int,
-    execution_ids: Sequence[str] | None = None,
-    kinds: Sequence[str] | None = None,
-) -> Sequence[Row[Any]]:
-    """Claim up to ``limit`` ready tasks: pending and due, or claimed with an expired lease.
+) -> list[Row[Any]]:
+    """Claim up to ``limit`` ready tasks (pending and due, or claimed with an expired lease),
+    soonest due first, in one statement.
 
     On PostgreSQL the candidates are locked with ``FOR UPDATE SKIP LOCKED`` so concurrent
     workers never claim the same row; SQLite serializes writers with ``BEGIN IMMEDIATE``.
     Each claimed row gets a fresh ``claim`` token: results are committed only under it.
     """
-    ready = or_(
-        and_(tasks.c.status == "pending", tasks.c.due_at <= now),
-        and_(tasks.c.status == "claimed", tasks.c.lease_expires_at < now),
-    )
-    q = select(tasks.c.id).where(ready)
-    if execution_ids is not None:
-        q = q.where(tasks.c.execution_id.in_(execution_ids))
-    if kinds is not None:
-        q = q.where(tasks.c.kind.in_(kinds))
-    q = q.order_by(tasks.c.due_at).limit(limit)
-    ids = [r.id for r in conn.execute(dialects.skip_locked(conn, q))]
-    if not ids:
-        return []
-    conn.execute(
-        update(tasks)
-        .where(tasks.c.id.in_(ids))
-        .values(
-            status="claimed",
-            claim=claim,
-            owner=owner,
-            lease_expires_at=lease_until,
-            attempts=tasks.c.attempts + 1,
-        )
-    )
-    return conn.execute(select(tasks).where(tasks.c.id.in_(ids)).order_by(tasks.c.due_at)).all()
+    params = {"p_now": now, "p_limit": limit, "p_claim": claim, "p_owner": owner, "p_lease": lease_until}
+    rows = conn.execute(_CLAIM[conn.dialect.name], params).all()
+    return sorted(rows, key=lambda r: r.due_at)
 
 
 def renew_leases(conn: Connection, claims: Iterable[tuple[int, str]], lease_until: dt.datetime) -> None:
