@@ -23,9 +23,11 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -102,12 +104,61 @@ class InlineRun:
         return store.Claim(self.owner, self.token, now + dt.timedelta(seconds=self.lease_seconds))
 
 
+class LeaseKeeper:
+    """Renews the leases of claims held by callers running effects inline, while they run.
+
+    Workers renew their own claims from APScheduler; a caller of ``start``/``trigger`` on
+    a sync machine has no scheduler, so this keeps its claims alive instead: one daemon
+    thread per engine, started when a claim is taken and ending when none is left,
+    renewing every claim it holds in one transaction every lease/3 seconds. An effect
+    that runs longer than the lease is then not taken over (and run a second time) by a
+    worker while the caller still waits on it. If the caller's process dies, renewal
+    stops with it and the lease lapses.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._held: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def holding(self, task: Row[Any]) -> Iterator[None]:
+        """Keep ``task``'s claim leased while the body runs."""
+        with self._lock:
+            self._held[task.id] = task.claim
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="statem-lease-keeper", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.pop(task.id, None)
+
+    def _loop(self) -> None:
+        lease = self.engine.worker_settings.lease_seconds
+        while True:
+            time.sleep(lease / 3)
+            with self._lock:
+                claims = list(self._held.items())
+                if not claims:  # nothing to keep: the thread ends; the next claim starts another
+                    self._thread = None
+                    return
+            try:
+                with self.engine.transaction() as conn:
+                    store.renew_leases(conn, claims, self.engine.clock() + dt.timedelta(seconds=lease))
+            except StatemError as exc:  # the database is away: the claims may lapse, nothing breaks
+                log.warning("could not renew %d inline claims: %s", len(claims), exc)
+
+
 class Executor:
     """Runs tasks for one engine."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._local = threading.local()  # .run: the InlineRun this thread is draining
+        self.leases = LeaseKeeper(engine)
 
     # ------------------------------------------------------------------ claiming
     def claim(
@@ -332,7 +383,8 @@ class Executor:
             assert inv is not None
             policy, timeout = inv.retry, inv.timeout_seconds
             fn = self.engine.effects.get(payload["effect"])
-            with span("statem.effect", effect=payload["effect"], idempotency_key=key):
+            kept = self.leases.holding(task) if self.current_run(task.execution_id) else nullcontext()
+            with kept, span("statem.effect", effect=payload["effect"], idempotency_key=key):
                 output: JSON = call_effect(fn, payload.get("input"), key, timeout)
             ok = True
         except Exception as exc:

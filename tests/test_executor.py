@@ -608,3 +608,33 @@ def test_successive_effects_of_one_execution_get_distinct_idempotency_keys(fengi
     fengine.start("chain", execution_id="c2")
     assert len(keys) == 6 and len(set(keys)) == 6, keys
     assert [k.split(":")[0] for k in keys] == ["c1"] * 3 + ["c2"] * 3
+
+
+def test_a_long_inline_effect_keeps_its_claim_leased(db_url: str) -> None:
+    """A sync caller renews its claim while the effect runs: no worker takes it over."""
+    from statem import WorkerSettings
+
+    engine = Engine(db_url, worker_settings=WorkerSettings(lease_seconds=0.6))
+    calls: list[str] = []
+    taken: list[int] = []
+
+    def slow(input: Any, *, idempotency_key: str) -> Any:
+        calls.append(idempotency_key)
+        time.sleep(1.5)  # 2.5 leases
+        return input["i"]
+
+    def meanwhile() -> None:
+        time.sleep(1.0)  # the first lease ran out 0.4 s ago unless it was renewed
+        taken.append(engine.run_once())
+
+    try:
+        engine.effects.register("work", slow)
+        engine.save_machine(chain_of_effects(1))
+        other = threading.Thread(target=meanwhile)
+        other.start()
+        ex = engine.start("chain", execution_id="long")
+        other.join()
+        assert (ex.status, ex.output) == ("finished", {"k0": 0})
+        assert taken == [0] and len(calls) == 1  # nothing was claimed behind the caller's back
+    finally:
+        engine.close()
