@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Row
+from sqlalchemy.exc import DBAPIError
 
 from . import semantics, store
 from .effects import call_effect
-from .engine import snapshot
+from .engine import snapshot, store_error
 from .errors import ConcurrencyError, StatemError
 from .expressions import JSON
 from .semantics import FINAL_STATUSES, InvokeFailed, Outcome, StepRecord
@@ -219,9 +220,14 @@ class Executor:
         outer: InlineRun | None = getattr(self._local, "run", None)
         if outer is run:
             return
+        try:
+            conn = self.engine.db.connect()
+        except DBAPIError as exc:  # the claims lapse and a worker takes the tasks
+            raise store_error(exc) from exc
         self._local.run = run
         try:
-            with self.engine.db.connect() as run.conn:
+            with conn:
+                run.conn = conn
                 while run.queue:
                     self.run(run.queue.popleft())
         finally:
