@@ -405,7 +405,7 @@ class Engine:
         deleted them (the executor does, to check its claim in the same statement). A child
         that ends hands its result to its parent as a ``resume`` task (unless the parent
         itself is canceling it: ``report_to_parent=False``). With ``inline``, the tasks the
-        step arms for executions that run is following are claimed for it as they are armed.
+        step arms for the executions that run follows are claimed for it as they are armed.
         """
         records = list(outcome.steps)
         if dropped is None:
