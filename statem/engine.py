@@ -231,21 +231,27 @@ class Engine:
     def compiled(
         self, machine_id: str, version: int | None = None, conn: Connection | None = None
     ) -> CompiledMachine:
-        """The compiled machine (cached: a saved version never changes)."""
-        if version is not None:
-            cached = self._machines.get((machine_id, version))
-            if cached is not None:
-                return cached
+        """The compiled machine (cached: a saved version never changes).
+
+        With ``version`` None, the latest saved version is looked up each time (another
+        process may have saved a newer one), but only its number: the definition is read
+        and compiled once per version.
+        """
+        if version is not None and (cached := self._machines.get((machine_id, version))) is not None:
+            return cached
         if conn is None:
             with self.transaction(write=False) as c:
-                row = store.get_machine(c, machine_id, version)
-        else:
-            row = store.get_machine(conn, machine_id, version)
-        if row is None:
-            raise MachineNotFound(machine_id, version)
-        cached = self._machines.get((row.machine_id, row.version))
+                return self.compiled(machine_id, version, c)
+        if version is None:
+            version = store.latest_version(conn, machine_id)
+            if version is None:
+                raise MachineNotFound(machine_id, None)
+        cached = self._machines.get((machine_id, version))
         if cached is not None:
             return cached
+        row = store.get_machine(conn, machine_id, version)
+        if row is None:
+            raise MachineNotFound(machine_id, version)
         try:
             cm = compile_machine(load_definition(row.definition))
         except StatemError as exc:

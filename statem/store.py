@@ -46,6 +46,15 @@ def get_machine(conn: Connection, machine_id: str, version: int | None) -> Row[A
     return conn.execute(q).first()
 
 
+_LATEST_VERSION = select(func.max(machines.c.version)).where(machines.c.machine_id == bindparam("p_id"))
+
+
+def latest_version(conn: Connection, machine_id: str) -> int | None:
+    """The highest saved version of a machine (its number only), or None."""
+    version: int | None = conn.execute(_LATEST_VERSION, {"p_id": machine_id}).scalar()
+    return version
+
+
 def insert_machine(
     conn: Connection,
     machine_id: str,
