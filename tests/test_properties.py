@@ -8,6 +8,7 @@ context, status, output and errors must match the reference after every call.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,3 +223,83 @@ def test_engine_matches_reference(
         assert (stored.state, stored.status, stored.context, stored.output) == ref.snapshot()
     history = engine.history(ex.id)
     assert [s.seq for s in history] == list(range(1, len(history) + 1))
+
+
+# --------------------------------------------------------------------------- sync == async
+
+
+@st.composite
+def effect_chains(draw: st.DrawFn) -> dict[str, Any]:
+    """States s0..s{k}: each invokes ``fx`` and moves forward on success or on error (so
+    every run ends), updating the context from the result; some states are final."""
+    count = draw(st.integers(2, 6))
+    states: dict[str, Any] = {}
+    for i in range(count - 1):
+        if i > 0 and draw(st.integers(0, 4)) == 0:
+            states[f"s{i}"] = {"end": True, "return": "ctx"}
+            continue
+        ok, bad = draw(st.integers(i + 1, count - 1)), draw(st.integers(i + 1, count - 1))
+        states[f"s{i}"] = {"always": [{"name": f"call{i}", "invoke": {
+            "effect": "fx", "input": f"{{'i': {i}, 'n': ctx['n']}}",
+            "success": {"state": f"s{ok}", "context": {"n": "output", "trail": f"ctx['trail'] + [{i}]"}},
+            "error": {"state": f"s{bad}", "context": {"trail": f"ctx['trail'] + [-{i}]"}},
+        }}]}  # fmt: skip
+    states[f"s{count - 1}"] = {"end": True, "return": "ctx"}
+    keep = _forward_reachable(states)
+    return {"id": "chain", "version": 1, "start_at": "s0",
+            "context": {"n": "input['n']", "trail": "[]"},
+            "states": {k: v for k, v in states.items() if k in keep}}  # fmt: skip
+
+
+def _forward_reachable(states: dict[str, Any]) -> set[str]:
+    seen, todo = {"s0"}, ["s0"]
+    while todo:
+        for t in states[todo.pop()].get("always", []):
+            for branch in ("success", "error"):
+                nxt = t["invoke"][branch]["state"]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+    return seen
+
+
+def fx(input: Any, *, idempotency_key: str) -> Any:
+    """Deterministic: fails on a third of its inputs, else a number made from them."""
+    if (input["n"] + input["i"]) % 3 == 0:
+        raise ValueError("no")
+    return (input["n"] * 2 + input["i"]) % 100
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(definition=effect_chains(), n=st.integers(0, 99))
+def test_sync_runs_match_worker_runs(tmp_path: Path, definition: dict[str, Any], n: int) -> None:
+    """An execution its caller runs inline (``execution_mode: sync``, the fast path) ends
+    exactly as the same machine run by the executor: same state, context and output, and
+    the same history, step by step."""
+    from statem.testing import run_until_idle
+
+    runs = []
+    for mode in ("sync", "async"):
+        engine = Engine(f"sqlite:///{tmp_path / f'{mode}-{uuid.uuid4().hex}.db'}")
+        try:
+            engine.migrate()
+            engine.effects.register("fx", fx)
+            engine.save_machine({**definition, "execution_mode": mode})
+            ex = engine.start("chain", {"n": n})
+            if mode == "async":
+                run_until_idle(engine)
+            done = engine.get(ex.id)
+            steps = [(s.seq, s.kind, s.name, s.from_state, s.to_state, s.output, s.context, s.error)
+                     for s in engine.history(ex.id)]  # fmt: skip
+            runs.append(((done.state, done.status, done.context, done.output), steps))
+            if mode == "sync":
+                assert ex == done  # what start() returned is what was committed
+                assert run_until_idle(engine) == 0  # and nothing was left for workers
+        finally:
+            engine.close()
+    assert runs[0] == runs[1]
+    assert runs[0][0][1] == "finished"
