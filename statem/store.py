@@ -1,8 +1,11 @@
 """All of statem's SQL, as named SQLAlchemy Core statements taking an open connection.
 
 Every function runs inside the caller's transaction, so the engine commits a step's
-state, history rows and tasks together (one transaction per step). The few dialect
-differences (row locks, SKIP LOCKED, NOTIFY) live in :mod:`statem.dialects`.
+state, history rows and tasks together (one transaction per step). The statements of the
+hot path are built once. Where PostgreSQL can do in one statement what SQLite needs two
+for (a step's history with its execution write; finishing a task with arming the next),
+both forms sit side by side here; connection and locking setup is in
+:mod:`statem.dialects`.
 """
 
 from __future__ import annotations
