@@ -386,8 +386,7 @@ class Engine:
 
     def _run_inline(self, inline: InlineRun, armed: Armed, eid: str) -> Execution:
         """Run a sync execution's tasks here; the execution as its last step here left it."""
-        if armed.row is not None:
-            inline.rows[eid] = armed.row
+        inline.remember(eid, armed.row)
         self.executor.run_inline(inline, armed.ready)
         row = inline.rows.get(eid)
         return Execution.from_row(row) if row is not None else self.get(eid)
@@ -522,12 +521,11 @@ class Engine:
         if outcome.status in FINAL_STATUSES and parent_id is not None and parent_task_id is not None:
             ok = outcome.status == "finished"
             result = outcome.output if ok else {"type": outcome.status, "message": outcome.error or ""}
-            if inline is not None and inline.covers(parent_id):
-                resume = store.insert_resume(conn, parent_id, parent_task_id, ok, result, now, claim)
-                assert resume is not None
-                ready.append(resume)
+            resume = [store.resume_spec(parent_task_id, ok, result, now)]
+            if claim is not None and inline is not None and inline.covers(parent_id):
+                ready += store.insert_claimed_tasks(conn, parent_id, resume, now, claim)
             else:
-                store.insert_resume(conn, parent_id, parent_task_id, ok, result, now)
+                store.insert_tasks(conn, parent_id, resume, now)
                 for_workers = True
         if for_workers:
             dialects.notify(conn)

@@ -48,10 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("statem.executor")
 
 
-class _Stale(Exception):
-    """Our claim on a task is no longer current: roll the step back."""
-
-
 def default_owner() -> str:
     """A worker name unique across hosts and processes: ``host:pid:random``."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -290,19 +286,19 @@ class Executor:
             with self.engine.transaction(on=self._conn(inline)) as conn:
                 row = store.lock_execution(conn, task.execution_id)
                 if row is None:
-                    raise _Stale
+                    raise store.ClaimLost
                 if row.status in FINAL_STATUSES:
                     if not store.finish_task(conn, task.id, task.claim):
-                        raise _Stale
+                        raise store.ClaimLost
                     return
                 taken = store.discard_tasks(conn, row.id)
                 if not any(_is_claim(t, task) for t in taken):
-                    raise _Stale
+                    raise store.ClaimLost
                 others = [t for t in taken if t.id != task.id]
                 outcome = self._outcome(conn, row, make, kind, task.payload.get("name"), now)
                 armed = self.engine.commit_step(conn, row, outcome, now, dropped=others, inline=inline)
                 self._log(task, outcome)
-        except _Stale:
+        except store.ClaimLost:
             self._stale(task)
             return
         self._armed(inline, task.execution_id, armed)
@@ -317,14 +313,16 @@ class Executor:
         """
 
         now = self.engine.clock()
-        outcome = self._outcome(None, row, make, kind, task.payload.get("name"), now)
+        outcome, failure = self._evaluate(None, row, make, kind, task.payload.get("name"), now)
         try:
             with self.engine.transaction(on=self._conn(inline)) as conn:
                 armed = self.engine.commit_unread_step(
                     conn, row, outcome, now, done=(task.id, task.claim), inline=inline
                 )
         except (store.ClaimLost, ConcurrencyError):
-            return False
+            return False  # nothing committed: the locking path evaluates the step afresh
+        if failure is not None:
+            self._failed(row, kind, failure)
         self._log(task, outcome)
         self._armed(inline, task.execution_id, armed)
         return True
@@ -346,21 +344,39 @@ class Executor:
         name: str | None,
         now: dt.datetime,
     ) -> Outcome:
+        """The step's outcome; a step that fails fails the execution (reported here)."""
+        outcome, failure = self._evaluate(conn, row, make, kind, name, now)
+        if failure is not None:
+            self._failed(row, kind, failure)
+        return outcome
+
+    def _evaluate(
+        self,
+        conn: Connection | None,
+        row: Row[Any],
+        make: Any,
+        kind: str,
+        name: str | None,
+        now: dt.datetime,
+    ) -> tuple[Outcome, Exception | None]:
+        """The step's outcome, and what failed it (the execution's failure is the outcome)."""
         snap = snapshot(row)
         try:
             cm = self.engine.compiled(row.machine_id, row.machine_version, conn)
             outcome: Outcome = make(cm, snap, now)
         except (StatemError, InvokeFailed) as exc:
-            self.engine.metrics.task("failed")
-            log.warning(
-                "execution %s failed in %s step: %s",
-                row.id,
-                kind,
-                exc,
-                extra={"execution_id": row.id, "machine": row.machine_id, "step": kind},
-            )
-            return semantics.failure(snap, kind, name, str(exc))
-        return outcome
+            return semantics.failure(snap, kind, name, str(exc)), exc
+        return outcome, None
+
+    def _failed(self, row: Row[Any], kind: str, exc: Exception) -> None:
+        self.engine.metrics.task("failed")
+        log.warning(
+            "execution %s failed in %s step: %s",
+            row.id,
+            kind,
+            exc,
+            extra={"execution_id": row.id, "machine": row.machine_id, "step": kind},
+        )
 
     def _log(self, task: Row[Any], outcome: Outcome) -> None:
         log.info(

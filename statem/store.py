@@ -39,14 +39,11 @@ from .semantics import StepRecord, TaskSpec
 # --------------------------------------------------------------------------- machines
 
 
-def get_machine(conn: Connection, machine_id: str, version: int | None) -> Row[Any] | None:
-    """The machine row for (id, version), or its latest version when version is None."""
-    q = select(machines).where(machines.c.machine_id == machine_id)
-    if version is None:
-        q = q.order_by(machines.c.version.desc()).limit(1)
-    else:
-        q = q.where(machines.c.version == version)
-    return conn.execute(q).first()
+def get_machine(conn: Connection, machine_id: str, version: int) -> Row[Any] | None:
+    """The machine row for (id, version); :func:`latest_version` finds the latest."""
+    return conn.execute(
+        select(machines).where(machines.c.machine_id == machine_id, machines.c.version == version)
+    ).first()
 
 
 _LATEST_VERSION = select(func.max(machines.c.version)).where(machines.c.machine_id == bindparam("p_id"))
@@ -405,21 +402,10 @@ def _as_task_row(task_id: int, values: dict[str, Any]) -> Row[Any]:
     return _task_row(full[c.name] for c in tasks.c)
 
 
-def insert_resume(
-    conn: Connection,
-    parent_id: str,
-    parent_task_id: int,
-    ok: bool,
-    output: Any,
-    now: dt.datetime,
-    claim: Claim | None = None,
-) -> Row[Any] | None:
-    """Hand a child's result to its parent as a ready ``resume`` task (claimed under ``claim``)."""
-    spec = TaskSpec("resume", now, {"task": parent_task_id, "ok": ok, "output": output})
-    if claim is not None:
-        return insert_claimed_tasks(conn, parent_id, [spec], now, claim)[0]
-    insert_tasks(conn, parent_id, [spec], now)
-    return None
+def resume_spec(parent_task_id: int, ok: bool, output: Any, now: dt.datetime) -> TaskSpec:
+    """A child's result for its parent: a ``resume`` task, ready now, naming the parent's
+    waiting child task."""
+    return TaskSpec("resume", now, {"task": parent_task_id, "ok": ok, "output": output})
 
 
 def discard_tasks(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
