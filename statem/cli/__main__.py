@@ -1,0 +1,5 @@
+"""``python -m statem.cli``."""
+
+from . import main
+
+main()

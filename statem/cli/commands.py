@@ -1,0 +1,325 @@
+"""The ``statem`` subcommands over machines and executions: db, machines, graph, start,
+trigger, cancel, show, history, list, stats, worker, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ..definition import load_definition
+from ..errors import DefinitionError
+from ..records import Step
+from ..settings import LEASE_SECONDS, POLL_SECONDS, WORKER_CONCURRENCY, WorkerSettings
+from .base import DEFAULT_DB, Ctx, cli, fail, json_option, parse_duration, parse_json, pass_ctx
+from .render import as_yaml, execution_table, history_table, ts
+
+# --------------------------------------------------------------------------- db
+
+
+@cli.group()
+def db() -> None:
+    """Manage the database schema."""
+
+
+@db.command("upgrade")
+@json_option
+@pass_ctx
+def db_upgrade(c: Ctx) -> None:
+    """Create or upgrade the tables (alembic upgrade head)."""
+    engine = c.engine()
+    engine.migrate()
+    url = engine.db.url.render_as_string(hide_password=True)
+    c.emit({"database": url, "schema": "head"}, lambda: f"{url}: schema is at the latest revision")
+
+
+# --------------------------------------------------------------------------- machines
+
+
+@cli.group()
+def machines() -> None:
+    """Load and inspect machine definitions."""
+
+
+@machines.command("load")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@json_option
+@pass_ctx
+def machines_load(c: Ctx, paths: Sequence[Path]) -> None:
+    """Validate every file, then store them all (none if any is invalid).
+
+    \b
+    Example:
+      statem machines load machines/order.yaml machines/shipment.yaml
+    """
+    loaded, errors = [], []
+    for path in paths:
+        try:
+            loaded.append(load_definition(path))
+        except DefinitionError as exc:
+            errors.append(f"{path}: {exc}")
+    if errors:
+        fail("\n".join(errors) + f"\nnothing stored ({len(errors)} of {len(paths)} files invalid)")
+    try:
+        c.engine().save_machines(loaded)
+    except DefinitionError as exc:
+        where = next((p for p, m in zip(paths, loaded, strict=True) if m.id == exc.machine), None)
+        fail(f"{where}: {exc}\nnothing stored")
+    c.emit(
+        [{"id": m.id, "version": m.version} for m in loaded],
+        lambda: "\n".join(f"saved {m.id} v{m.version}" for m in loaded),
+    )
+
+
+@machines.command("list")
+@json_option
+@pass_ctx
+def machines_list(c: Ctx) -> None:
+    """List saved machine versions."""
+    rows = c.engine().machines()
+    data = [
+        {
+            "id": m.id,
+            "version": m.version,
+            "states": m.states,
+            "created_at": m.created_at.isoformat(),
+            "content_hash": m.content_hash,
+        }
+        for m in rows
+    ]
+
+    def table() -> Table:
+        t = Table("machine", "version", "states", "saved at", "hash")
+        for m in rows:
+            t.add_row(m.id, str(m.version), str(m.states), ts(m.created_at), m.content_hash[:12])
+        return t
+
+    c.emit(data, table)
+
+
+@machines.command("show")
+@click.argument("machine_id")
+@click.option("--version", type=int, help="A version (default: the latest).")
+@json_option
+@pass_ctx
+def machines_show(c: Ctx, machine_id: str, version: int | None) -> None:
+    """Print a machine's definition."""
+    m = c.engine().get_machine(machine_id, version)
+    c.emit(m.to_json(), lambda: as_yaml(m.to_json()))
+
+
+@cli.command()
+@click.argument("machine_id", required=False)
+@click.option("--version", type=int, help="A version (default: the latest).")
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True)
+@click.option("--execution", "execution_id", help="Highlight the path this execution took.")
+@pass_ctx
+def graph(c: Ctx, machine_id: str | None, version: int | None, fmt: str, execution_id: str | None) -> None:
+    """Draw a machine as a Mermaid or Graphviz DOT diagram.
+
+    \b
+    Examples:
+      statem graph order > order.mmd
+      statem graph order --format dot | dot -Tsvg > order.svg
+      statem graph --execution 3f2a...
+    """
+    from ..graph import render
+
+    engine = c.engine()
+    steps: list[Step] | None = None
+    current = None
+    if execution_id is not None:
+        ex = engine.get(execution_id)
+        machine_id, version = ex.machine_id, ex.machine_version
+        steps, current = engine.history(execution_id), ex.state
+    if machine_id is None:
+        raise click.UsageError("give a MACHINE_ID or --execution")
+    click.echo(render(engine.get_machine(machine_id, version), fmt, steps, current))
+
+
+# --------------------------------------------------------------------------- executions
+
+
+@cli.command()
+@click.argument("machine_id")
+@click.option("--input", "input_", help="Input as JSON (or @file.json).")
+@click.option("--version", type=int, help="Machine version (default: the latest).")
+@click.option("--id", "execution_id", help="Execution id (makes the start idempotent).")
+@json_option
+@pass_ctx
+def start(c: Ctx, machine_id: str, input_: str | None, version: int | None, execution_id: str | None) -> None:
+    """Start an execution of a machine."""
+    ex = c.engine().start(
+        machine_id, parse_json(input_, "--input"), version=version, execution_id=execution_id
+    )
+    c.emit(ex.to_json(), lambda: execution_table(ex))
+
+
+@cli.command()
+@click.argument("execution_id")
+@click.argument("action")
+@click.option("--input", "input_", help="Input as JSON (or @file.json).")
+@click.option("--key", "idempotency_key", help="Idempotency key: a repeat applies nothing.")
+@json_option
+@pass_ctx
+def trigger(c: Ctx, execution_id: str, action: str, input_: str | None, idempotency_key: str | None) -> None:
+    """Fire an action on an execution."""
+    ex = c.engine().trigger(
+        execution_id, action, parse_json(input_, "--input"), idempotency_key=idempotency_key
+    )
+    c.emit(ex.to_json(), lambda: execution_table(ex))
+
+
+@cli.command()
+@click.argument("execution_id")
+@click.option("--reason", default="canceled from the command line", show_default=True)
+@json_option
+@pass_ctx
+def cancel(c: Ctx, execution_id: str, reason: str) -> None:
+    """Cancel an execution and its unfinished children."""
+    ex = c.engine().cancel(execution_id, reason)
+    c.emit(ex.to_json(), lambda: execution_table(ex))
+
+
+@cli.command()
+@click.argument("execution_id")
+@json_option
+@pass_ctx
+def show(c: Ctx, execution_id: str) -> None:
+    """Show an execution: state, status, context, output, error."""
+    ex = c.engine().get(execution_id)
+    c.emit(ex.to_json(), lambda: execution_table(ex))
+
+
+@cli.command()
+@click.argument("execution_id")
+@json_option
+@pass_ctx
+def history(c: Ctx, execution_id: str) -> None:
+    """Show every step of an execution, with what changed in the context."""
+    steps = c.engine().history(execution_id)
+    c.emit(
+        [s.to_json() for s in steps],
+        lambda: history_table(steps, title=f"execution {execution_id}"),
+    )
+
+
+@cli.command("list")
+@click.option("--machine", "machine_id", help="Only this machine.")
+@click.option("--status", type=click.Choice(["running", "waiting", "finished", "failed", "canceled"]))
+@click.option("--state", help="Only executions in this state.")
+@click.option("--older-than", "older", help="Not updated for this long: 30s, 15m, 2h, 7d.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--page", type=click.IntRange(1), default=1, show_default=True)
+@json_option
+@pass_ctx
+def list_(
+    c: Ctx,
+    machine_id: str | None,
+    status: str | None,
+    state: str | None,
+    older: str | None,
+    limit: int,
+    page: int,
+) -> None:
+    """List executions, newest first.
+
+    \b
+    Example:
+      statem list --machine order --status waiting --older-than 2h
+    """
+    rows = c.engine().executions(
+        machine_id,
+        status,
+        state,
+        limit,
+        older_than=parse_duration(older) if older else None,
+        offset=(page - 1) * limit,
+    )
+
+    def table() -> Table:
+        t = Table("execution", "machine", "state", "status", "updated", "error", title=f"page {page}")
+        for e in rows:
+            t.add_row(
+                e.id,
+                f"{e.machine_id} v{e.machine_version}",
+                e.state,
+                e.status,
+                ts(e.updated_at),
+                (e.error or "")[:60],
+            )
+        return t
+
+    c.emit([e.to_json() for e in rows], table)
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def stats(c: Ctx) -> None:
+    """Counts of executions, pending and overdue work, steps."""
+    data = c.engine().stats()
+
+    def table() -> Table:
+        db = data["database"]
+        t = Table("figure", "value", title="statem stats")
+        for status, n in sorted(db["executions"].items()):
+            t.add_row(f"executions {status}", str(n))
+        for kind, n in sorted(db["tasks"].items()):
+            t.add_row(f"tasks {kind}", str(n))
+        t.add_row("overdue tasks", str(db["overdue_tasks"]))
+        oldest = db["oldest_overdue_seconds"]
+        t.add_row("oldest overdue", f"{oldest:.3f}s" if oldest is not None else "-")
+        t.add_row("history steps", str(db["steps"]))
+        return t
+
+    c.emit(data, table)
+
+
+# --------------------------------------------------------------------------- worker & demo
+
+
+@cli.command()
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=WORKER_CONCURRENCY,
+    show_default=True,
+    help="Threads running tasks.",
+)
+@click.option("--lease", type=float, default=LEASE_SECONDS, show_default=True, help="Lease seconds.")
+@click.option("--poll", type=float, default=POLL_SECONDS, show_default=True, help="Poll every N seconds.")
+@click.option("--name", help="Worker name (default host:pid:random).")
+@pass_ctx
+def worker(c: Ctx, concurrency: int, lease: float, poll: float, name: str | None) -> None:
+    """Run a worker until SIGINT/SIGTERM: timers, effects, child machines.
+
+    Without --app only the built-in effects (http.request.json) are known.
+    """
+    if not c.debug:
+        logging.getLogger("statem").setLevel(logging.INFO)
+    c.engine().run_worker(
+        WorkerSettings(concurrency=concurrency, lease_seconds=lease, poll_seconds=poll, name=name)
+    )
+
+
+@cli.command()
+@pass_ctx
+def demo(c: Ctx) -> None:
+    """Run the order demo end to end on the database (a local HTTP stub plays the shipper)."""
+    from ..demo import run_demo
+
+    result = run_demo(c.db or DEFAULT_DB, echo=c.out.print)
+    c.out.print(history_table(result["order_history"], title=f"order {result['order'].id}"))
+    c.out.print(history_table(result["shipment_history"], title=f"shipment {result['shipment'].id}"))
+    o = result["order"]
+    c.out.print(
+        f"order {o.id}: {o.status} in state {o.state!r}, output {json.dumps(o.output)}; "
+        f"{len(result['http_calls'])} HTTP calls; {result['seconds']:.1f}s"
+    )
+    if o.status != "finished":
+        fail(f"the demo order ended {o.status}: {o.error}")
