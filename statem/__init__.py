@@ -23,7 +23,7 @@ from .errors import (
     StatemError,
     StoreError,
 )
-from .records import Execution, MachineInfo, Step
+from .records import Execution, MachineInfo, Step, Task
 from .settings import WorkerSettings
 from .worker import Worker
 
@@ -45,6 +45,7 @@ __all__ = [
     "StatemError",
     "Step",
     "StoreError",
+    "Task",
     "Worker",
     "WorkerSettings",
     "__version__",

@@ -35,7 +35,7 @@ from .errors import (
     StoreError,
 )
 from .expressions import JSON, check_json
-from .records import Execution, MachineInfo, Step
+from .records import Execution, MachineInfo, Step, Task
 from .semantics import FINAL_STATUSES, INLINE_KINDS, Outcome, Snapshot, StepRecord, TaskSpec
 from .settings import WorkerSettings
 from .telemetry import Metrics
@@ -589,6 +589,22 @@ class Engine:
                 raise ExecutionNotFound(execution_id)
             rows = store.history(conn, execution_id)
         return [Step.from_row(r) for r in rows]
+
+    def pending(self, execution_id: str) -> list[Task]:
+        """The execution's pending work: armed timers with their due times, effect calls
+        with their attempts and last error, children started or awaited; soonest first."""
+        with self.transaction(write=False) as conn:
+            if store.get_execution(conn, execution_id) is None:
+                raise ExecutionNotFound(execution_id)
+            rows = store.pending_tasks(conn, execution_id)
+        return [Task.from_row(r) for r in rows]
+
+    def allowed_actions(self, execution_id: str) -> list[str]:
+        """The actions ``trigger`` accepts now (their guards aside); none once it is final."""
+        ex = self.get(execution_id)
+        if ex.status in FINAL_STATUSES:
+            return []
+        return semantics.allowed_actions(self.compiled(ex.machine_id, ex.machine_version), ex.state)
 
     def executions(
         self,

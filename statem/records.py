@@ -108,3 +108,52 @@ class MachineInfo:
     content_hash: str
     created_at: dt.datetime
     states: int
+
+
+@dataclass(frozen=True)
+class Task:
+    """One piece of an execution's pending work: an armed timer, an effect call, a child
+    execution being started or awaited, or a child's result waiting to be applied."""
+
+    id: int
+    execution_id: str
+    kind: str
+    status: str
+    name: str | None
+    due_at: dt.datetime
+    attempts: int
+    effect: str | None
+    child_id: str | None
+    owner: str | None
+    lease_expires_at: dt.datetime | None
+    last_error: str | None
+    created_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> Task:
+        """Build from a ``statem_tasks`` row."""
+        m = row._mapping
+        payload = m["payload"] or {}
+        return cls(
+            id=m["id"],
+            execution_id=m["execution_id"],
+            kind=m["kind"],
+            status=m["status"],
+            name=payload.get("name"),
+            due_at=m["due_at"],
+            attempts=m["attempts"],
+            effect=payload.get("effect"),
+            child_id=m["child_id"],
+            owner=m["owner"],
+            lease_expires_at=m["lease_expires_at"],
+            last_error=m["last_error"],
+            created_at=m["created_at"],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON data (timestamps as ISO strings)."""
+        data = self.__dict__.copy()
+        for key in ("due_at", "lease_expires_at", "created_at"):
+            value = data[key]
+            data[key] = value.isoformat() if value is not None else None
+        return data

@@ -419,6 +419,13 @@ def execution_has_tasks(conn: Connection, execution_id: str) -> bool:
     return conn.execute(q).first() is not None
 
 
+def pending_tasks(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
+    """An execution's pending work (timers, effects, children, results), soonest due first."""
+    return conn.execute(
+        select(tasks).where(tasks.c.execution_id == execution_id).order_by(tasks.c.due_at, tasks.c.id)
+    ).all()
+
+
 def get_task(conn: Connection, task_id: int) -> Row[Any] | None:
     """A task row by id."""
     return conn.execute(select(tasks).where(tasks.c.id == task_id)).first()

@@ -273,3 +273,25 @@ def test_example_machines_validate_and_run_to_shipment(engine: Engine) -> None:
     ex = engine.trigger(ex.id, "fraud-approve")
     assert (ex.state, ex.status) == ("released", "running")
     assert engine.history(ex.id)[-1].kind == "invoke"
+
+
+def test_pending_work_and_allowed_actions(engine: Engine) -> None:
+    from .helpers import effect_machine, timer_machine
+
+    engine.save_machine(timer_machine(seconds=60))
+    ex = engine.start("t")
+    (timer,) = engine.pending(ex.id)
+    assert (timer.kind, timer.status, timer.attempts, timer.effect) == ("timer", "pending", 0, None)
+    assert 59 <= (timer.due_at - ex.updated_at).total_seconds() <= 61
+    assert timer.to_json()["due_at"] == timer.due_at.isoformat()
+
+    engine.save_machine(effect_machine())
+    fx = engine.start("fx")
+    (call,) = engine.pending(fx.id)
+    assert (call.kind, call.name, call.effect, call.attempts) == ("effect", "call", "work", 0)
+    assert engine.allowed_actions(fx.id) == ["skip", "abandon"]
+    engine.trigger(fx.id, "skip")
+    assert engine.pending(fx.id) == []
+    assert engine.allowed_actions(fx.id) == []
+    with pytest.raises(ExecutionNotFound):
+        engine.pending("nope")

@@ -196,6 +196,7 @@ PUBLIC = {
     "StatemError",
     "Step",
     "StoreError",
+    "Task",
     "Worker",
     "WorkerSettings",
     "__version__",
