@@ -33,7 +33,7 @@ from sqlalchemy.engine import result_tuple
 
 from . import dialects
 from .errors import ConcurrencyError
-from .schema import executions, machines, steps, tasks
+from .schema import executions, machines, services, steps, tasks
 from .semantics import StepRecord, TaskSpec
 
 # --------------------------------------------------------------------------- machines
@@ -78,6 +78,50 @@ def insert_machine(
 def list_machines(conn: Connection) -> Sequence[Row[Any]]:
     """Every saved machine version, by id then version."""
     return conn.execute(select(machines).order_by(machines.c.machine_id, machines.c.version)).all()
+
+
+# --------------------------------------------------------------------------- services
+
+
+def get_service(conn: Connection, service_id: str, version: int) -> Row[Any] | None:
+    """The service row for (id, version)."""
+    return conn.execute(
+        select(services).where(services.c.service_id == service_id, services.c.version == version)
+    ).first()
+
+
+_LATEST_SERVICE = select(func.max(services.c.version)).where(services.c.service_id == bindparam("p_id"))
+
+
+def latest_service_version(conn: Connection, service_id: str) -> int | None:
+    """The highest saved version of a service, or None."""
+    version: int | None = conn.execute(_LATEST_SERVICE, {"p_id": service_id}).scalar()
+    return version
+
+
+def insert_service(
+    conn: Connection,
+    service_id: str,
+    version: int,
+    definition: dict[str, Any],
+    content_hash: str,
+    now: dt.datetime,
+) -> None:
+    """Store a new service version."""
+    conn.execute(
+        insert(services).values(
+            service_id=service_id,
+            version=version,
+            definition=definition,
+            content_hash=content_hash,
+            created_at=now,
+        )
+    )
+
+
+def list_services(conn: Connection) -> Sequence[Row[Any]]:
+    """Every saved service version, by id then version."""
+    return conn.execute(select(services).order_by(services.c.service_id, services.c.version)).all()
 
 
 # --------------------------------------------------------------------------- executions
