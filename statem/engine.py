@@ -24,8 +24,9 @@ from sqlalchemy import Connection, Row
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
 from . import dialects, semantics, store
+from .contracts import check_invokes
 from .definition import CompiledMachine, Machine, compile_machine, load_definition
-from .effects import Effect, EffectRegistry
+from .effects import Effect, EffectRegistry, ShapeSpec
 from .errors import (
     DefinitionError,
     ExecutionNotFound,
@@ -35,8 +36,10 @@ from .errors import (
     StoreError,
 )
 from .expressions import JSON, check_json
+from .http_service import ServiceCatalog
 from .records import Execution, MachineInfo, Step, Task
 from .semantics import FINAL_STATUSES, INLINE_KINDS, Outcome, Snapshot, StepRecord, TaskSpec
+from .services import Service, ServiceInfo
 from .settings import WorkerSettings
 from .telemetry import Metrics
 
@@ -100,8 +103,10 @@ class Engine:
         self.clock: Clock = clock or utcnow
         self.strict_effects = strict_effects
         self.worker_settings = worker_settings or WorkerSettings()
-        self.effects = EffectRegistry()
         self.metrics = Metrics()
+        self.effects = EffectRegistry(self.metrics)
+        self.catalog = ServiceCatalog(self)  # saved HTTP services; their operations are effects too
+        self.effects.fallback = self.catalog.effect
         self._machines: dict[tuple[str, int], CompiledMachine] = {}
         self._machines_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
@@ -134,7 +139,8 @@ class Engine:
             raise store_error(exc) from exc
 
     def close(self) -> None:
-        """Release the database connections."""
+        """Release the database connections and the HTTP client."""
+        self.effects.close()
         self.db.dispose()
 
     def migrate(self) -> None:
@@ -190,11 +196,9 @@ class Engine:
 
     def _validated(self, definition: Mapping[str, Any] | Machine | str | Path) -> CompiledMachine:
         cm = compile_machine(load_definition(definition))
-        if self.strict_effects:
-            unknown = sorted(cm.effects() - set(self.effects.names()))
-            if unknown:
-                hint = "register it with @engine.effect"
-                raise DefinitionError(cm.machine.id, [("", f"unknown effect {n!r}; {hint}") for n in unknown])
+        problems = check_invokes(cm.machine, self.effects, self.catalog.latest, strict=self.strict_effects)
+        if problems:  # effects and services it calls: unknown names (strict), schema mismatches
+            raise DefinitionError(cm.machine.id, problems)
         return cm
 
     def _store_machine(self, conn: Connection, cm: CompiledMachine) -> None:
@@ -263,13 +267,35 @@ class Engine:
         return cm
 
     # ------------------------------------------------------------------ effects
-    def effect(self, name: str) -> Callable[[Effect], Effect]:
+    def effect(
+        self, name: str, *, input: ShapeSpec | None = None, output: ShapeSpec | None = None
+    ) -> Callable[[Effect], Effect]:
         """Register a Python function as an effect: ``fn(input, *, idempotency_key) -> JSON``.
+
+        ``input``/``output`` (pydantic models or JSON Schema dicts) make it typed: checked
+        before and after each call, a mismatch takes the error branch, never retried.
 
         >>> @engine.effect("charge-card")
         ... def charge(input, *, idempotency_key): ...
         """
-        return self.effects.decorator(name)
+        return self.effects.decorator(name, input=input, output=output)
+
+    # ------------------------------------------------------------------ services
+    def save_service(self, definition: Mapping[str, Any] | Service | str | Path) -> Service:
+        """Validate and store an HTTP service version (same content again: a no-op)."""
+        return self.catalog.save([definition])[0]
+
+    def save_services(self, definitions: Sequence[Mapping[str, Any] | Service | str | Path]) -> list[Service]:
+        """Validate every service definition, then store them all in one transaction, or none."""
+        return self.catalog.save(definitions)
+
+    def get_service(self, service_id: str, version: int | None = None) -> Service:
+        """A saved service: the latest version when ``version`` is None; ServiceNotFound."""
+        return self.catalog.compiled(service_id, version).service
+
+    def services(self) -> list[ServiceInfo]:
+        """Every saved service version."""
+        return self.catalog.infos()
 
     # ------------------------------------------------------------------ executions
     def start(
@@ -502,6 +528,7 @@ class Engine:
         """
         for record in outcome.steps:
             self.metrics.step(record.kind)
+        self.catalog.pin(conn, outcome.tasks)
         claim = inline.claim(now) if inline is not None else None
         mine: list[TaskSpec] = []
         theirs: list[TaskSpec] = []

@@ -35,9 +35,9 @@ from sqlalchemy import Connection, Row
 from sqlalchemy.exc import DBAPIError
 
 from . import semantics, store
-from .effects import call_effect
+from .effects import error_output, jittered, retryable
 from .engine import snapshot, store_error
-from .errors import ConcurrencyError, StatemError
+from .errors import ConcurrencyError, StatemError, StoreError
 from .expressions import JSON
 from .semantics import FINAL_STATUSES, InvokeFailed, Outcome, StepRecord
 from .telemetry import span
@@ -403,18 +403,20 @@ class Executor:
             )
             inv = semantics.transition_at(cm, payload["transition"]).invoke
             assert inv is not None
-            policy, timeout = inv.retry, inv.timeout_seconds
-            fn = self.engine.effects.get(payload["effect"])
+            fn = self.engine.effects.get(payload["effect"], payload)  # or a saved service's operation
+            policy, timeout = inv.retry or getattr(fn, "retry", None), inv.timeout_seconds
             kept = self.leases.holding(task) if self.current_run(task.execution_id) else nullcontext()
             with kept, span("statem.effect", effect=payload["effect"], idempotency_key=key):
-                output: JSON = call_effect(fn, payload.get("input"), key, timeout)
+                output: JSON = self.engine.effects.call(fn, payload.get("input"), key, timeout)
             ok = True
+        except StoreError:  # the database, not the effect: no attempt used; the claim lapses
+            raise
         except Exception as exc:
-            output, ok = _error(exc), False
+            output, ok = error_output(exc), False
             attempts = policy.max_attempts if policy is not None else 1
-            if task.attempts < attempts:
+            if task.attempts < attempts and retryable(exc):
                 assert policy is not None
-                self._retry(task, policy.delay(task.attempts), output)
+                self._retry(task, jittered(policy.delay(task.attempts)), output)
                 return
         self._step(
             task,
@@ -429,7 +431,7 @@ class Executor:
             raise StatemError(f"execution {task.execution_id!r} is gone")
         return row.machine_id, row.machine_version
 
-    def _retry(self, task: Row[Any], delay: float, error: dict[str, str]) -> None:
+    def _retry(self, task: Row[Any], delay: float, error: dict[str, Any]) -> None:
         inline = self.current_run(task.execution_id)
         if inline is not None:
             inline.remember(task.execution_id, None)  # the retry step writes the row

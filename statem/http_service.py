@@ -15,10 +15,12 @@ validated against ``output_schema`` (OutputError, never retried).
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 from sqlalchemy import Connection
@@ -26,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import store
 from .definition import Retry
-from .effects import Effect, EffectFailed, UnknownEffect
+from .effects import Effect, EffectFailed, EffectRegistry, UnknownEffect
 from .errors import StatemError
 from .expressions import JSON
 from .schemas import Mismatch, Shape
@@ -39,19 +41,25 @@ from .services import (
     ServiceInfo,
     ServiceNotFound,
     load_service,
+    split_operation,
 )
 
-if TYPE_CHECKING:
-    from .engine import Engine
+
+class Host(Protocol):
+    """What the catalog needs of its engine."""
+
+    env: dict[str, Any]
+    effects: EffectRegistry
+
+    def clock(self) -> dt.datetime: ...
+
+    def transaction(
+        self, *, write: bool = True, on: Connection | None = None
+    ) -> AbstractContextManager[Connection]: ...
+
 
 #: Longest response text kept in an HTTPError message, in characters.
 MAX_ERROR_TEXT = 500
-
-
-def split_operation(name: str) -> tuple[str, str] | None:
-    """``service.operation`` split at its first dot, or None when there is no dot."""
-    service, dot, operation = name.partition(".")
-    return (service, operation) if dot and service and operation else None
 
 
 def join_url(base: str, path: str, where: str) -> str:
@@ -97,7 +105,9 @@ class ServiceCall:
     def _text(self, path: str, bindings: Mapping[str, Any]) -> str:
         value = self._eval(path, bindings)
         if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise _failed("ExpressionError", f"{self.where}: {path} must give a string, not {type(value).__name__}")
+            raise _failed(
+                "ExpressionError", f"{self.where}: {path} must give a string, not {type(value).__name__}"
+            )
         return str(value)
 
     def request(self, input: JSON) -> tuple[str, str, dict[str, str], JSON]:
@@ -167,7 +177,7 @@ class ServiceCall:
 class ServiceCatalog:
     """The services of one engine: saved in SQL, cached by version, resolved for the executor."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Host) -> None:
         self.engine = engine
         self._services: dict[tuple[str, int], CompiledService] = {}
         self._calls: dict[tuple[str, int, str], ServiceCall] = {}
@@ -188,7 +198,12 @@ class ServiceCatalog:
                     row = store.get_service(conn, cs.service.id, cs.service.version)
                     if row is None:
                         store.insert_service(
-                            conn, cs.service.id, cs.service.version, cs.service.to_json(), cs.content_hash, now
+                            conn,
+                            cs.service.id,
+                            cs.service.version,
+                            cs.service.to_json(),
+                            cs.content_hash,
+                            now,
                         )
                     elif row.content_hash != cs.content_hash:
                         reason = (
@@ -279,12 +294,15 @@ class ServiceCatalog:
             cs = self.compiled(service_id, version)
         except ServiceNotFound:
             if version is not None:
-                raise UnknownEffect(f"service {service_id!r} v{version} (pinned by the task) is not saved") from None
+                raise UnknownEffect(
+                    f"service {service_id!r} v{version} (pinned by the task) is not saved"
+                ) from None
             return None
         if operation not in cs.service.operations:
             known = ", ".join(cs.service.operations)
+            version = cs.service.version
             raise UnknownEffect(
-                f"service {service_id!r} v{cs.service.version} has no operation {operation!r} (it has: {known})"
+                f"service {service_id!r} v{version} has no operation {operation!r} (has: {known})"
             )
         key = (*cs.key, operation)
         call = self._calls.get(key)

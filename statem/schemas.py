@@ -23,17 +23,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
+from re import _parser as sre_parse  # type: ignore[attr-defined]  # the regex parser (3.11+)
 from typing import Any
 
 import jsonschema
 import referencing
 import referencing.exceptions
 from pydantic import BaseModel, ValidationError
-
-try:  # the regex parser moved in Python 3.11 (re._parser); 3.10 and older had sre_parse
-    from re import _parser as sre_parse  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover
-    import sre_parse  # type: ignore[no-redef]
 
 #: Largest schema accepted, as compact JSON, in bytes.
 MAX_SCHEMA_BYTES = 64_000
@@ -48,11 +44,11 @@ _REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef")
 
 
 def _refuse(uri: str) -> referencing.Resource[Any]:
-    raise referencing.exceptions.NoSuchResource(ref=uri)
+    raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
 
 
 #: The registry every validator resolves ``$ref`` in: nothing is ever retrieved.
-REGISTRY: referencing.Registry[Any] = referencing.Registry(retrieve=_refuse)
+REGISTRY: referencing.Registry[Any] = referencing.Registry(retrieve=_refuse)  # type: ignore[call-arg]
 
 
 def _nodes(schema: Any, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -86,7 +82,7 @@ def _nested_repeat(items: Any, inside: bool = False) -> bool:
     for op, arg in items:
         name = str(op)
         if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-            low, high, sub = arg
+            _low, high, sub = arg
             unbounded = high == sre_parse.MAXREPEAT or high > 100
             if unbounded and inside:
                 return True
@@ -140,11 +136,13 @@ def schema_problems(schema: Any) -> list[tuple[str, str]]:
             ref = node.get(key)
             if isinstance(ref, str) and not ref.startswith("#"):
                 problems.append(
-                    (f"{where}.{key}" if where else key, f"only local references ('#/...') are allowed: {ref!r}")
+                    (
+                        f"{where}.{key}" if where else key,
+                        f"only local references ('#/...') are allowed: {ref!r}",
+                    )
                 )
-        if "pattern" in node and isinstance(node["pattern"], str):
-            if (why := pattern_problem(node["pattern"])) is not None:
-                problems.append((f"{where}.pattern" if where else "pattern", why))
+        if isinstance(node.get("pattern"), str) and (why := pattern_problem(node["pattern"])) is not None:
+            problems.append((f"{where}.pattern" if where else "pattern", why))
         props = node.get("patternProperties")
         if isinstance(props, Mapping):
             for regex in props:
@@ -154,7 +152,7 @@ def schema_problems(schema: Any) -> list[tuple[str, str]]:
         return problems
     try:
         cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-        cls.check_schema(schema)
+        cls.check_schema(dict(schema))
     except jsonschema.SchemaError as exc:
         where = ".".join(str(p) for p in exc.absolute_path)
         return [(where, f"not a valid JSON Schema: {_short(exc.message)}")]

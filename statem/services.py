@@ -164,6 +164,12 @@ class CompiledService:
         return self.expressions[path]
 
 
+def split_operation(name: str) -> tuple[str, str] | None:
+    """``service.operation`` split at its first dot, or None when there is no dot."""
+    service, dot, operation = name.partition(".")
+    return (service, operation) if dot and service and operation else None
+
+
 # --------------------------------------------------------------------------- checks
 
 
@@ -173,7 +179,9 @@ class _Response(ast.NodeTransformer):
     def visit_Name(self, node: ast.Name) -> ast.AST:
         if node.id in RESPONSE_NAMES:
             return ast.copy_location(
-                ast.Subscript(value=ast.Name("output", ast.Load()), slice=ast.Constant(node.id), ctx=node.ctx),
+                ast.Subscript(
+                    value=ast.Name("output", ast.Load()), slice=ast.Constant(node.id), ctx=node.ctx
+                ),
                 node,
             )
         return node
@@ -246,7 +254,9 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
     out = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and "[" in p))
-        msg = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(e["type"], e["msg"])
+        msg = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(
+            e["type"], e["msg"]
+        )
         out.append((path, msg))
     return list(dict.fromkeys(out))
 
@@ -264,7 +274,9 @@ def load_service(source: Mapping[str, Any] | Service | str | Path) -> CompiledSe
         except DefinitionError as exc:
             raise ServiceDefinitionError(None, exc.problems) from None
         if not isinstance(data, dict):
-            raise ServiceDefinitionError(None, [("", "a service definition must be a mapping of keys to values")])
+            raise ServiceDefinitionError(
+                None, [("", "a service definition must be a mapping of keys to values")]
+            )
         name = data.get("id") if isinstance(data.get("id"), str) else None
         try:
             service = Service.model_validate(data)
