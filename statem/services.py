@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StrictInt, ValidationError, field_validator
+from pydantic import AliasChoices, Field, StrictInt, ValidationError, field_validator
 
 from .definition import MAX_NAME_LENGTH, NAME_PATTERN, Model, Retry, read_definition
 from .errors import DefinitionError, ExpressionError, StatemError
@@ -289,5 +289,16 @@ def load_service(source: Mapping[str, Any] | Service | str | Path) -> CompiledSe
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of a service definition, for editors (``service.schema.json``)."""
-    return Service.model_json_schema(by_alias=True, mode="validation")
+    """The JSON Schema of a service definition, for editors (``service.schema.json``),
+    accepting the kebab-case spellings the loader accepts too."""
+    schema = Service.model_json_schema(by_alias=True, mode="validation")
+    for cls in (Service, Operation, Retry):
+        node = schema if cls is Service else schema["$defs"][cls.__name__]
+        props = node["properties"]
+        for field in cls.model_fields.values():
+            choices = field.validation_alias
+            if isinstance(choices, AliasChoices):
+                names = [c for c in choices.choices if isinstance(c, str)]
+                for other in names[1:]:
+                    props.setdefault(other, props[names[0]])
+    return schema

@@ -262,7 +262,7 @@ def test_urls_join_as_urls_do() -> None:
 
 
 def test_the_version_is_pinned_when_the_task_is_armed(db_url: str) -> None:
-    with http_server(lambda path, body, headers: (201, {"tracking": path})) as (base, calls):
+    with http_server(lambda path, body, headers: (201, {"tracking": path})) as (base, _calls):
         engine = engine_for(db_url, base)
         try:
             engine.save_service(service(1))
@@ -292,11 +292,11 @@ def test_a_registered_effect_of_the_exact_name_wins(db_url: str) -> None:
 
 
 def test_one_http_client_per_engine_with_a_transport_seam(db_url: str) -> None:
-    class Counting(httpx.HTTPTransport):
-        requests: list[str] = []
+    seen: list[str] = []
 
+    class Counting(httpx.HTTPTransport):
         def handle_request(self, request: httpx.Request) -> httpx.Response:
-            self.requests.append(str(request.url))
+            seen.append(str(request.url))
             return super().handle_request(request)
 
     with http_server(lambda path, body, headers: (201, {"tracking": "T"})) as (base, calls):
@@ -311,7 +311,7 @@ def test_one_http_client_per_engine_with_a_transport_seam(db_url: str) -> None:
             assert engine.effects.http is client  # one client, reused
         finally:
             engine.close()
-    assert Counting.requests == [f"{base}/shipments/A", f"{base}/shipments/B"]
+    assert seen == [f"{base}/shipments/A", f"{base}/shipments/B"]
     assert len(calls) == 2
 
 
@@ -417,7 +417,9 @@ def test_input_keys_are_checked_at_save(engine: Engine) -> None:
     closed = service()
     closed["operations"]["create-shipment"]["input_schema"]["additionalProperties"] = False
     engine.save_service({**closed, "version": 2})
-    with pytest.raises(DefinitionError, match="key 'itmes' is not in the input schema.*did you mean 'items'"):
+    with pytest.raises(
+        DefinitionError, match=r"key 'itmes' is not in the input schema.*did you mean 'items'"
+    ):
         engine.save_machine(shipper(input="{'order': ctx['order'], 'itmes': 2}"))
 
 
