@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import BaseModel
 
+from .definition import Retry
 from .errors import InputError, StatemError
 from .expressions import JSON, check_json
 from .schemas import Mismatch, Shape
@@ -90,6 +91,12 @@ def error_output(exc: BaseException) -> dict[str, Any]:
 def retryable(exc: BaseException) -> bool:
     """False for failures a retry cannot fix (see EffectFailed)."""
     return not (isinstance(exc, EffectFailed) and not exc.retryable)
+
+
+def default_retry(fn: Effect) -> Retry | None:
+    """The retry policy an effect brings (a service operation's), for invokes that set none."""
+    policy = getattr(fn, "default_retry", None)
+    return policy if isinstance(policy, Retry) else None
 
 
 def jittered(delay: float) -> float:
@@ -151,7 +158,7 @@ class TypedEffect:
                 ) from None
         result = _invoke(self.fn, input, idempotency_key)
         if self.output is None:
-            return result
+            return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
         try:
             return self.output.dump(result, "output")
         except Mismatch as exc:

@@ -35,7 +35,7 @@ from sqlalchemy import Connection, Row
 from sqlalchemy.exc import DBAPIError
 
 from . import semantics, store
-from .effects import error_output, jittered, retryable
+from .effects import default_retry, error_output, jittered, retryable
 from .engine import snapshot, store_error
 from .errors import ConcurrencyError, StatemError, StoreError
 from .expressions import JSON
@@ -404,7 +404,7 @@ class Executor:
             inv = semantics.transition_at(cm, payload["transition"]).invoke
             assert inv is not None
             fn = self.engine.effects.get(payload["effect"], payload)  # or a saved service's operation
-            policy, timeout = inv.retry or getattr(fn, "retry", None), inv.timeout_seconds
+            policy, timeout = inv.retry or default_retry(fn), inv.timeout_seconds
             kept = self.leases.holding(task) if self.current_run(task.execution_id) else nullcontext()
             with kept, span("statem.effect", effect=payload["effect"], idempotency_key=key):
                 output: JSON = self.engine.effects.call(fn, payload.get("input"), key, timeout)

@@ -16,6 +16,7 @@ validated against ``output_schema`` (OutputError, never retried).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -43,6 +44,7 @@ from .services import (
     load_service,
     split_operation,
 )
+from .settings import MAX_VALUE_BYTES
 
 
 class Host(Protocol):
@@ -91,7 +93,7 @@ class ServiceCall:
         svc = compiled.service
         op = svc.operation(operation)
         self.where = f"{svc.id}.{operation} v{svc.version}"
-        self.retry: Retry | None = svc.retry_for(operation)
+        self.default_retry: Retry | None = svc.retry_for(operation)
         self.timeout = svc.timeout_for(operation)
         self.input_shape = Shape(op.input_schema) if op.input_schema is not None else None
         self.output_shape = Shape(op.output_schema) if op.output_schema is not None else None
@@ -138,22 +140,26 @@ class ServiceCall:
                 raise _failed("InputError", f"{self.where}: {exc}", field=exc.field) from None
         method, url, headers, body = self.request(input)
         headers.setdefault("Idempotency-Key", idempotency_key)
-        response = self.catalog.engine.effects.http.request(
-            method,
-            url,
-            headers=headers,
-            json=body,
-            timeout=self.timeout,
-        )  # connection errors and timeouts raise: retried under the retry policy
+        # connection errors and timeouts raise: retried under the retry policy
+        with self.catalog.engine.effects.http.stream(
+            method, url, headers=headers, json=body, timeout=self.timeout
+        ) as response:
+            content = bytearray()
+            for chunk in response.iter_bytes():
+                content += chunk
+                if len(content) > MAX_VALUE_BYTES:
+                    raise _failed(
+                        "OutputError", f"{self.where}: the response is over {MAX_VALUE_BYTES} bytes"
+                    )
         parsed = True
         try:
-            data: JSON = response.json() if response.content else None
+            data: JSON = json.loads(bytes(content)) if content else None
         except ValueError:
             data, parsed = None, False
         seen = {"status": response.status_code, "headers": dict(response.headers), "json": data}
         op_path = f"operations.{self.operation}.ok"
         if not bool(self._eval(op_path, {"input": input, "env": self.catalog.engine.env, "output": seen})):
-            text = response.text
+            text = bytes(content).decode(response.encoding or "utf-8", errors="replace")
             text = text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
             raise EffectFailed(
                 {

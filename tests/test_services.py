@@ -211,6 +211,20 @@ def test_a_body_that_is_not_json_is_an_output_error(db_url: str) -> None:
     assert len(calls) == 1
 
 
+def test_an_oversized_response_is_an_output_error(db_url: str) -> None:
+    with http_server(lambda path, body, headers: (200, {"tracking": "x" * 1_500_000})) as (base, calls):
+        engine = engine_for(db_url, base)
+        try:
+            engine.save_service(service())
+            engine.save_machine(shipper())
+            ex = run(engine)
+        finally:
+            engine.close()
+    assert ex.context["why"]["type"] == "OutputError"
+    assert "the response is over 1000000 bytes" in ex.context["why"]["message"]
+    assert len(calls) == 1
+
+
 def test_an_input_that_fails_its_schema_is_never_sent(db_url: str) -> None:
     with http_server(lambda path, body, headers: (201, {"tracking": "T"})) as (base, calls):
         engine = engine_for(db_url, base)
@@ -275,6 +289,21 @@ def test_the_version_is_pinned_when_the_task_is_armed(db_url: str) -> None:
         finally:
             engine.close()
     assert outputs == ("/shipments/A", "/v2/shipments/B")
+
+
+def test_an_invoke_retry_overrides_the_service_default(db_url: str) -> None:
+    machine = shipper()
+    machine["states"]["go"]["always"][0]["invoke"]["retry"] = {"max_attempts": 1}
+    with http_server(lambda path, body, headers: (503, {"error": "busy"})) as (base, calls):
+        engine = engine_for(db_url, base)
+        try:
+            engine.save_service(service())
+            engine.save_machine(machine)
+            ex = run(engine)
+        finally:
+            engine.close()
+    assert (ex.state, ex.context["why"]["status"]) == ("broken", 503)
+    assert len(calls) == 1  # the service's default would allow 3
 
 
 def test_a_registered_effect_of_the_exact_name_wins(db_url: str) -> None:

@@ -79,6 +79,14 @@ def test_pydantic_models_validate_input_and_output(fengine: Engine) -> None:
     assert seen == [ChargeIn(n=7)]  # the function is handed the model instance
 
 
+def test_an_effect_typed_by_input_only_may_return_a_model(fengine: Engine) -> None:
+    @fengine.effect("work", input=ChargeIn)
+    def charge(input: ChargeIn, *, idempotency_key: str) -> ChargeOut:
+        return ChargeOut(charged=input.n, receipt="r")
+
+    assert run(fengine, 4).output == {"charged": 4, "receipt": "r"}
+
+
 def test_input_mismatch_takes_the_error_branch_without_calling_or_retrying(fengine: Engine) -> None:
     calls: list[Any] = []
 
