@@ -1,10 +1,11 @@
 """The main job: an order runs end to end against a local shipping-service stub.
 
-``statem demo`` loads ``machines/order.yaml`` and ``machines/shipment.yaml``, starts an HTTP
-stub of a shipping service on a free loopback port (its first booking answers 503, so the
-shipment's retry through a durable ``wait_for`` timer runs), starts an order, adds items,
-places and approves it, lets a worker run the shipment child and its HTTP effect to the
-end, and prints both histories.
+``statem demo`` loads ``machines/order.yaml``, ``machines/shipment.yaml`` and the shipping
+service it calls (``machines/services/shipping.yaml``), starts an HTTP stub of that service
+on a free loopback port (its first booking answers 503, so the shipment's retry through a
+durable ``wait_for`` timer runs), starts an order, adds items, places and approves it, lets
+a worker run the shipment child and its service call to the end, and prints both
+histories.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def run_demo(url: str, *, echo: Any = print, timeout: float = 30.0) -> dict[str,
         engine = Engine(url, env={"shipping_url": stub.url})
         try:
             engine.migrate()
+            engine.save_service(machines_dir() / "services" / "shipping.yaml")
             for name in ("shipment.yaml", "order.yaml"):
                 m = engine.save_machine(machines_dir() / name)
                 echo(f"loaded machine {m.id} v{m.version}")

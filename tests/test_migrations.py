@@ -281,7 +281,12 @@ def test_wheel_carries_migrations_and_migrates(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheels[0]) as zf:
         names = set(zf.namelist())
     bundled = ("statem/_migrations/env.py", "statem/_machines/order.yaml", "statem/_machines/shipment.yaml")
-    for rel in (*bundled, "statem/_migrations/versions/0004_services.py", "statem/py.typed"):
+    for rel in (
+        *bundled,
+        "statem/_machines/services/shipping.yaml",
+        "statem/_migrations/versions/0004_services.py",
+        "statem/py.typed",
+    ):
         assert rel in names
     assert not any(n.startswith(("tests/", "migrations/")) or "__pycache__" in n for n in names)
 
