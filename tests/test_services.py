@@ -533,3 +533,42 @@ def test_cli_services_load_list_show(db_url: str, tmp_path: Path, capsys: pytest
 
     code, _, err = cli(capsys, "--db", db_url, "services", "show", "nope")
     assert code == 1 and "ServiceNotFound: no service 'nope' is saved" in err
+
+
+def test_a_database_error_before_the_call_uses_no_attempt(db_url: str) -> None:
+    """The service lookup fails (its table is gone): the task comes back after its lease,
+    the invoke does not take its error branch, and nothing is called."""
+    from statem.schema import services as services_table
+    from statem.testing import FakeClock
+
+    clock = FakeClock()
+    machine = shipper()
+    machine["states"]["go"]["always"][0]["invoke"]["retry"] = {"max_attempts": 1}
+    with http_server(lambda path, body, headers: (201, {"tracking": "T"})) as (base, calls):
+        env = {"shipping_url": base, "token": "t"}
+        first = Engine(db_url, env=env, clock=clock)
+        try:
+            first.save_service(service())
+            first.save_machine(machine)
+            ex = first.start("ship", {"order": "R1"})  # armed and pinned to shipping v1
+        finally:
+            first.close()
+        engine = Engine(db_url, env=env, clock=clock)  # a fresh process: nothing cached
+        try:
+            with engine.db.begin() as conn:
+                services_table.drop(conn)
+            try:
+                assert engine.run_once() == 1  # claimed; the lookup fails; not applied
+                assert engine.get(ex.id).status == "running"
+                assert [s.kind for s in engine.history(ex.id)] == ["start", "invoke"]
+            finally:
+                with engine.db.begin() as conn:
+                    services_table.create(conn)
+            engine.save_service(service())
+            clock.advance(60)  # the claim's lease lapses; the task comes back
+            run_until_idle(engine)
+            done = engine.get(ex.id)
+        finally:
+            engine.close()
+    assert (done.state, done.output) == ("done", "T")
+    assert len(calls) == 1
