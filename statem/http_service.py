@@ -30,8 +30,8 @@ from sqlalchemy.exc import IntegrityError
 from . import store
 from .definition import Retry
 from .effects import Effect, EffectFailed, EffectRegistry, UnknownEffect
-from .errors import StatemError
-from .expressions import JSON
+from .errors import InputError, StatemError
+from .expressions import JSON, check_json
 from .schemas import Mismatch, Shape
 from .semantics import TaskSpec
 from .services import (
@@ -151,11 +151,14 @@ class ServiceCall:
                     raise _failed(
                         "OutputError", f"{self.where}: the response is over {MAX_VALUE_BYTES} bytes"
                     )
-        parsed = True
+        unreadable = None
         try:
-            data: JSON = json.loads(bytes(content)) if content else None
-        except ValueError:
-            data, parsed = None, False
+            data: JSON = check_json(json.loads(bytes(content)), "the response body") if content else None
+        except (ValueError, RecursionError, InputError) as exc:  # not JSON, or too deep
+            data, unreadable = (
+                None,
+                str(exc) if isinstance(exc, InputError) else "the response body is not JSON",
+            )
         seen = {"status": response.status_code, "headers": dict(response.headers), "json": data}
         op_path = f"operations.{self.operation}.ok"
         if not bool(self._eval(op_path, {"input": input, "env": self.catalog.engine.env, "output": seen})):
@@ -170,8 +173,8 @@ class ServiceCall:
                 },
                 retryable=response.status_code >= 500,
             )
-        if not parsed:
-            raise _failed("OutputError", f"{self.where}: the response body is not JSON")
+        if unreadable is not None:
+            raise _failed("OutputError", f"{self.where}: {unreadable}")
         if self.output_shape is not None:
             try:
                 self.output_shape.validate(data, "output")

@@ -29,7 +29,7 @@ from typing import Any
 import jsonschema
 import referencing
 import referencing.exceptions
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, PydanticUserError, ValidationError
 
 #: Largest schema accepted, as compact JSON, in bytes.
 MAX_SCHEMA_BYTES = 64_000
@@ -192,7 +192,10 @@ class Shape:
         self.model: type[BaseModel] | None = None
         if isinstance(spec, type) and issubclass(spec, BaseModel):
             self.model = spec
-            self.schema: Any = spec.model_json_schema()
+            try:
+                self.schema: Any = spec.model_json_schema()
+            except PydanticUserError:  # a model with types JSON Schema cannot describe
+                self.schema = True  # validated by pydantic all the same; not checked at save
             return
         if not isinstance(spec, Mapping | bool):
             raise TypeError(f"{what} must be a pydantic model class or a JSON Schema dict, not {spec!r}")
