@@ -180,6 +180,11 @@ class TimedCalls:
         #: attempts abandoned after their timeout whose thread is still running
         self.abandoned = 0
 
+    def snapshot(self) -> dict[str, int]:
+        """Timed attempts alive now, how many of them were abandoned, and the bound."""
+        with self._cond:
+            return {"alive": self.live, "abandoned": self.abandoned, "bound": self.limit}
+
     def call(self, fn: Effect, input: JSON, idempotency_key: str, timeout: float) -> Any:
         """Run ``fn`` with a timeout that starts when it starts; EffectTimeout past it."""
         with self._cond:

@@ -695,7 +695,10 @@ class Engine:
         this process (steps committed, tasks run, retries, failures, timer lateness)."""
         with self.transaction(write=False) as conn:
             db = store.stats(conn, self.clock())
-        return {"database": db, "process": self.metrics.snapshot()}
+        return {
+            "database": db,
+            "process": {**self.metrics.snapshot(), "timed_effects": self.effects.timed.snapshot()},
+        }
 
     # ------------------------------------------------------------------ workers
     def worker(self, settings: WorkerSettings | None = None) -> Worker:

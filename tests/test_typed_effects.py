@@ -331,6 +331,7 @@ def test_abandoned_attempts_show_in_stats(fengine: Engine) -> None:
     fengine.save_machine(machine(timeout_seconds=0.05))
     ex = fengine.start("fx")
     run_until_idle(fengine)
+    assert fengine.stats()["process"]["timed_effects"] == {"alive": 1, "abandoned": 1, "bound": 32}
     release.set()
     assert fengine.get(ex.id).context["why"]["type"] == "EffectTimeout"
     assert fengine.stats()["process"]["tasks"]["abandoned"] == 1
