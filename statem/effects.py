@@ -53,8 +53,8 @@ class Effect(Protocol):
     def __call__(self, input: Any, *, idempotency_key: str) -> Any: ...
 
 
-#: What finds an effect the registry does not hold (the engine's services): name, task payload.
-Fallback = Callable[[str, Mapping[str, Any] | None], Effect | None]
+#: What finds an effect the registry does not hold (the engine's services): name, task row.
+Fallback = Callable[[str, Any], Effect | None]
 #: A typed effect's declared input or output: a pydantic model class or a JSON Schema dict.
 ShapeSpec = type[BaseModel] | Mapping[str, Any]
 
@@ -311,15 +311,15 @@ class EffectRegistry:
         """The typed effect registered under ``name``, if it is one."""
         return self._typed.get(name)
 
-    def get(self, name: str, payload: Mapping[str, Any] | None = None) -> Effect:
+    def get(self, name: str, task: Any = None) -> Effect:
         """The effect (a registered one wins), else the fallback's, else UnknownEffect.
 
-        ``payload`` is the effect task's payload (it pins the service version).
+        ``task`` is the effect task's row (when it was armed picks the service version).
         """
         fn = self._effects.get(name)
         if fn is not None:
             return fn
-        if self.fallback is not None and (found := self.fallback(name, payload)) is not None:
+        if self.fallback is not None and (found := self.fallback(name, task)) is not None:
             return found
         raise UnknownEffect(
             f"no effect {name!r} is registered in this process "

@@ -528,7 +528,6 @@ class Engine:
         """
         for record in outcome.steps:
             self.metrics.step(record.kind)
-        self.catalog.pin(conn, outcome.tasks)
         claim = inline.claim(now) if inline is not None else None
         mine: list[TaskSpec] = []
         theirs: list[TaskSpec] = []

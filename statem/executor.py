@@ -403,7 +403,7 @@ class Executor:
             )
             inv = semantics.transition_at(cm, payload["transition"]).invoke
             assert inv is not None
-            fn = self.engine.effects.get(payload["effect"], payload)  # or a saved service's operation
+            fn = self.engine.effects.get(payload["effect"], task)  # or a saved service's operation
             policy, timeout = inv.retry or default_retry(fn), inv.timeout_seconds
             kept = self.leases.holding(task) if self.current_run(task.execution_id) else nullcontext()
             with kept, span("statem.effect", effect=payload["effect"], idempotency_key=key):

@@ -1,9 +1,10 @@
 """Saved HTTP services at work: the engine's catalog of them, and the call of an operation.
 
 :class:`ServiceCatalog` saves, reads and caches service versions (a saved version never
-changes), pins the latest version into an effect task when it is armed, and hands the
-executor a :class:`ServiceCall` for ``effect: service.operation`` when no effect of that
-exact name is registered.
+changes), and hands the executor a :class:`ServiceCall` for ``effect: service.operation``
+when no effect of that exact name is registered: the version is the latest one saved when
+the task was armed (its ``created_at``), so every attempt of one armed call, retries and
+re-claims alike, calls the same version.
 
 A call evaluates the operation's expressions with ``input`` and ``env``, validates the
 input against ``input_schema`` (InputError, never retried), sends the request with the
@@ -33,7 +34,6 @@ from .effects import Effect, EffectFailed, EffectRegistry, UnknownEffect
 from .errors import InputError, StatemError
 from .expressions import JSON, check_json
 from .schemas import Mismatch, Shape
-from .semantics import TaskSpec
 from .services import (
     BODY_METHODS,
     CompiledService,
@@ -229,16 +229,28 @@ class ServiceCatalog:
 
     # ------------------------------------------------------------------ reading
     def compiled(
-        self, service_id: str, version: int | None = None, conn: Connection | None = None
+        self,
+        service_id: str,
+        version: int | None = None,
+        conn: Connection | None = None,
+        *,
+        saved_by: dt.datetime | None = None,
     ) -> CompiledService:
-        """A saved service version (the latest when ``version`` is None); ServiceNotFound."""
+        """A saved service version; ServiceNotFound.
+
+        With ``version`` None: the latest version, or with ``saved_by``, the latest saved
+        by then (the latest of all if none was saved by then).
+        """
         if version is not None and (cached := self._services.get((service_id, version))) is not None:
             return cached
         if conn is None:
             with self.engine.transaction(write=False) as c:
-                return self.compiled(service_id, version, c)
+                return self.compiled(service_id, version, c, saved_by=saved_by)
         if version is None:
-            version = store.latest_service_version(conn, service_id)
+            if saved_by is not None:
+                version = store.latest_service_version(conn, service_id, saved_by)
+            if version is None:
+                version = store.latest_service_version(conn, service_id)
             if version is None:
                 raise ServiceNotFound(service_id)
             if (cached := self._services.get((service_id, version))) is not None:
@@ -274,38 +286,17 @@ class ServiceCatalog:
         ]
 
     # ------------------------------------------------------------------ running
-    def pin(self, conn: Connection, specs: Sequence[TaskSpec]) -> None:
-        """Pin the latest version of the service each armed ``service.operation`` task calls.
-
-        A name registered as an effect in this process is left alone (a registered effect
-        wins); a service not saved yet is resolved when the task runs.
-        """
-        for spec in specs:
-            name = spec.payload.get("effect") if spec.kind == "effect" else None
-            if not isinstance(name, str) or self.engine.effects.has(name):
-                continue
-            split = split_operation(name)
-            if split is None:
-                continue
-            version = store.latest_service_version(conn, split[0])
-            if version is not None:
-                spec.payload["service"] = [split[0], version]
-
-    def effect(self, name: str, payload: Mapping[str, Any] | None) -> Effect | None:
-        """The call of ``service.operation`` at the version the task pinned (else the latest)."""
+    def effect(self, name: str, task: Any = None) -> Effect | None:
+        """The call of ``service.operation`` at the latest version saved when ``task`` (an
+        effect task row) was armed; None when no such service is saved."""
         split = split_operation(name)
         if split is None:
             return None
         service_id, operation = split
-        pinned = (payload or {}).get("service")
-        version = int(pinned[1]) if isinstance(pinned, list) and len(pinned) == 2 else None
+        armed_at = getattr(task, "created_at", None)
         try:
-            cs = self.compiled(service_id, version)
+            cs = self.compiled(service_id, saved_by=armed_at if isinstance(armed_at, dt.datetime) else None)
         except ServiceNotFound:
-            if version is not None:
-                raise UnknownEffect(
-                    f"service {service_id!r} v{version} (pinned by the task) is not saved"
-                ) from None
             return None
         if operation not in cs.service.operations:
             known = ", ".join(cs.service.operations)

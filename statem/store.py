@@ -90,12 +90,14 @@ def get_service(conn: Connection, service_id: str, version: int) -> Row[Any] | N
     ).first()
 
 
-_LATEST_SERVICE = select(func.max(services.c.version)).where(services.c.service_id == bindparam("p_id"))
-
-
-def latest_service_version(conn: Connection, service_id: str) -> int | None:
-    """The highest saved version of a service, or None."""
-    version: int | None = conn.execute(_LATEST_SERVICE, {"p_id": service_id}).scalar()
+def latest_service_version(
+    conn: Connection, service_id: str, saved_by: dt.datetime | None = None
+) -> int | None:
+    """The highest saved version of a service (saved at or before ``saved_by``), or None."""
+    query = select(func.max(services.c.version)).where(services.c.service_id == service_id)
+    if saved_by is not None:
+        query = query.where(services.c.created_at <= saved_by)
+    version: int | None = conn.execute(query).scalar()
     return version
 
 

@@ -275,20 +275,32 @@ def test_urls_join_as_urls_do() -> None:
         join_url("file:///etc/passwd", "", "x")
 
 
-def test_the_version_is_pinned_when_the_task_is_armed(db_url: str) -> None:
-    with http_server(lambda path, body, headers: (201, {"tracking": path})) as (base, _calls):
-        engine = engine_for(db_url, base)
+def test_the_version_is_the_latest_when_the_task_is_armed(db_url: str) -> None:
+    from statem.testing import FakeClock
+
+    clock = FakeClock()
+    answers = iter([(503, {}), (201, {"tracking": "A1"}), (201, {"tracking": "B"})])
+    with http_server(lambda path, body, headers: (lambda s, b: (s, {**b, "path": path}))(*next(answers))) as (
+        base,
+        calls,
+    ):
+        engine = Engine(db_url, env={"shipping_url": base, "token": "t"}, clock=clock)
         try:
             engine.save_service(service(1))
             engine.save_machine(shipper())
-            first = engine.start("ship", {"order": "A"})  # armed now: pinned to v1
+            clock.advance(1)
+            first = engine.start("ship", {"order": "A"})  # armed now: v1
+            clock.advance(1)
             engine.save_service(service(2, path="'/v2/shipments/' + input['order']"))
+            clock.advance(1)
+            assert engine.run_once(limit=1) == 1  # A's first attempt: 503, retried (no wait)
             second = engine.start("ship", {"order": "B"})  # armed after v2 was saved
             run_until_idle(engine)
             outputs = engine.get(first.id).output, engine.get(second.id).output
         finally:
             engine.close()
-    assert outputs == ("/shipments/A", "/v2/shipments/B")
+    assert [c["path"] for c in calls] == ["/shipments/A", "/shipments/A", "/v2/shipments/B"]
+    assert outputs == ("A1", "B")  # the retry of A kept v1
 
 
 def test_an_invoke_retry_overrides_the_service_default(db_url: str) -> None:
