@@ -1303,6 +1303,9 @@ def test_sqlalchemy_url_maps_postgres_urls_to_psycopg(url: str, expected: str) -
 def test_postgres_urls_work_for_the_engine_and_the_command(bare: CLI, pg_url: str) -> None:
     from sqlalchemy.engine import make_url
 
+    from .conftest import _truncate
+
+    _truncate(pg_url)
     for scheme in ("postgres", "postgresql"):
         url = make_url(pg_url).set(drivername=scheme).render_as_string(hide_password=False)
         engine = Engine(url)
@@ -1316,13 +1319,6 @@ def test_postgres_urls_work_for_the_engine_and_the_command(bare: CLI, pg_url: st
         db = bare.bind(url)
         assert [m["id"] for m in db.data("machines", "list")] == ["order"]
         db.ok("db", "upgrade")
-    _truncate_pg(pg_url)
-
-
-def _truncate_pg(url: str) -> None:
-    from .conftest import _truncate
-
-    _truncate(url)
 
 
 # --------------------------------------------------------------------------- show: pending work, actions
