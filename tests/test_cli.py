@@ -1283,6 +1283,23 @@ def test_app_module_that_fails_to_import_is_one_line(
     assert_one_line_error(r, "cannot import 'broken_app_cli': RuntimeError: no config", code=2)
 
 
+def test_app_may_name_an_engine_subclass(
+    sqlite_cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(
+        tmp_path,
+        "subclass_app_cli.py",
+        "import os\nfrom statem import Engine\n\n"
+        "class AppEngine(Engine):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(os.environ['STATEM_DATABASE_URL'])\n",
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STATEM_DATABASE_URL", sqlite_cli.url or "")
+    r = sqlite_cli.raw("--app", "subclass_app_cli:AppEngine", "--json", "list")
+    assert (r.code, r.out.strip()) == (0, "[]"), r.err
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [

@@ -73,7 +73,9 @@ class Ctx:
     def engine(self) -> Engine:
         """The Engine: the application's (``--app``) or one on ``--db``."""
         if self._engine is None:
-            self._engine = load_app(self.app, self.db) if self.app else Engine(self.db or DEFAULT_DB)
+            self._engine = (
+                load_app(self.app, self.db, debug=self.debug) if self.app else Engine(self.db or DEFAULT_DB)
+            )
         return self._engine
 
     def emit(self, data: Any, table: Callable[[], Any] | None = None) -> None:
@@ -98,8 +100,9 @@ def console() -> Console:
     )
 
 
-def load_app(spec: str, db: str | None) -> Engine:
-    """Import ``module:attr``; attr is an Engine or a function of no arguments returning one."""
+def load_app(spec: str, db: str | None, *, debug: bool = False) -> Engine:
+    """Import ``module:attr``; attr is an Engine or a function of no arguments returning one
+    (an Engine subclass included). With ``debug``, an error importing the module propagates."""
     module_name, _, attr = spec.partition(":")
     attr = attr or "engine"
     if not module_name:
@@ -108,13 +111,15 @@ def load_app(spec: str, db: str | None) -> Engine:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or whatever the module's own code raised
+        if debug:
+            raise
         raise BadUsage(f"--app {spec}: cannot import {module_name!r}: {_one_line(exc)}") from None
     target = getattr(module, attr, None)
     if target is None:
         raise BadUsage(f"--app {spec}: module {module_name!r} has no attribute {attr!r}")
     not_engine = f"--app {spec}: {attr!r} is not an Engine or a function returning one"
     if not isinstance(target, Engine):
-        if not callable(target) or isinstance(target, type):
+        if not callable(target) or (isinstance(target, type) and not issubclass(target, Engine)):
             raise BadUsage(f"{not_engine} (it is {_kind(target)})")
         try:
             inspect.signature(target).bind()
@@ -155,7 +160,7 @@ def configure_logging(debug: bool) -> None:
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("apscheduler").setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.NOTSET if debug else logging.WARNING)
 
 
 def json_option(f: F) -> F:
