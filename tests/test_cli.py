@@ -1041,17 +1041,62 @@ def test_console_interprets_no_markup(sqlite_cli: CLI) -> None:
 # --------------------------------------------------------------------------- numeric options
 
 
+# The worker's options are checked by parsing alone (click's make_context, no callback):
+# run in-process before the fix, `worker --poll -1` started a worker that spun at 100% CPU
+# and grew without bound, so no in-process test may get that far.
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["worker", "--poll", "-1"], "Invalid value for '--poll': -1.0 is not in the range 0.0<x<=3600.0"),
-        (["worker", "--poll", "0"], "Invalid value for '--poll': 0.0 is not in the range"),
-        (["worker", "--poll", "nan"], "Invalid value for '--poll': nan is not a finite number of seconds"),
-        (["worker", "--poll", "soon"], "Invalid value for '--poll': 'soon' is not a number of seconds"),
-        (["worker", "--lease", "0"], "Invalid value for '--lease': 0.0 is not in the range 0.0<x<=86400.0"),
-        (["worker", "--lease", "-5"], "Invalid value for '--lease': -5.0 is not in the range"),
-        (["worker", "--lease", "inf"], "Invalid value for '--lease': inf is not in the range"),
-        (["worker", "--concurrency", "0"], "Invalid value for '--concurrency': 0 is not in the range"),
+        (["--poll", "-1"], "Invalid value for '--poll': -1.0 is not in the range 0.0<x<=3600.0"),
+        (["--poll", "0"], "Invalid value for '--poll': 0.0 is not in the range"),
+        (["--poll", "nan"], "Invalid value for '--poll': nan is not a finite number of seconds"),
+        (["--poll", "soon"], "Invalid value for '--poll': 'soon' is not a number of seconds"),
+        (["--lease", "0"], "Invalid value for '--lease': 0.0 is not in the range 0.0<x<=86400.0"),
+        (["--lease", "-5"], "Invalid value for '--lease': -5.0 is not in the range"),
+        (["--lease", "inf"], "Invalid value for '--lease': inf is not in the range"),
+        (["--concurrency", "0"], "Invalid value for '--concurrency': 0 is not in the range"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else "",
+)
+def test_worker_numeric_options_are_refused_before_it_starts(args: list[str], message: str) -> None:
+    import click
+
+    from statem.cli.commands import worker
+
+    with pytest.raises(click.BadParameter) as caught:
+        worker.make_context("worker", list(args))
+    assert caught.value.exit_code == 2
+    assert message in caught.value.format_message()
+
+
+def test_worker_poll_minus_one_exits_2_as_a_process(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "statem.cli",
+            "--db",
+            f"sqlite:///{tmp_path / 'w.db'}",
+            "worker",
+            "--poll",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("STATEM_")}, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == ""
+    assert "Invalid value for '--poll': -1.0 is not in the range 0.0<x<=3600.0" in r.stderr
+    assert not (tmp_path / "w.db").exists()  # refused before anything ran
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
         (["start", "order", "--version", "0"], "Invalid value for '--version': 0 is not in the range"),
         (["machines", "show", "order", "--version", "-1"], "-1 is not in the range"),
         (["graph", "order", "--version", "99999999999"], "99999999999 is not in the range"),
