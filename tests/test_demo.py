@@ -149,7 +149,7 @@ def test_run_demo_in_process(db_url: str) -> None:
 
 
 def test_run_demo_again_on_the_same_database(tmp_path: Path) -> None:
-    """`make demo` twice reuses demo.db: the machines are saved again as no-ops, a new order runs."""
+    """`make demo` twice reuses statem-demo.db: the machines are saved again as no-ops, a new order runs."""
     url = f"sqlite:///{tmp_path}/again.db"
     first = run_demo(url, echo=lambda *a: None)
     second = run_demo(url, echo=lambda *a: None)
