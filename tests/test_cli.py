@@ -236,6 +236,7 @@ def test_group_help_lists_every_command_examples_and_env_vars(bare: CLI) -> None
     assert r.out.startswith("Usage: statem [OPTIONS] COMMAND [ARGS]...")
     assert "Examples:" in r.out
     assert "statem machines load machines/*.yaml" in r.out
+    assert "3 start/trigger left the execution failed" in r.out
     for option in ("--db", "--app", "--json", "--debug", "STATEM_DATABASE_URL", "STATEM_APP"):
         assert option in r.out
     for command in (

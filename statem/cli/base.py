@@ -241,6 +241,10 @@ def cli(ctx: click.Context, db: str | None, app: str | None, as_json: bool, debu
       statem trigger 3f2a... add --input '{"sku": "tea"}'
       statem history 3f2a...
       statem --app myservice.workflows:engine worker
+
+    \b
+    Exit status: 0 ok; 1 rejected input or a failed operation;
+    2 usage (bad option or value); 3 start/trigger left the execution failed.
     """
     configure_logging(debug)
     explicit = ctx.get_parameter_source("db") == click.core.ParameterSource.COMMANDLINE
