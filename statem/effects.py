@@ -324,7 +324,8 @@ class EffectRegistry:
         raise UnknownEffect(
             f"no effect {name!r} is registered in this process "
             f"(known: {', '.join(self.names())}) and no saved service has it as an operation; "
-            "run the worker with --app to load yours"
+            "register it in the process that runs it: a worker, or the caller of start/trigger "
+            "for a sync machine (command line: statem --app MODULE:ATTR)"
         )
 
     # ------------------------------------------------------------------ calling

@@ -55,9 +55,7 @@ class Host(Protocol):
 
     def clock(self) -> dt.datetime: ...
 
-    def transaction(
-        self, *, write: bool = True, on: Connection | None = None
-    ) -> AbstractContextManager[Connection]: ...
+    def transaction(self, *, write: bool = True) -> AbstractContextManager[Connection]: ...
 
 
 #: Longest response text kept in an HTTPError message, in characters.

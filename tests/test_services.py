@@ -383,7 +383,7 @@ def test_save_services_is_all_or_nothing(engine: Engine) -> None:
     other = service(1)
     other["id"] = "billing"
     with pytest.raises(DefinitionError):
-        engine.save_services([other, {**service(1), "operations": {}}])
+        engine.catalog.save([other, {**service(1), "operations": {}}])
     assert engine.services() == []
 
 

@@ -40,7 +40,7 @@ def services_load(c: Ctx, paths: Sequence[Path]) -> None:
     if errors:
         fail("\n".join(errors) + f"\nnothing stored ({len(errors)} of {len(paths)} files invalid)")
     try:
-        saved = c.engine().save_services([cs.service for cs in loaded])
+        saved = c.engine().catalog.save([cs.service for cs in loaded])
     except DefinitionError as exc:
         where = next((p for p, cs in zip(paths, loaded, strict=True) if cs.service.id == exc.machine), None)
         fail(f"{where}: {exc}\nnothing stored")
