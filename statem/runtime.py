@@ -20,6 +20,7 @@ from . import dialects, store
 from .definition import CompiledMachine, compile_machine, load_definition
 from .effects import EffectRegistry
 from .errors import DefinitionError, MachineNotFound, StatemError
+from .http_service import ServiceCatalog
 from .settings import WorkerSettings
 from .telemetry import Metrics
 
@@ -47,11 +48,18 @@ class Runtime:
         self.env = env
         self.clock = clock
         self.worker_settings = worker_settings
-        self.effects = EffectRegistry()
         self.metrics = Metrics()
+        self.effects = EffectRegistry(self.metrics)
+        #: saved HTTP services; their operations are effects too (``effect: service.operation``)
+        self.catalog = ServiceCatalog(self)
+        self.effects.fallback = self.catalog.effect
         self._machines: dict[tuple[str, int], CompiledMachine] = {}
         self._machines_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
+
+    def process_stats(self) -> dict[str, object]:
+        """This process's counters, and its timed effect attempts (``stats()["process"]``)."""
+        return {**self.metrics.snapshot(), "timed_effects": self.effects.timed.snapshot()}
 
     # ------------------------------------------------------------------ transactions
     def transaction(self, *, write: bool = True) -> AbstractContextManager[Connection]:
