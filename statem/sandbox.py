@@ -428,8 +428,8 @@ class Sandbox(Interpreter):  # type: ignore[misc]
         if isinstance(value, str):
             text = value.strip()
             self.meter.spend(_chars(len(value)), len(text))
-            radix = 10 if base is None else base
-            bits_per_char = math.log2(radix) if isinstance(radix, int) and radix >= 2 else 4.0  # 0: any prefix
+            radix = 10 if base is None else base  # base 0 reads any prefix: hex at worst
+            bits_per_char = math.log2(radix) if isinstance(radix, int) and radix >= 2 else 4.0
             if (len(text) - 2) * bits_per_char > LIMITS.int_bits + 8:
                 raise Abort(f"int() of a {len(text)}-character string would exceed {LIMITS.int_bits} bits")
             number: int = int(text) if base is None else int(text, base)
