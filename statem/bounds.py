@@ -125,10 +125,39 @@ class Meter:
         self._weights[id(value)] = (value, total)
         return total
 
+    def text_size(self, value: object, str_factor: int = 4) -> int:
+        """An upper bound of ``len(repr(value))``, or more than the string limit: stops there.
 
-def int_bits_ok(value: Any) -> bool:
-    """True unless ``value`` is an int over the integer bound."""
-    return not (type(value) is int and value.bit_length() > LIMITS.int_bits)
+        Strings count ``str_factor`` characters per character (escapes), numbers their
+        digits, containers their brackets and separators; shared parts count every time
+        they would be rendered. The walk checks the deadline as it goes.
+        """
+        limit = LIMITS.string_chars
+        total, steps = 0, 0
+        todo: list[object] = [value]
+        while todo and total <= limit:
+            v = todo.pop()
+            steps += 1
+            if steps % 4096 == 0:
+                self.spend(4096)
+            if isinstance(v, str):
+                total += 2 + str_factor * len(v)
+            elif isinstance(v, bool) or v is None:
+                total += 5
+            elif isinstance(v, int):
+                total += 2 + v.bit_length() * 30103 // 100000
+            elif isinstance(v, float):
+                total += 24
+            elif isinstance(v, dict):
+                total += 2 + 4 * len(v)
+                todo.extend(v.keys())
+                todo.extend(v.values())
+            elif isinstance(v, list | tuple | set | frozenset):
+                total += 2 + 2 * len(v)
+                todo.extend(v)
+            else:
+                total += 100
+        return total
 
 
 def short_repr(value: Any, chars: int | None = None) -> str:

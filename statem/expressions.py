@@ -49,7 +49,7 @@ from .settings import MAX_VALUE_BYTES
 
 __all__ = [
     "BINDINGS", "HELPERS", "JSON", "LIMITS", "METHODS", "Expression", "Limits", "check_json",
-    "compile_expression", "to_json",
+    "compile_expression", "problem_text", "to_json",
 ]  # fmt: skip
 
 BINDINGS = ("ctx", "context", "input", "output", "state", "execution", "env")
@@ -216,6 +216,19 @@ def compile_expression(source: str, path: str = "") -> Expression:
         raise ExpressionError(f"expression nests deeper than {LIMITS.depth}", expression=source, path=path)
     _check_tree(tree, source, path)
     return Expression(source, path, tree)
+
+
+def problem_text(source: str, reason: str) -> str:
+    """How a definition check reports an expression: what is wrong, the reason, the source.
+
+    ``expression does not parse: invalid syntax at line 1, column 4, in '1 +'`` for a
+    syntax error, ``expression is not allowed: open() cannot be called ...`` for
+    something outside the whitelist.
+    """
+    unparsable = reason.startswith(("invalid syntax", "expression cannot be parsed"))
+    verb = "does not parse" if unparsable else "is not allowed"
+    shown = source if len(source) <= 80 else source[:77] + "..."
+    return f"expression {verb}: {reason}, in {shown!r}"
 
 
 def _syntax_message(exc: SyntaxError) -> str:

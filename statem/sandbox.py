@@ -24,8 +24,7 @@ from typing import Any
 
 from asteval import Interpreter
 
-from .bounds import LIMITS, Abort, Meter, describe, short_repr, to_json
-from .errors import InputError
+from .bounds import LIMITS, Abort, Meter, describe, short_repr
 
 #: Read-only methods that may be called on str, dict and list values.
 METHODS = frozenset(
@@ -297,12 +296,8 @@ class Sandbox(Interpreter):  # type: ignore[misc]
         """``str``/``repr`` of a value whose text is first shown to fit the string limit."""
         self.meter.spend(self.meter.weigh(value))
         too_long = f"rendering this value as text would exceed {LIMITS.string_chars} characters"
-        if isinstance(value, list | tuple | dict | set):
-            try:
-                to_json(list(value) if isinstance(value, set) else value, LIMITS.string_chars)
-            except InputError:
-                raise Abort(too_long) from None
-        elif isinstance(value, str) and len(value) * (4 if how is not str else 1) > LIMITS.string_chars:
+        factor = 1 if how is str and isinstance(value, str) else 4  # repr escapes: at most \\xNN
+        if self.meter.text_size(value, factor) > LIMITS.string_chars:
             raise Abort(too_long)
         text = how(value)
         if len(text) > LIMITS.string_chars:
@@ -638,7 +633,7 @@ def _method(meter: Meter, value: Any, name: str) -> Callable[..., Any]:
         if isinstance(value, list):  # count, index
             needle = args[0] if args else None
             meter.spend(meter.weigh(value) + meter.weigh(needle))
-            if name == "index" and needle not in value[slice(*args[1:3])]:
+            if name == "index" and needle not in value[slice(*(args[1:3] or (None,)))]:
                 raise ValueError(f"{short_repr(needle)} is not in list")
             return bound(*args, **kwargs)
         # str methods: at most linear in the text and the arguments
