@@ -72,6 +72,10 @@ class Meter:
         self.deadline = time.monotonic() + LIMITS.seconds
         self._weights = {}
 
+    def forget(self) -> None:
+        """Drop the references the measurements hold (the evaluation is over)."""
+        self._weights = {}
+
     def check_time(self) -> None:
         """Abort when the evaluation has run past its deadline."""
         if time.monotonic() > self.deadline:

@@ -35,6 +35,7 @@ from pydantic import (
 
 from .errors import DefinitionError, ExpressionError
 from .expressions import Expression, compile_expression, problem_text
+from .isolation import IsolatedExpression
 from .reader import check_shape, load_json, load_yaml
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$"
@@ -497,9 +498,17 @@ class CompiledMachine:
         }
 
 
-def compile_machine(machine: Machine) -> CompiledMachine:
-    """Parse every expression of a validated machine once."""
-    exprs = {path: compile_expression(src, path) for path, src in _expressions(machine)}
+def compile_machine(machine: Machine, *, isolate: bool = False) -> CompiledMachine:
+    """Parse every expression of a validated machine once.
+
+    With ``isolate``, the expressions evaluate in a child process with CPU and memory
+    limits (:mod:`statem.isolation`), for definitions from untrusted authors.
+    """
+    exprs: dict[str, Expression] = {
+        path: compile_expression(src, path) for path, src in _expressions(machine)
+    }
+    if isolate:
+        exprs = {path: IsolatedExpression.of(e) for path, e in exprs.items()}
     return CompiledMachine(machine=machine, content_hash=machine.content_hash(), expressions=exprs)
 
 

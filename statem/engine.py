@@ -79,7 +79,8 @@ class Engine:
     ``url`` is any SQLAlchemy URL (SQLite for embedded use, PostgreSQL to scale out).
     ``env`` is what expressions see as ``env``. ``clock`` replaces the wall clock (tests).
     With ``strict_effects``, saving a machine that invokes an effect this engine has not
-    registered is a DefinitionError.
+    registered is a DefinitionError. With ``isolate_expressions``, expressions evaluate in
+    a child process with CPU and memory limits (for untrusted definitions; statem/isolation.py).
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class Engine:
         clock: Clock | None = None,
         strict_effects: bool = False,
         worker_settings: WorkerSettings | None = None,
+        isolate_expressions: bool = False,
     ) -> None:
         self.url = url
         try:
@@ -99,6 +101,7 @@ class Engine:
         self.env: dict[str, Any] = dict(check_json(dict(env or {}), "env"))
         self.clock: Clock = clock or utcnow
         self.strict_effects = strict_effects
+        self.isolate_expressions = isolate_expressions  # see statem/isolation.py
         self.worker_settings = worker_settings or WorkerSettings()
         self.effects = EffectRegistry()
         self.metrics = Metrics()
@@ -189,7 +192,7 @@ class Engine:
         return [cm.machine for cm in compiled]
 
     def _validated(self, definition: Mapping[str, Any] | Machine | str | Path) -> CompiledMachine:
-        cm = compile_machine(load_definition(definition))
+        cm = compile_machine(load_definition(definition), isolate=self.isolate_expressions)
         if self.strict_effects:
             unknown = sorted(cm.effects() - set(self.effects.names()))
             if unknown:
@@ -253,7 +256,7 @@ class Engine:
         if row is None:
             raise MachineNotFound(machine_id, version)
         try:
-            cm = compile_machine(load_definition(row.definition))
+            cm = compile_machine(load_definition(row.definition), isolate=self.isolate_expressions)
         except StatemError as exc:
             raise DefinitionError(
                 machine_id, [("", f"stored version {row.version} no longer validates: {exc}")]

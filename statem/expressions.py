@@ -114,6 +114,7 @@ def _check_tree(tree: ast.AST, source: str, path: str) -> None:
         if not isinstance(node, _ALLOWED_NODES):
             kind = type(node).__name__
             reject(f"{_NODE_NAMES.get(kind, kind)} is not allowed in expressions")
+    for node in ast.walk(tree):
         if isinstance(node, ast.Name):
             if node.id.startswith("_"):
                 reject(f"name {node.id!r} is not allowed (names may not start with '_')")
@@ -233,7 +234,12 @@ def problem_text(source: str, reason: str) -> str:
 
 def _syntax_message(exc: SyntaxError) -> str:
     """``invalid syntax at line 1, column 11: ...``, with the parser's own words."""
-    where = f"line {exc.lineno}, column {exc.offset}" if exc.lineno and exc.offset else "unknown position"
+    if exc.lineno and exc.offset:
+        where = f"line {exc.lineno}, column {exc.offset}"
+    elif exc.lineno:
+        where = f"the end of line {exc.lineno}"
+    else:
+        where = "an unknown position"
     msg = exc.msg or "invalid syntax"
     if msg == "invalid syntax":
         return f"invalid syntax at {where}"

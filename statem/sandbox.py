@@ -105,7 +105,7 @@ class Sandbox(Interpreter):  # type: ignore[misc]
     def finish(self) -> None:
         """Drop every reference the evaluation held."""
         self.symtable = {}
-        self.meter.reset()
+        self.meter.forget()
 
     def run(self, node: Any, expr: Any = None, lineno: Any = None, with_raise: bool = True) -> Any:
         """Evaluate one node: charge it, dispatch it, turn what it raises into a bounded Failure."""
@@ -357,7 +357,7 @@ class Sandbox(Interpreter):  # type: ignore[misc]
     def _h_sorted(self, iterable: Any, key: Any = None, reverse: bool = False) -> list[Any]:
         items = self._items(iterable, "sorted")
         keys = self._keyed(items, key)
-        rounds = 2 * (math.ceil(math.log2(len(items) + 1)) + 1)
+        rounds = math.ceil(math.log2(len(items) + 1))  # compares each item takes part in
         self.meter.spend(rounds * self.meter.weigh(keys), OBJECT_BYTES + SLOT_BYTES * len(items))
         if key is None:
             return sorted(items, reverse=bool(reverse))
