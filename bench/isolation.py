@@ -30,7 +30,7 @@ BINDINGS: dict[str, Any] = {
 BINDINGS["context"] = BINDINGS["ctx"]
 EXPRESSIONS = {
     "guard": "len(ctx['order']['line_items']) > 0 and 200 <= output['status'] <= 299",
-    "update": "{**ctx['order'], 'line_items': ctx['order']['line_items'] + [input['sku']] * input.get('qty', 1)}",
+    "update": "{**ctx['order'], 'line_items': ctx['order']['line_items'] + [input['sku']] * input['qty']}",
     "format": "f\"{ctx['order']['id']}-{len(ctx['order']['line_items']):03d}\"",
 }
 

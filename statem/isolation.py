@@ -21,6 +21,7 @@ Cost: a round trip through a pipe and JSON encoding of the bindings per evaluati
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -136,10 +137,8 @@ def evaluate_isolated(source: str, path: str, bindings: Mapping[str, object]) ->
         raise ExpressionError(f"bindings cannot be sent to the isolated process: {exc}", expression=source,
                               path=path) from None  # fmt: skip
     if answer is None:
-        try:
-            child.proc.wait(timeout=0.5)  # an exited child closes its pipe just before it is reaped
-        except subprocess.TimeoutExpired:
-            pass
+        with contextlib.suppress(subprocess.TimeoutExpired):  # an exiting child closes its pipe
+            child.proc.wait(timeout=0.5)  # just before it can be reaped
         timed_out = child.alive()
         child.kill()
         _local.child = None
