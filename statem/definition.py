@@ -206,10 +206,6 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     previous: int | str | None = None
     for part in loc:
-        if part == "[key]" or isinstance(part, bool):  # a bad key: its own path is its parent's
-            part = str(part) if isinstance(part, bool) else part
-            if part == "[key]":
-                continue
         tag = isinstance(part, str) and (
             _TYPE_TAG.match(part) is not None or (previous in _UNION_FIELDS and part in ("str", "int"))
         )
@@ -230,6 +226,8 @@ def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
             msg = "required key is missing"
         elif e["type"] == "string_type":
             msg = _not_a_string(e["input"], loc, msg)
+        if len(loc) >= 2 and loc[-1] == "[key]":  # pydantic reports a bad key by its position
+            loc = (*loc[:-2], str(e["input"]))
         problems.append((_loc(loc), msg))
     # a union field (context) also reports its str member failing on a mapping: drop that
     # when the mapping member reported the real problem below the same path
