@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 import tracemalloc
@@ -381,9 +382,9 @@ def test_the_meter_is_fresh_for_each_evaluation() -> None:
 # ---------------------------------------------------------------------- isolated evaluation
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def isolated() -> Iterator[Any]:
-    """IsolatedExpression, and this thread's child process killed afterwards."""
+    """IsolatedExpression; this thread's child process is shared by the tests, killed at the end."""
     from statem import isolation
 
     yield isolation.IsolatedExpression
@@ -400,7 +401,7 @@ def run_isolated(isolated: Any, src: str) -> Any:
 def test_isolated_evaluation_gives_the_same_results_and_errors(isolated: Any) -> None:
     for src in ["ctx['n'] + 1", "{**ctx['order'], 'id': 'R2'}", "sorted(ctx['l'])", "f\"{ctx['n']:03d}\""]:
         assert run_isolated(isolated, src) == evaluate(src)
-    for src in ["ctx['nope']", "'a' * 10**10", "[x for x in range(100000) for y in range(100000)]"]:
+    for src in ["ctx['nope']", "'a' * 10**10", "int('f' * 2000, 16)", "('a ' * 500000).split()"]:
         with pytest.raises(ExpressionError) as inline:
             evaluate(src)
         with pytest.raises(ExpressionError) as far:
@@ -439,12 +440,15 @@ def test_a_killed_isolated_process_fails_the_evaluation_and_is_replaced(isolated
     assert isolation._local.child.proc.pid != pid
 
 
-def test_a_hung_isolated_process_is_killed_at_the_deadline(isolated: Any) -> None:
+def test_a_hung_isolated_process_is_killed_at_the_deadline(
+    isolated: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """If the child stops answering (here: SIGSTOP), the parent kills it and fails the evaluation."""
     import signal
 
     from statem import isolation
 
+    monkeypatch.setattr(isolation, "GRACE_SECONDS", 0.3)
     run_isolated(isolated, "1")
     child = isolation._local.child
     os.kill(child.proc.pid, signal.SIGSTOP)
@@ -469,5 +473,42 @@ def test_an_engine_can_isolate_expressions(db_url: str, isolated: Any) -> None:
         assert engine.trigger(ex.id, "go").status == "finished"
         with pytest.raises(ExpressionError, match="KeyError: 'n'"):
             engine.start("iso", {})
+    finally:
+        engine.close()
+
+
+#: The issue's cases of heavy work inside one node (the first two are also run isolated).
+HEAVY_IN_ONE_NODE = [
+    "[sorted(x, key=str) for x in [list(range(100000))] * 100]",
+    "int('f' * 1000000, 16) // int('f' * 500000, 16)",
+    "('a ' * 500000).split()",
+    "[[0] * 100000 for i in range(1000)]",
+]
+
+
+@pytest.mark.parametrize("isolate", [False, True], ids=["in-process", "isolated"])
+def test_a_worker_fails_executions_stuck_in_heavy_nodes(tmp_path: Path, isolate: bool) -> None:
+    """Each execution fails with its error recorded; none keeps its task (and lease) forever."""
+    from statem import Engine, WorkerSettings
+
+    engine = Engine(f"sqlite:///{tmp_path / 'heavy.db'}", isolate_expressions=isolate)
+    engine.migrate()
+    try:
+        ids = []
+        for i, src in enumerate(HEAVY_IN_ONE_NODE[:2] if isolate else HEAVY_IN_ONE_NODE):
+            engine.save_machine(
+                {"id": f"heavy{i}", "version": 1, "start_at": "a", "states": {
+                    "a": {"always": [{"state": "b", "wait_for": {"seconds": 0}}]},
+                    "b": {"always": [{"state": "c", "context": {"x": src}}]},
+                    "c": {"end": True}}}
+            )  # fmt: skip
+            ids.append(engine.start(f"heavy{i}").id)
+        with engine.worker(WorkerSettings(concurrency=2, poll_seconds=0.2)):
+            for eid in ids:
+                ex = engine.wait(eid, timeout=60)
+                assert ex.status == "failed" and ex.state == "a", (ex.status, ex.error)
+                assert ex.error is not None and ex.error.endswith("at states.b.always[0].context.x")
+                assert re.search(r"would (exceed|build)|more than|longer than", ex.error), ex.error
+                assert engine.pending(eid) == []
     finally:
         engine.close()
