@@ -50,6 +50,22 @@ CHARS_PER_UNIT = 16
 BITS_PER_UNIT = 64
 
 
+#: Bytes charged per slot of a list or tuple, per entry of a dict or set, per object.
+SLOT_BYTES, ENTRY_BYTES, OBJECT_BYTES = 8, 64, 56
+
+
+def chars(n: int) -> int:
+    """Work units to walk ``n`` characters."""
+    return 1 + n // CHARS_PER_UNIT
+
+
+def int_bound(value: Any) -> Any:
+    """``value``, unless it is an int over the integer bound (then Abort)."""
+    if type(value) is int and value.bit_length() > LIMITS.int_bits:
+        raise Abort(f"integer exceeds {LIMITS.int_bits} bits")
+    return value
+
+
 class Abort(Exception):
     """A bound was hit; the message says which. Never caught inside the sandbox."""
 

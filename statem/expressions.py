@@ -44,7 +44,8 @@ from typing import Any
 
 from .bounds import JSON, LIMITS, Abort, Limits, describe, to_json
 from .errors import ExpressionError, InputError
-from .sandbox import HELPERS, METHODS, Failure, Sandbox
+from .helpers import HELPERS, METHODS
+from .sandbox import Failure, Sandbox
 from .settings import MAX_VALUE_BYTES
 
 __all__ = [

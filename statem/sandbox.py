@@ -15,34 +15,26 @@ Errors never render the values involved in full (see :func:`~statem.bounds.descr
 from __future__ import annotations
 
 import ast
-import datetime as dt
 import math
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from asteval import Interpreter
 
-from .bounds import LIMITS, Abort, Meter, describe, short_repr
-
-#: Read-only methods that may be called on str, dict and list values.
-METHODS = frozenset(
-    {
-        "get", "keys", "values", "items",
-        "lower", "upper", "strip", "lstrip", "rstrip", "split", "join", "startswith",
-        "endswith", "replace", "title", "capitalize", "isdigit", "isalpha", "find", "count", "index",
-    }
+from .bounds import (
+    ENTRY_BYTES,
+    LIMITS,
+    OBJECT_BYTES,
+    SLOT_BYTES,
+    Abort,
+    Meter,
+    chars,
+    describe,
+    int_bound,
 )  # fmt: skip
-
-#: Helper functions expressions may call.
-HELPERS = (
-    "abs", "all", "any", "bool", "dict", "float", "get_in", "int", "len", "list", "max", "merge",
-    "min", "now", "range", "round", "sorted", "str", "sum",
-)  # fmt: skip
-
-#: Bytes charged per slot of a list or tuple, per entry of a dict or set, per object.
-SLOT_BYTES, ENTRY_BYTES, OBJECT_BYTES = 8, 64, 56
+from .helpers import METHODS, Helpers, method
 
 #: f-string conversions by their code: !s, !r, !a.
 _CONVERSIONS: dict[int, Callable[[object], str]] = {115: str, 114: repr, 97: ascii}
@@ -50,17 +42,6 @@ _CONVERSIONS: dict[int, Callable[[object], str]] = {115: str, 114: repr, 97: asc
 
 class Failure(Exception):
     """The expression raised; the message is already bounded and carries the type name."""
-
-
-def _chars(n: int) -> int:
-    return 1 + n // 16
-
-
-def _metered(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark a callable as one the sandbox may call: it prices its own work before doing it."""
-    func._statem_metered = True  # type: ignore[attr-defined]
-    func._statem_name = func.__name__.removeprefix("_h_")  # type: ignore[attr-defined]
-    return func
 
 
 class Sandbox(Interpreter):  # type: ignore[misc]
@@ -86,7 +67,8 @@ class Sandbox(Interpreter):  # type: ignore[misc]
             "generatorexp": self._listcomp, "setcomp": self._setcomp, "dictcomp": self._dictcomp,
         }  # fmt: skip
         self.node_handlers.update(handlers)
-        self.helpers: dict[str, Any] = {name: getattr(self, f"_h_{name}") for name in HELPERS}
+        self._helpers = Helpers(self.meter)
+        self.helpers: dict[str, Any] = self._helpers.functions()
 
     # ------------------------------------------------------------------ running
 
@@ -177,7 +159,7 @@ class Sandbox(Interpreter):  # type: ignore[misc]
             gen = node.generators[level]
             iterable = self.run(gen.iter)
             if isinstance(iterable, str):
-                self.meter.spend(_chars(len(iterable)))
+                self.meter.spend(chars(len(iterable)))
             for item in iterable:
                 self._bind(gen.target, item)
                 if all(self.run(cond) for cond in gen.ifs):
@@ -275,7 +257,7 @@ class Sandbox(Interpreter):  # type: ignore[misc]
             if total > LIMITS.string_chars:
                 raise Abort(f"f-string would build more than {LIMITS.string_chars} characters")
             pieces.append(piece)
-        self.meter.spend(_chars(total), OBJECT_BYTES + total)
+        self.meter.spend(chars(total), OBJECT_BYTES + total)
         return "".join(pieces)
 
     def _formattedvalue(self, node: ast.FormattedValue) -> str:
@@ -285,27 +267,12 @@ class Sandbox(Interpreter):  # type: ignore[misc]
             raise Abort("f-string widths and precisions are limited to 3 digits")
         conversion = _CONVERSIONS.get(node.conversion)
         if conversion is not None or not isinstance(value, str | int | float | bool):
-            value = self._render(value, conversion or str)
+            value = self._helpers.render(value, conversion or str)
         text = format(value, spec)
         if len(text) > LIMITS.string_chars:
             raise Abort(f"f-string would build more than {LIMITS.string_chars} characters")
-        self.meter.spend(_chars(len(text)), OBJECT_BYTES + len(text))
+        self.meter.spend(chars(len(text)), OBJECT_BYTES + len(text))
         return text
-
-    def _render(self, value: Any, how: Callable[[object], str]) -> str:
-        """``str``/``repr`` of a value whose text is first shown to fit the string limit."""
-        self.meter.spend(self.meter.weigh(value))
-        too_long = f"rendering this value as text would exceed {LIMITS.string_chars} characters"
-        factor = 1 if how is str and isinstance(value, str) else 4  # repr escapes: at most \\xNN
-        if self.meter.text_size(value, factor) > LIMITS.string_chars:
-            raise Abort(too_long)
-        text = how(value)
-        if len(text) > LIMITS.string_chars:
-            raise Abort(too_long)
-        self.meter.spend(0, OBJECT_BYTES + len(text))
-        return text
-
-    # ------------------------------------------------------------------ calls
 
     def _call(self, node: ast.Call) -> Any:
         func = self.run(node.func)
@@ -328,182 +295,9 @@ class Sandbox(Interpreter):  # type: ignore[misc]
         value = self.run(node.value)
         if not isinstance(value, str | dict | list):
             raise TypeError(f"{type(value).__name__} has no method {node.attr!r}")
-        return _method(self.meter, value, node.attr)
+        return method(self.meter, value, node.attr)
 
     # ------------------------------------------------------------------ helpers
-
-    def _items(self, value: Any, what: str) -> list[Any]:
-        """``list(value)``, refused before it is built when it would be too long."""
-        n = len(value) if hasattr(value, "__len__") else None
-        if n is None:
-            raise TypeError(f"{what}() takes a list, tuple, dict, set or string")
-        if n > LIMITS.sequence_items:
-            raise Abort(f"{what}() would build {n} items; the limit is {LIMITS.sequence_items}")
-        self.meter.spend(1 + n, OBJECT_BYTES + SLOT_BYTES * n)
-        return list(value)
-
-    def _keyed(self, items: list[Any], key: Any) -> list[Any]:
-        if key is None:
-            return items
-        if not getattr(key, "_statem_metered", False):
-            raise TypeError("key= takes a helper or a method")
-        return [key(x) for x in items]
-
-    @_metered
-    def _h_len(self, value: Any) -> int:
-        return len(value)
-
-    @_metered
-    def _h_sorted(self, iterable: Any, key: Any = None, reverse: bool = False) -> list[Any]:
-        items = self._items(iterable, "sorted")
-        keys = self._keyed(items, key)
-        rounds = math.ceil(math.log2(len(items) + 1))  # compares each item takes part in
-        self.meter.spend(rounds * self.meter.weigh(keys), OBJECT_BYTES + SLOT_BYTES * len(items))
-        if key is None:
-            return sorted(items, reverse=bool(reverse))
-        order = sorted(range(len(items)), key=keys.__getitem__, reverse=bool(reverse))
-        return [items[i] for i in order]
-
-    def _extreme(self, pick: Callable[..., Any], name: str, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
-        key = kw.pop("key", None)
-        items = self._items(args[0] if len(args) == 1 else args, name)
-        if not items and "default" in kw:
-            return kw["default"]
-        if kw.keys() - {"default"}:
-            raise TypeError(f"{name}() got an unexpected keyword argument")
-        keys = self._keyed(items, key)
-        self.meter.spend(2 * self.meter.weigh(keys))
-        if not keys:
-            raise ValueError(f"{name}() arg is an empty sequence")
-        best = pick(range(len(items)), key=keys.__getitem__)
-        return items[best]
-
-    @_metered
-    def _h_min(self, *args: Any, **kw: Any) -> Any:
-        return self._extreme(min, "min", args, kw)
-
-    @_metered
-    def _h_max(self, *args: Any, **kw: Any) -> Any:
-        return self._extreme(max, "max", args, kw)
-
-    @_metered
-    def _h_sum(self, values: Any, start: Any = 0) -> Any:
-        if not isinstance(start, int | float) or isinstance(start, bool):
-            raise Abort("sum() adds numbers only; use a comprehension to join lists or strings")
-        items = self._items(values, "sum")
-        if not all(type(x) in (int, float, bool) for x in items):
-            raise TypeError("sum() adds numbers only")
-        self.meter.spend(self.meter.weigh(items))
-        return _int_bound(sum(items, start))
-
-    @_metered
-    def _h_abs(self, number: Any) -> Any:
-        return abs(number)
-
-    @_metered
-    def _h_round(self, number: Any, ndigits: int | None = None) -> Any:
-        if ndigits is not None and abs(ndigits) > 100:
-            raise Abort("round() takes at most 100 digits")
-        return round(number, ndigits)
-
-    @_metered
-    def _h_any(self, iterable: Any) -> bool:
-        return any(self._items(iterable, "any"))
-
-    @_metered
-    def _h_all(self, iterable: Any) -> bool:
-        return all(self._items(iterable, "all"))
-
-    @_metered
-    def _h_str(self, value: Any = "") -> str:
-        return value if isinstance(value, str) else self._render(value, str)
-
-    @_metered
-    def _h_int(self, value: Any = 0, base: Any = None) -> int:
-        if isinstance(value, str):
-            text = value.strip()
-            self.meter.spend(_chars(len(value)), len(text))
-            radix = 10 if base is None else base  # base 0 reads any prefix: hex at worst
-            bits_per_char = math.log2(radix) if isinstance(radix, int) and radix >= 2 else 4.0
-            if (len(text) - 2) * bits_per_char > LIMITS.int_bits + 8:
-                raise Abort(f"int() of a {len(text)}-character string would exceed {LIMITS.int_bits} bits")
-            number: int = int(text) if base is None else int(text, base)
-            _int_bound(number)
-            return number
-        if base is not None:
-            raise TypeError("int() can't convert non-string with explicit base")
-        number = int(value)
-        _int_bound(number)
-        return number
-
-    @_metered
-    def _h_float(self, value: Any = 0.0) -> float:
-        if isinstance(value, str):
-            self.meter.spend(_chars(len(value)))
-            if len(value) > 1000:
-                raise ValueError(f"could not convert a {len(value)}-character string to float")
-        return float(value)
-
-    @_metered
-    def _h_bool(self, value: Any = False) -> bool:
-        return bool(value)
-
-    @_metered
-    def _h_dict(self, *args: Any, **kw: Any) -> dict[str, Any]:
-        if len(args) > 1:
-            raise TypeError(f"dict expected at most 1 argument, got {len(args)}")
-        n = len(kw) + (len(args[0]) if args and hasattr(args[0], "__len__") else 0)
-        if n > LIMITS.sequence_items:
-            raise Abort(f"dict() would build {n} entries; the limit is {LIMITS.sequence_items}")
-        if args:
-            self.meter.spend(self.meter.weigh(args[0]), OBJECT_BYTES + ENTRY_BYTES * n)
-        return dict(*args, **kw)
-
-    @_metered
-    def _h_list(self, iterable: Any = ()) -> list[Any]:
-        return self._items(iterable, "list")
-
-    @_metered
-    def _h_range(self, *args: int) -> list[int]:
-        r = range(*args)
-        if len(r) > LIMITS.range_items:
-            raise Abort(f"range of {len(r)} items exceeds the limit of {LIMITS.range_items}")
-        self.meter.spend(1 + len(r), OBJECT_BYTES + (SLOT_BYTES + 32) * len(r))
-        return list(r)
-
-    @_metered
-    def _h_now(self) -> str:
-        return dt.datetime.now(dt.UTC).isoformat()
-
-    @_metered
-    def _h_get_in(self, obj: Any, path: Iterable[Any], default: Any = None) -> Any:
-        for key in self._items(path, "get_in"):
-            self.meter.spend(self.meter.weigh(key))
-            try:
-                obj = obj[key]
-            except (KeyError, IndexError, TypeError):
-                return default
-        return obj
-
-    @_metered
-    def _h_merge(self, *dicts: Mapping[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for d in dicts:
-            if not isinstance(d, Mapping):
-                raise TypeError(f"merge() takes mappings, not {type(d).__name__}")
-            self.meter.spend(1 + len(d), ENTRY_BYTES * len(d))
-            out.update(d)
-        return out
-
-
-# ---------------------------------------------------------------------- operators
-
-
-def _int_bound(value: Any) -> Any:
-    """``value``, unless it is an int over the integer bound."""
-    if type(value) is int and value.bit_length() > LIMITS.int_bits:
-        raise Abort(f"integer exceeds {LIMITS.int_bits} bits")
-    return value
 
 
 def _int_operands(a: Any, b: Any) -> None:
@@ -517,33 +311,23 @@ def _seq_cap(seq: Any) -> int:
     return LIMITS.string_chars if isinstance(seq, str) else LIMITS.sequence_items
 
 
-def _charge_built(meter: Meter, value: Any) -> Any:
-    if isinstance(value, str):
-        meter.spend(_chars(len(value)), OBJECT_BYTES + len(value))
-    elif isinstance(value, list | tuple):
-        meter.spend(1 + len(value), OBJECT_BYTES + SLOT_BYTES * len(value))
-    elif isinstance(value, set | dict):
-        meter.spend(1 + len(value), OBJECT_BYTES + ENTRY_BYTES * len(value))
-    return value
-
-
 def _add(meter: Meter, a: Any, b: Any) -> Any:
     _int_operands(a, b)
     if isinstance(a, str | list | tuple) and type(a) is type(b):
         n = len(a) + len(b)
         if n > _seq_cap(a):
             raise Abort(f"concatenation would build {n} items; the limit is {_seq_cap(a)}")
-        meter.spend(_chars(n) if isinstance(a, str) else 1 + n,
+        meter.spend(chars(n) if isinstance(a, str) else 1 + n,
                     OBJECT_BYTES + (n if isinstance(a, str) else SLOT_BYTES * n))  # fmt: skip
         return operator.add(a, b)
-    return _int_bound(operator.add(a, b))
+    return int_bound(operator.add(a, b))
 
 
 def _sub(meter: Meter, a: Any, b: Any) -> Any:
     _int_operands(a, b)
     if isinstance(a, set) and isinstance(b, set):
         meter.spend(1 + len(a) + len(b), OBJECT_BYTES + ENTRY_BYTES * len(a))
-    return _int_bound(operator.sub(a, b))
+    return int_bound(operator.sub(a, b))
 
 
 def _mul(meter: Meter, a: Any, b: Any) -> Any:
@@ -553,12 +337,12 @@ def _mul(meter: Meter, a: Any, b: Any) -> Any:
             size = len(seq) * max(n, 0)
             if size > _seq_cap(seq):
                 raise Abort(f"repetition would build {size} items; the limit is {_seq_cap(seq)}")
-            meter.spend(_chars(size) if isinstance(seq, str) else 1 + size,
+            meter.spend(chars(size) if isinstance(seq, str) else 1 + size,
                         OBJECT_BYTES + (size if isinstance(seq, str) else SLOT_BYTES * size))  # fmt: skip
             return seq * n
     if type(a) is int and type(b) is int and a.bit_length() + b.bit_length() > LIMITS.int_bits + 1:
         raise Abort(f"product exceeds {LIMITS.int_bits} bits")
-    return _int_bound(operator.mul(a, b))
+    return int_bound(operator.mul(a, b))
 
 
 def _div(meter: Meter, a: Any, b: Any) -> Any:
@@ -583,7 +367,7 @@ def _pow(meter: Meter, a: Any, b: Any) -> Any:
     big = isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b > 0
     if big and b * math.log2(abs(a)) > LIMITS.int_bits:
         raise Abort(f"power result exceeds {LIMITS.int_bits} bits")
-    return _int_bound(operator.pow(a, b))
+    return int_bound(operator.pow(a, b))
 
 
 _BINOPS: dict[type[ast.operator], Callable[[Meter, Any, Any], Any]] = {
@@ -613,75 +397,3 @@ def _compare_cost(meter: Meter, op: ast.cmpop, a: Any, b: Any) -> int:
 
 
 # ---------------------------------------------------------------------- methods
-
-
-def _method(meter: Meter, value: Any, name: str) -> Callable[..., Any]:
-    """A whitelisted method of ``value``, wrapped to price its work before it runs."""
-    bound = getattr(value, name)
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        if name == "join":
-            return _join(meter, value, *args, **kwargs)
-        if name == "replace":
-            return _replace(meter, value, *args, **kwargs)
-        if name == "split":
-            return _split(meter, value, *args, **kwargs)
-        if isinstance(value, dict):
-            if args:
-                meter.spend(meter.weigh(args[0]))
-            return bound(*args, **kwargs)
-        if isinstance(value, list):  # count, index
-            needle = args[0] if args else None
-            meter.spend(meter.weigh(value) + meter.weigh(needle))
-            if name == "index" and needle not in value[slice(*(args[1:3] or (None,)))]:
-                raise ValueError(f"{short_repr(needle)} is not in list")
-            return bound(*args, **kwargs)
-        # str methods: at most linear in the text and the arguments
-        meter.spend(_chars(len(value)) + sum(meter.weigh(a) for a in args))
-        result = bound(*args, **kwargs)
-        if isinstance(result, str):
-            if len(result) > LIMITS.string_chars:
-                raise Abort(f"{name}() would build more than {LIMITS.string_chars} characters")
-            meter.spend(0, OBJECT_BYTES + len(result))
-        return result
-
-    call.__name__ = name
-    return _metered(call)
-
-
-def _join(meter: Meter, sep: str, items: Iterable[Any]) -> str:
-    parts = items if isinstance(items, list | tuple) else list(items)
-    if len(parts) > LIMITS.sequence_items:
-        raise Abort(f"join() of {len(parts)} items; the limit is {LIMITS.sequence_items}")
-    n = len(sep) * len(parts) + sum(len(p) for p in parts if isinstance(p, str))
-    if n > LIMITS.string_chars:
-        raise Abort(f"join() would build more than {LIMITS.string_chars} characters")
-    meter.spend(1 + len(parts) + _chars(n), OBJECT_BYTES + n)
-    return sep.join(parts)
-
-
-def _replace(meter: Meter, text: str, old: str, new: str, count: int = -1) -> str:
-    meter.spend(_chars(len(text)) + _chars(len(old)))
-    hits = text.count(old) if old else len(text) + 1
-    if count >= 0:
-        hits = min(hits, count)
-    n = len(text) + hits * (len(new) - len(old))
-    if n > LIMITS.string_chars:
-        raise Abort(f"replace() would build more than {LIMITS.string_chars} characters")
-    meter.spend(_chars(n), OBJECT_BYTES + n)
-    return text.replace(old, new, count)
-
-
-def _split(meter: Meter, text: str, sep: str | None = None, maxsplit: int = -1) -> list[str]:
-    cap = LIMITS.sequence_items
-    limit = cap if maxsplit < 0 else min(maxsplit, cap)
-    meter.spend(_chars(len(text)))
-    if sep is None:
-        parts = min(len(text) // 2 + 1, limit + 1)
-    else:
-        parts = min(text.count(sep) if sep else 0, limit) + 1
-    meter.spend(parts, OBJECT_BYTES + len(text) + (SLOT_BYTES + OBJECT_BYTES) * parts)
-    out = text.split(sep, limit)
-    if len(out) > cap:
-        raise Abort(f"split() would build more than {cap} items")
-    return out
