@@ -26,8 +26,9 @@ from .bounds import (
     chars,
     int_bound,
     short_repr,
-)  # fmt: skip
+)
 
+#: Read-only methods that may be called on str, dict and list values.
 METHODS = frozenset(
     {
         "get", "keys", "values", "items",
@@ -41,8 +42,6 @@ HELPERS = (
     "abs", "all", "any", "bool", "dict", "float", "get_in", "int", "len", "list", "max", "merge",
     "min", "now", "range", "round", "sorted", "str", "sum",
 )  # fmt: skip
-
-#: Bytes charged per slot of a list or tuple, per entry of a dict or set, per object.
 
 
 def metered(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -88,6 +87,7 @@ class Helpers:
         return list(value)
 
     def keyed(self, items: list[Any], key: Any) -> list[Any]:
+        """The sort keys of ``items``: each ``key`` call is a metered helper or method."""
         if key is None:
             return items
         if not getattr(key, "_statem_metered", False):
@@ -110,6 +110,7 @@ class Helpers:
         return [items[i] for i in order]
 
     def _extreme(self, pick: Callable[..., Any], name: str, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+        """``min``/``max`` over one iterable or several arguments, with ``key`` and ``default``."""
         key = kw.pop("key", None)
         items = self.items(args[0] if len(args) == 1 else args, name)
         if not items and "default" in kw:
@@ -241,9 +242,6 @@ class Helpers:
         return out
 
 
-# ---------------------------------------------------------------------- operators
-
-
 # ---------------------------------------------------------------------- methods
 
 
@@ -282,9 +280,11 @@ def method(meter: Meter, value: Any, name: str) -> Callable[..., Any]:
 
 
 def _join(meter: Meter, sep: str, items: Iterable[Any]) -> str:
+    size = len(items) if hasattr(items, "__len__") else 0
+    if size > LIMITS.sequence_items:
+        raise Abort(f"join() of {size} items; the limit is {LIMITS.sequence_items}")
+    meter.spend(1 + size, OBJECT_BYTES + SLOT_BYTES * size)
     parts = items if isinstance(items, list | tuple) else list(items)
-    if len(parts) > LIMITS.sequence_items:
-        raise Abort(f"join() of {len(parts)} items; the limit is {LIMITS.sequence_items}")
     n = len(sep) * len(parts) + sum(len(p) for p in parts if isinstance(p, str))
     if n > LIMITS.string_chars:
         raise Abort(f"join() would build more than {LIMITS.string_chars} characters")

@@ -33,7 +33,7 @@ from .bounds import (
     chars,
     describe,
     int_bound,
-)  # fmt: skip
+)
 from .helpers import METHODS, Helpers, method
 
 #: f-string conversions by their code: !s, !r, !a.
