@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any
 
 from .bounds import (
@@ -280,7 +280,7 @@ def method(meter: Meter, value: Any, name: str) -> Callable[..., Any]:
 
 
 def _join(meter: Meter, sep: str, items: Iterable[Any]) -> str:
-    size = len(items) if hasattr(items, "__len__") else 0
+    size = len(items) if isinstance(items, Sized) else 0
     if size > LIMITS.sequence_items:
         raise Abort(f"join() of {size} items; the limit is {LIMITS.sequence_items}")
     meter.spend(1 + size, OBJECT_BYTES + SLOT_BYTES * size)
