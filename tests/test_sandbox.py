@@ -431,11 +431,12 @@ def test_a_killed_isolated_process_fails_the_evaluation_and_is_replaced(isolated
 
     run_isolated(isolated, "1")
     pid = isolation._local.child.proc.pid
-    threading.Timer(0.3, os.kill, (pid, signal.SIGKILL)).start()
+    # an evaluation that runs for its whole 1 s deadline (10,000 str() calls and a sort)
+    threading.Timer(0.1, os.kill, (pid, signal.SIGKILL)).start()
     with pytest.raises(
         ExpressionError, match="isolated evaluation failed: its process was killed by SIGKILL"
     ):
-        run_isolated(isolated, "len([x for x in range(100000) for y in range(100000)])")
+        run_isolated(isolated, "sorted([[str(i)] * 100 for i in range(10000)], key=str)")
     assert run_isolated(isolated, "ctx['n'] + 1") == 3  # a new child
     assert isolation._local.child.proc.pid != pid
 
