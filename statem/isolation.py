@@ -114,12 +114,13 @@ def _read_line(stream: IO[bytes], deadline: float) -> bytes | None:
     """One line from the child before ``deadline``, or None (timeout or end of file)."""
     chunks: list[bytes] = []
     fd = stream.fileno()
+    poller = select.poll()  # not select.select: a busy process may hold descriptors past 1024
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             return None
-        ready, _, _ = select.select([fd], [], [], left)
-        if not ready:
+        if not poller.poll(max(int(left * 1000), 1)):
             return None
         chunk = os.read(fd, 1 << 16)
         if not chunk:
