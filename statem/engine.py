@@ -49,7 +49,8 @@ class Engine:
     ``url`` is any SQLAlchemy URL (SQLite for embedded use, PostgreSQL to scale out).
     ``env`` is what expressions see as ``env``. ``clock`` replaces the wall clock (tests).
     With ``strict_effects``, saving a machine that invokes an effect this engine has not
-    registered is a DefinitionError.
+    registered is a DefinitionError. With ``isolate_expressions``, expressions evaluate in
+    a child process with CPU and memory limits (for untrusted definitions; statem/isolation.py).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class Engine:
         clock: Clock | None = None,
         strict_effects: bool = False,
         worker_settings: WorkerSettings | None = None,
+        isolate_expressions: bool = False,
     ) -> None:
         self.url = url
         try:
@@ -73,6 +75,7 @@ class Engine:
             worker_settings=worker_settings or WorkerSettings(),
         )
         self.strict_effects = strict_effects
+        rt.isolate_expressions = isolate_expressions  # see statem/isolation.py
         #: the SQLAlchemy engine (connection pool) on the database
         self.db = rt.db
         #: what expressions see as ``env``
@@ -135,7 +138,7 @@ class Engine:
         return [cm.machine for cm in compiled]
 
     def _validated(self, definition: Mapping[str, Any] | Machine | str | Path) -> CompiledMachine:
-        cm = compile_machine(load_definition(definition))
+        cm = compile_machine(load_definition(definition), isolate=self._runtime.isolate_expressions)
         problems = check_invokes(cm.machine, self.effects, self.catalog.latest, strict=self.strict_effects)
         if problems:  # effects and services it calls: unknown names (strict), schema mismatches
             raise DefinitionError(cm.machine.id, problems)

@@ -56,6 +56,8 @@ class Runtime:
         self._machines: dict[tuple[str, int], CompiledMachine] = {}
         self._machines_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
+        #: evaluate expressions in a child process (``Engine(isolate_expressions=True)``)
+        self.isolate_expressions = False
 
     def process_stats(self) -> dict[str, object]:
         """This process's counters, and its timed effect attempts (``stats()["process"]``)."""
@@ -113,7 +115,7 @@ class Runtime:
         if row is None:
             raise MachineNotFound(machine_id, version)
         try:
-            cm = compile_machine(load_definition(row.definition))
+            cm = compile_machine(load_definition(row.definition), isolate=self.isolate_expressions)
         except StatemError as exc:
             raise DefinitionError(
                 machine_id, [("", f"stored version {row.version} no longer validates: {exc}")]
