@@ -116,7 +116,11 @@ def _path(a: Box, b: Box, bend: int) -> tuple[str, tuple[float, float]]:
         p0, p3 = (a.x + a.w, a.cy), (b.x, b.cy)
         dx = (p3[0] - p0[0]) / 2
         p1, p2 = (p0[0] + dx, p0[1]), (p3[0] - dx, p3[1])
-    else:  # backwards or within a column: loop under the boxes
+    elif b.col == a.col:  # within a column: bulge out to the right
+        p0, p3 = (a.x + a.w, a.cy), (b.x + b.w, b.cy)
+        reach = max(p0[0], p3[0]) + 40 + 10 * bend
+        p1, p2 = (reach, p0[1]), (reach, p3[1])
+    else:  # backwards: loop under the boxes
         drop = 46 + 16 * bend
         p0, p3 = (a.cx, a.y + NODE_H), (b.cx, b.y + NODE_H)
         p1, p2 = (p0[0], p0[1] + drop), (p3[0], p3[1] + drop)
@@ -140,10 +144,7 @@ def render_svg(machine: Machine, steps: Sequence[Step] | None = None, current: s
         f'<title id="sm-title">Diagram of machine {escape(machine.id)} version {machine.version}</title>',
         f'<desc id="sm-desc">{escape(describe(machine, steps, current))}</desc>',
         f"<style>{STYLE}</style>",
-        '<defs><marker id="sm-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
-        'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#495057"/></marker>'
-        '<marker id="sm-arrow-taken" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="5" markerHeight="5" '
-        'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#1c7ed6"/></marker></defs>',
+        "<defs>" + _marker("sm-arrow", "#495057", 10) + _marker("sm-arrow-taken", "#1c7ed6", 11) + "</defs>",
     ]
     start = boxes[machine.start_at]
     out.append(f'<circle class="sm-start" cx="{start.x - 20:.1f}" cy="{start.cy:.1f}" r="6"/>')
@@ -185,6 +186,14 @@ def render_svg(machine: Machine, steps: Sequence[Step] | None = None, current: s
         )
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _marker(mid: str, colour: str, size: int) -> str:
+    return (
+        f'<marker id="{mid}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="{size}" '
+        f'markerHeight="{size}" markerUnits="userSpaceOnUse" orient="auto-start-reverse">'
+        f'<path d="M0,0 L10,5 L0,10 z" fill="{colour}"/></marker>'
+    )
 
 
 def describe(machine: Machine, steps: Sequence[Step] | None, current: str | None) -> str:
