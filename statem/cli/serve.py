@@ -10,7 +10,10 @@ import click
 
 from .base import BadUsage, Ctx, cli, pass_ctx
 
-HINT = "Browse it: statem --db {db} serve   (then open http://127.0.0.1:8080/)"
+
+def serve_hint(db: str) -> str:
+    """The line that tells a demo's user how to browse its database in the console."""
+    return f"Browse it in the console: statem --db {db} serve   (then open http://127.0.0.1:8080/)"
 
 
 def check_bind(host: str, token: str | None) -> None:
