@@ -37,15 +37,17 @@ def test_wheel_serves_the_console_from_an_installed_copy(tmp_path: Path) -> None
     )  # fmt: skip
     assert pip.returncode == 0, pip.stderr
     script = """
-import statem
-from starlette.testclient import TestClient
+import asyncio, httpx, statem
 from statem import Engine
 from statem.web import create_app
 e = Engine('sqlite:///x.db')
 e.migrate()
-c = TestClient(create_app(e), base_url='http://127.0.0.1')
-page, css = c.get('/'), c.get('/static/console.css')
-print(statem.__file__, page.status_code, 'Executions' in page.text, css.status_code, 'skip' in css.text)
+async def main():
+    transport = httpx.ASGITransport(app=create_app(e))
+    async with httpx.AsyncClient(transport=transport, base_url='http://127.0.0.1') as c:
+        page, css = await c.get('/'), await c.get('/static/console.css')
+    print(statem.__file__, page.status_code, 'Executions' in page.text, css.status_code, 'skip' in css.text)
+asyncio.run(main())
 """
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "STATEM_DATABASE_URL")}
     env["PYTHONPATH"] = str(site)
