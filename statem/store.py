@@ -247,11 +247,10 @@ def list_executions(
     q = select(executions)
     if after is not None:
         created, eid = after
+        # "<=" bounds an index scan on created_at; the OR only sorts out ties at the edge
         q = q.where(
-            or_(
-                executions.c.created_at < created,
-                and_(executions.c.created_at == created, executions.c.id > eid),
-            )
+            executions.c.created_at <= created,
+            or_(executions.c.created_at < created, executions.c.id > eid),
         )
     for col, value in (
         (executions.c.machine_id, machine_id),

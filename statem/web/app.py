@@ -1,7 +1,7 @@
 """The application factory: ``create_app(engine, read_only=False, token=None)``.
 
 One FastAPI application with the JSON API under ``/api/v1`` (:mod:`.api`), the console
-under ``/`` (:mod:`.console`), ``/healthz``, ``/openapi.json`` and ``/docs``, behind the
+under ``/`` (:mod:`.console`), ``/healthz`` and ``/openapi.json``, behind the
 guard of :mod:`.security`. Mount it in your own ASGI application or run it with
 ``statem serve``.
 """
@@ -65,7 +65,7 @@ def create_app(
         title="statem",
         version=__version__,
         description=DESCRIPTION,
-        docs_url="/docs",
+        docs_url=None,  # Swagger UI loads its assets from a CDN; the console works offline
         redoc_url=None,
         openapi_url="/openapi.json",
     )
