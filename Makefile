@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+DEMO_DB ?= sqlite:///demo.db
+
 demo: install
-	$(BIN)/statem --db sqlite:///demo.db demo
+	$(BIN)/statem --db $(DEMO_DB) demo
+	@echo "Browse it in the console: $(BIN)/statem --db $(DEMO_DB) serve   (then open http://127.0.0.1:8080/)"
 
 postgres:
 	@bash scripts/ensure-postgres.sh

@@ -312,7 +312,6 @@ def worker(c: Ctx, concurrency: int, lease: float, poll: float, name: str | None
 def demo(c: Ctx) -> None:
     """Run the order demo end to end on the database (a local HTTP stub plays the shipper)."""
     from ..demo import run_demo
-    from .serve import serve_hint
 
     result = run_demo(c.db or DEFAULT_DB, echo=c.out.print)
     c.out.print(history_table(result["order_history"], title=f"order {result['order'].id}"))
@@ -324,4 +323,3 @@ def demo(c: Ctx) -> None:
     )
     if o.status != "finished":
         fail(f"the demo order ended {o.status}: {o.error}")
-    c.out.print(serve_hint(c.db or DEFAULT_DB))

@@ -11,11 +11,6 @@ import click
 from .base import BadUsage, Ctx, cli, pass_ctx
 
 
-def serve_hint(db: str) -> str:
-    """The line that tells a demo's user how to browse its database in the console."""
-    return f"Browse it in the console: statem --db {db} serve   (then open http://127.0.0.1:8080/)"
-
-
 def check_bind(host: str, token: str | None) -> None:
     """Refuse a non-loopback bind without a token (BadUsage, exit status 2)."""
     from ..web.security import is_loopback
