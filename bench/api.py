@@ -92,8 +92,15 @@ class Client:
     def post(self, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else b""
         headers = {"content-type": "application/json"} if body is not None else {}
-        self.conn.request("POST", path, body=data, headers=headers)
-        resp = self.conn.getresponse()
+        try:
+            self.conn.request("POST", path, body=data, headers=headers)
+            resp = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # uvicorn closes a keep-alive connection idle for 5 s (while the other side ran):
+            # the request never reached it, so send it again on a new connection
+            self.conn.close()
+            self.conn.request("POST", path, body=data, headers=headers)
+            resp = self.conn.getresponse()
         payload = resp.read()
         if resp.status >= 300:
             raise RuntimeError(f"POST {path}: {resp.status} {payload[:300]!r}")

@@ -6,8 +6,8 @@ adds the ``created_at`` index migration 0005 brings if this checkout lacks it, t
 the pages an operator opens, each 20 times through ``statem serve``: the executions list
 (first page, filtered by status, by machine and state, idle for a day), a deep page
 through its cursor, an execution's page, the machine's page (bounded counts per state)
-and the stats page (its figures are cached for a few seconds: this times a fresh read
-and the cached ones). Reported: p50 and p99 per page. Target: p99 under 100 ms (no
+and the stats page (its figures are cached for 5 s: one fresh read is reported on its
+own, then the cached ones). Reported: p50 and p99 per page. Target: p99 under 100 ms (no
 page counts the whole table).
 Run: ``python -m bench.console [--quick]``.
 """
@@ -85,8 +85,11 @@ def run(quick: bool) -> list[Result]:
                 "api list 10,000 deep": f"/api/v1/executions?limit=50&cursor={cursor}",
                 "execution page": f"/executions/{live.id}",
                 "machine page (counts)": "/machines/order",
-                "stats page": "/stats",
+                "stats page (cached)": "/stats",
             }
+            fresh, _ = get(conn, "/stats")  # the first read counts; later ones reuse it for 5 s
+            say(f"  {'stats page, fresh read':<28} {fresh * 1000:7.1f} ms")
+            results.append(Result(f"console: stats page fresh read ({n:,} executions)", fresh * 1000, "ms"))
             for name, p in pages.items():
                 get(conn, p)  # warm
                 times = [get(conn, p)[0] for _ in range(REPEAT)]
