@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-DEMO_DB ?= sqlite:///demo.db
+DEMO_DB ?= sqlite:///statem-demo.db
 
+# statem demo uses its own statem-demo.db in this directory (never your statem.db)
 demo: install
 	$(BIN)/statem --db $(DEMO_DB) demo
 	@echo "Browse it in the console: $(BIN)/statem --db $(DEMO_DB) serve   (then open http://127.0.0.1:8080/)"
@@ -57,4 +58,4 @@ bench-quick: install postgres $(BENCH_STAMP)
 	$(BIN)/python -m bench --quick
 
 clean:
-	rm -rf $(VENV) .venv-bench demo.db* statem.db* test-artifacts .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) .venv-bench demo.db* statem-demo.db* statem.db* test-artifacts .pytest_cache .mypy_cache .ruff_cache build dist

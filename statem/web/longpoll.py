@@ -5,8 +5,9 @@ A waiting request is an ``asyncio.Event`` on the event loop. It re-reads the exe
 (one short read on the thread pool, the connection returned at once) when the engine
 wakes it, or every ``poll_seconds`` otherwise:
 
-* the engine calls :meth:`RestWaiter.wake` after each commit in this process that armed
-  work (``Engine.add_listener``), so a start or trigger served here wakes its waiters;
+* the engine's runtime calls :meth:`RestWaiter.wake` after each commit in this process
+  that armed work (``Runtime.add_listener``), so a start or trigger served here wakes its
+  waiters;
 * steps committed elsewhere (a worker process, another server) are seen by the poll.
   PostgreSQL's ``NOTIFY`` is sent only when work is armed, not when an execution comes to
   rest, so LISTENing would not wake a waiter on the step that matters; both databases
@@ -32,11 +33,13 @@ class RestWaiter:
         self.poll_seconds = poll_seconds
         self._waiting: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._lock = threading.Lock()
-        engine.add_listener(self.wake)
+        # the runtime's wake-up listeners: called after each commit here that armed work
+        self._runtime = engine._runtime
+        self._runtime.add_listener(self.wake)
 
     def close(self) -> None:
         """Stop listening to the engine."""
-        self.engine.remove_listener(self.wake)
+        self._runtime.remove_listener(self.wake)
 
     def wake(self) -> None:
         """Wake every waiting request (called from any thread)."""
