@@ -227,6 +227,8 @@ def test_pages_are_stable_while_executions_are_added(client: httpx.Client) -> No
     problem_of(client.get("/api/v1/executions", params={"limit": 501}), 422)
     problem_of(client.get("/api/v1/executions", params={"older_than": "soon"}), 422)
     assert client.get("/api/v1/executions", params={"older_than": "1h"}).json()["items"] == []
+    empty = {"machine": "", "status": "", "state": "", "limit": 2}  # an empty filter filters nothing
+    assert len(client.get("/api/v1/executions", params=empty).json()["items"]) == 2
 
 
 def test_long_poll_returns_when_the_execution_comes_to_rest(engine: Engine) -> None:

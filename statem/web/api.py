@@ -218,7 +218,15 @@ def build_router(engine: Engine, waiter: RestWaiter, stats: StatsCache) -> APIRo
     ) -> Response:
         after = decode_cursor(cursor) if cursor else None
         age = parse_age(older_than) if older_than else None
-        rows = await call(engine.executions, machine, status, state, limit + 1, older_than=age, after=after)
+        rows = await call(
+            engine.executions,
+            machine or None,
+            status or None,
+            state or None,
+            limit + 1,
+            older_than=age,
+            after=after,
+        )
         items = rows[:limit]
         next_cursor = encode_cursor(items[-1]) if len(rows) > limit else None
         return JSONResponse({"items": [execution_json(e) for e in items], "next_cursor": next_cursor})
