@@ -21,6 +21,7 @@ import click
 from ..errors import DefinitionError, StatemError
 from . import commands as commands
 from . import services as services
+from . import serve as serve
 from .base import cli
 
 __all__ = ["cli", "main"]
