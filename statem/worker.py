@@ -61,6 +61,9 @@ class Worker:
         self._futures: dict[int, Future[None]] = {}
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
+        self._wake_lock = threading.Lock()
+        #: when the soonest wake-up job not yet run is due (None: none is pending)
+        self._wake_at: dt.datetime | None = None
         self._scheduler = BackgroundScheduler(
             timezone=dt.UTC,
             job_defaults={"coalesce": True, "max_instances": 3, "misfire_grace_time": None},
@@ -159,18 +162,32 @@ class Worker:
 
     # ------------------------------------------------------------------ jobs
     def wake(self, at: dt.datetime | None = None) -> None:
-        """Poll at ``at`` (default: now), unless a wake-up is already due sooner."""
+        """Poll at ``at`` (default: now), unless a wake-up is already due sooner.
+
+        Each wake-up is a one-shot job of its own (APScheduler names it): replacing or
+        removing a one-shot job races with the scheduler, which removes a date job itself
+        once it has run (seen: a wake-up lost, or JobLookupError in the scheduler thread).
+        A later wake-up that a sooner one made unnecessary still runs: one spare poll.
+        """
         if self._stopping.is_set():
             return
         run_at = at or dt.datetime.now(dt.UTC)
-        job = self._scheduler.get_job("wake")
-        if job is not None and job.next_run_time is not None and job.next_run_time <= run_at:
-            return
+        with self._wake_lock:
+            if self._wake_at is not None and self._wake_at <= run_at:
+                return
+            self._wake_at = run_at
         try:
-            self._scheduler.add_job(self.poll, "date", run_date=run_at, id="wake", replace_existing=True)
+            self._scheduler.add_job(self._woken, "date", run_date=run_at, args=[run_at])
         except Exception:  # the scheduler is shutting down
             if not self._stopping.is_set():
                 raise
+
+    def _woken(self, run_at: dt.datetime) -> None:
+        """A wake-up's job: forget it as the soonest pending one, then poll."""
+        with self._wake_lock:
+            if self._wake_at == run_at:
+                self._wake_at = None
+        self.poll()
 
     def poll(self) -> None:
         """Claim ready tasks for the free threads; schedule the next wake-up."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from statem import bounds
 from statem.errors import ExpressionError
 from statem.expressions import HELPERS, LIMITS, compile_expression
 
@@ -378,7 +380,13 @@ def test_heavy_work_is_refused_before_it_runs(src: str, reason: str) -> None:
         ("([0] * 100000 + [])[::10]", LIMITS.sequence_items // 10),
     ],
 )
-def test_values_at_the_documented_limits_are_allowed(src: str, size: int) -> None:
+def test_values_at_the_documented_limits_are_allowed(
+    src: str, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sizes at their bounds pass. The time bound is what a loaded CI machine cannot
+    promise for the heaviest of these (a million-item sort), so it is lifted here: this
+    test is about the size bounds, and the deadline has tests of its own."""
+    monkeypatch.setattr(bounds, "LIMITS", dataclasses.replace(LIMITS, seconds=60.0))
     assert len(evaluate(src)) == size
 
 
