@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Row
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
-from . import dialects, semantics, store
+from . import dialects, retention, semantics, store
 from .definition import CompiledMachine, Machine, compile_machine, load_definition
 from .effects import Effect, EffectRegistry
 from .errors import (
@@ -36,6 +36,7 @@ from .errors import (
 )
 from .expressions import JSON, check_json
 from .records import Execution, MachineInfo, Step, Task
+from .retention import PurgeCounts
 from .semantics import FINAL_STATUSES, INLINE_KINDS, Outcome, Snapshot, StepRecord, TaskSpec
 from .settings import WorkerSettings
 from .telemetry import Metrics
@@ -669,6 +670,30 @@ class Engine:
         with self.transaction(write=False) as conn:
             db = store.stats(conn, self.clock())
         return {"database": db, "process": self.metrics.snapshot()}
+
+    def purge(
+        self,
+        finished_before: dt.datetime,
+        machine_id: str | None = None,
+        batch: int = 1000,
+        *,
+        dry_run: bool = False,
+        progress: Callable[[PurgeCounts], None] | None = None,
+    ) -> PurgeCounts:
+        """Delete finished and canceled executions that last moved before ``finished_before``,
+        with their history, tasks and child executions, one short transaction per ``batch``
+        of them; never an unfinished execution, nor a child whose parent is still stored,
+        nor a parent with an unfinished child. ``dry_run`` counts and deletes nothing.
+        See :mod:`statem.retention`."""
+        return retention.purge(
+            self.transaction,
+            lambda: self.transaction(write=False),
+            finished_before,
+            machine_id=machine_id,
+            batch=batch,
+            dry_run=dry_run,
+            progress=progress,
+        )
 
     # ------------------------------------------------------------------ workers
     def worker(self, settings: WorkerSettings | None = None) -> Worker:
