@@ -69,6 +69,9 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
+#: The partial index of unfinished executions by last move covers rows matching this.
+UNFINISHED = "status NOT IN ('finished', 'canceled')"
+
 ID = String(200)
 BigID = BigInteger().with_variant(Integer, "sqlite")
 
@@ -109,6 +112,14 @@ executions = Table(
     Index(None, "status", "updated_at"),
     Index(None, "state"),
     Index(None, "parent_id"),
+    # statem list (newest first) and the admin reads at scale (migration 0005)
+    Index(None, "created_at"),
+    Index(
+        None,
+        "updated_at",
+        postgresql_where=text(UNFINISHED),
+        sqlite_where=text(UNFINISHED),
+    ),
 )
 
 steps = Table(
@@ -151,6 +162,7 @@ tasks = Table(
     ForeignKeyConstraint(["execution_id"], ["statem_executions.id"]),
     Index(None, "status", "due_at"),
     Index(None, "execution_id"),
+    Index(None, "due_at"),  # the pending work, soonest first (migration 0005)
     # an id is half of an effect's idempotency key: SQLite must never hand one out again
     sqlite_autoincrement=True,
 )

@@ -1,0 +1,44 @@
+"""Indexes for a million executions: newest first, unfinished by idleness, work by due time.
+
+* ``statem_executions (created_at)``: ``statem list`` / ``Engine.executions()`` order
+  newest first; without it every page sorted the whole table.
+* ``statem_executions (updated_at) WHERE status NOT IN ('finished', 'canceled')``: the
+  unfinished executions, longest idle first (``statem_active``, stuck-execution checks),
+  without reading the finished majority. Partial, so it stays as small as the live set.
+* ``statem_tasks (due_at)``: the pending work soonest first (``statem_pending_work``)
+  across every task status; the claim keeps using ``(status, due_at)``.
+
+Revision ID: 0005
+Revises: 0003
+Create Date: 2026-12-02
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+UNFINISHED = "status NOT IN ('finished', 'canceled')"
+
+
+def upgrade() -> None:
+    op.create_index("ix_statem_executions_created_at", "statem_executions", ["created_at"])
+    op.create_index(
+        "ix_statem_executions_updated_at",
+        "statem_executions",
+        ["updated_at"],
+        postgresql_where=sa.text(UNFINISHED),
+        sqlite_where=sa.text(UNFINISHED),
+    )
+    op.create_index("ix_statem_tasks_due_at", "statem_tasks", ["due_at"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_statem_tasks_due_at", table_name="statem_tasks")
+    op.drop_index("ix_statem_executions_updated_at", table_name="statem_executions")
+    op.drop_index("ix_statem_executions_created_at", table_name="statem_executions")
