@@ -25,7 +25,11 @@ embedded default is not meant for a million executions; its figures are printed 
 reference, with no target). With ``--explain``, prints PostgreSQL's ``EXPLAIN ANALYZE``
 of every SELECT the measured calls send (the first round's).
 
-Run: ``python -m bench.million [--quick] [--scale 0.1] [--explain] [--only postgresql]``.
+With ``--compare``, the same reads are timed a second time on the same data after
+dropping the indexes of migration 0005 (and with ``stats()`` counting exactly): before
+and after in one run.
+
+Run: ``python -m bench.million [--quick] [--scale 0.1] [--explain] [--compare] [--only postgresql]``.
 Quick mode is ``--scale 0.1`` (100,000 executions, 1,000,000 history rows).
 """
 
@@ -319,59 +323,139 @@ def measure(ops: dict[str, Op], rounds: int) -> dict[str, list[float]]:
     return times
 
 
-def bench(kind: str, count: int, rounds: int, show_plans: bool) -> list[Result]:
-    """Fill one database of ``kind`` and time the reads on it."""
+#: The indexes migration 0005 adds (``--compare`` drops them for a second pass).
+INDEXES_0005 = (
+    "ix_statem_executions_created_at",
+    "ix_statem_executions_updated_at",
+    "ix_statem_tasks_due_at",
+)
+
+
+def waiting_ids(engine: Engine, n: int) -> list[str]:
+    """``n`` waiting executions to trigger (not the long one)."""
+    with engine.db.connect() as conn:
+        return list(
+            conn.execute(
+                sa.text(
+                    "SELECT id FROM statem_executions WHERE status = 'waiting' "
+                    "AND id LIKE 'mx-%' AND id <> :long ORDER BY id LIMIT :n"
+                ),
+                {"n": n, "long": LONG_ID},
+            ).scalars()
+        )
+
+
+def timed(
+    engine: Engine, raw: sa.Engine, triggers: list[str], rounds: int, plans: bool
+) -> dict[str, list[float]]:
+    """Time every operation (printing the plans first when asked)."""
+    ops = operations(engine, raw, triggers)
+    if plans:
+        for name, op in ops.items():
+            if not name.startswith(("raw", "trigger")):
+                explain(engine, name, op)
+    return measure(ops, rounds)
+
+
+def without_0005(engine: Engine) -> None:
+    """Drop the indexes of migration 0005 and have stats() count exactly: the "before"."""
+    from statem import store
+
+    with engine.db.begin() as conn:
+        for name in INDEXES_0005:
+            conn.execute(sa.text(f"DROP INDEX {name}"))
+    with engine.db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("ANALYZE"))
+    store.STATS_EXACT_ROWS = 1 << 62
+
+
+#: Purged at the end: the executions finished before this many days ago (about a sixth).
+PURGE_DAYS = 300
+
+
+def purge(engine: Engine) -> Result:
+    """``engine.purge()`` of the executions finished more than PURGE_DAYS ago, timing each
+    batch (its transaction: how long it holds its locks)."""
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=PURGE_DAYS)
+    batches: list[float] = []
+    last = time.perf_counter()
+
+    def tick(_counts: object) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        batches.append((now - last) * 1000)
+        last = now
+
+    began = time.perf_counter()
+    counts = engine.purge(cutoff, progress=tick)
+    took = time.perf_counter() - began
+    say(
+        f"    purge --older-than {PURGE_DAYS}d: {counts.executions:,} executions, {counts.steps:,} steps, "
+        f"{counts.tasks:,} tasks in {took:.1f} s ({counts.executions / took:,.0f} executions/s), "
+        f"{counts.batches} batches: p50 {percentile(batches, 0.5):.0f} ms, "
+        f"max {max(batches, default=0):.0f} ms"
+    )
+    kind = engine.db.dialect.name
+    return Result(f"million {kind} purge: longest batch", max(batches, default=0.0), "ms")
+
+
+def bench(kind: str, count: int, rounds: int, show_plans: bool, compare: bool = False) -> list[Result]:
+    """Fill one database of ``kind`` and time the reads on it (then, with ``compare``,
+    again without the indexes of migration 0005 and with exact counts in stats())."""
+    from statem import store
+
     say(f"  {kind}: {count:,} executions, {count * STEPS_EACH:,} history rows")
+    plans = show_plans and kind == "postgresql"
+    passes: dict[str, dict[str, list[float]]] = {}
+    exact = store.STATS_EXACT_ROWS
     with scratch(kind, "million") as url:
         engine = new_engine(url)
         raw = raw_engine(url)
         try:
             raw_setup(url, 100)
             fill(engine, count)
-            with engine.db.connect() as conn:
-                waiting = list(
-                    conn.execute(
-                        sa.text(
-                            "SELECT id FROM statem_executions WHERE status = 'waiting' "
-                            "AND id LIKE 'mx-%' AND id <> :long LIMIT :n"
-                        ),
-                        {"n": rounds + 5, "long": LONG_ID},
-                    ).scalars()
-                )
-            ops = operations(engine, raw, waiting)
-            if show_plans and kind == "postgresql":
-                for name, op in ops.items():
-                    if not name.startswith(("raw", "trigger")):
-                        explain(engine, name, op)
-            times = measure(ops, rounds)
+            triggers = waiting_ids(engine, 2 * (rounds + 1))
+            passes[""] = timed(engine, raw, triggers[: rounds + 1], rounds, plans)
+            if compare:
+                say("    again without the indexes of migration 0005, stats() counting exactly:")
+                without_0005(engine)
+                passes[" (without 0005)"] = timed(engine, raw, triggers[rounds + 1 :], rounds, plans)
+            purged = purge(engine)
         finally:
+            store.STATS_EXACT_ROWS = exact
             engine.close()
             raw.dispose()
-    raw_p99 = percentile(times["raw: pk select"], 0.99)
-    results = []
-    for name, ms in times.items():
-        p50, p99 = percentile(ms, 0.5), percentile(ms, 0.99)
-        say(f"    {name:42} p50 {p50:8.2f} ms  p99 {p99:8.2f} ms")
-        if name.startswith("raw"):
-            continue
-        target = kind == "postgresql"
-        results.append(
-            Result(
-                f"million {kind} {name} p99",
-                p99,
-                "ms",
-                raw_p99,
-                "ms (raw pk select)",
-                p99 / raw_p99 if raw_p99 else None,
-                f"< {TARGET_MS:.0f} ms" if target else "",
-                (p99 < TARGET_MS) if target else None,
+    results = [purged]
+    for suffix, times in passes.items():
+        raw_p99 = percentile(times["raw: pk select"], 0.99)
+        say(f"    --{suffix or ' with the indexes of migration 0005'}")
+        for name, ms in times.items():
+            p50, p99 = percentile(ms, 0.5), percentile(ms, 0.99)
+            say(f"    {name:42} p50 {p50:8.2f} ms  p99 {p99:8.2f} ms")
+            if name.startswith("raw"):
+                continue
+            target = kind == "postgresql" and not suffix
+            results.append(
+                Result(
+                    f"million {kind} {name}{suffix} p99",
+                    p99,
+                    "ms",
+                    raw_p99,
+                    "ms (raw pk select)",
+                    p99 / raw_p99 if raw_p99 else None,
+                    f"< {TARGET_MS:.0f} ms" if target else "",
+                    (p99 < TARGET_MS) if target else None,
+                )
             )
-        )
     return results
 
 
 def run(
-    quick: bool, scale: float | None = None, kinds: tuple[str, ...] = KINDS, show_plans: bool = False
+    quick: bool,
+    scale: float | None = None,
+    kinds: tuple[str, ...] = KINDS,
+    show_plans: bool = False,
+    compare: bool = False,
 ) -> list[Result]:
     """The benchmark (``make bench`` calls this with quick False: scale 1)."""
     scale = scale if scale is not None else (0.1 if quick else 1.0)
@@ -379,7 +463,7 @@ def run(
     results: list[Result] = []
     for kind in kinds:
         count = int(EXECUTIONS * scale * (SQLITE_FRACTION if kind == "sqlite" else 1.0))
-        results += bench(kind, max(count, 100), rounds, show_plans)
+        results += bench(kind, max(count, 100), rounds, show_plans, compare)
     return results
 
 
@@ -392,11 +476,14 @@ def main() -> None:
     parser.add_argument(
         "--explain", action="store_true", help="print EXPLAIN ANALYZE of the reads (PostgreSQL)"
     )
+    parser.add_argument(
+        "--compare", action="store_true", help="then again without the 0005 indexes (before/after)"
+    )
     args = parser.parse_args()
     quiet_logs()
     began = time.monotonic()
     kinds = (args.only,) if args.only else KINDS
-    results = run(args.quick, args.scale, kinds, args.explain)
+    results = run(args.quick, args.scale, kinds, args.explain, args.compare)
     say(f"\nmillion ({time.monotonic() - began:.0f} s)\n{summary(results)}")
 
 
