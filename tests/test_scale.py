@@ -8,6 +8,7 @@ from sqlalchemy import text
 from statem import Engine, store
 
 from .conftest import TABLES
+from .helpers import timer_machine
 from .test_engine import counter
 
 
@@ -26,18 +27,23 @@ def test_stats_estimates_on_big_postgresql_tables(pg_url: str, monkeypatch: pyte
         with engine.db.begin() as conn:
             conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
         engine.save_machine(counter())
+        engine.save_machine(timer_machine(hours=1))
+        for _ in range(3):
+            engine.start("t")
         ids = [engine.start("counter").id for _ in range(6)]
         for eid in ids[:2]:
             engine.trigger(eid, "inc", {"by": 3})
             engine.trigger(eid, "finish")
         with engine.db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("ANALYZE statem_executions"))
-            conn.execute(text("ANALYZE statem_steps"))
-        monkeypatch.setattr(store, "STATS_EXACT_ROWS", 1)  # these 6 rows count as big
+            for table in TABLES:
+                conn.execute(text(f"ANALYZE {table}"))
+            history = conn.execute(text("SELECT count(*) FROM statem_steps")).scalar()
+        monkeypatch.setattr(store, "STATS_EXACT_ROWS", 0)  # these few rows count as big
         db = engine.stats()["database"]
         # ANALYZE read every row of these small tables, so the estimates are exact here
-        assert db["estimated"] == ["executions", "steps"]
-        assert db["executions"] == {"waiting": 4, "finished": 2}
-        assert db["steps"] == 6 + 2 * 2
+        assert db["estimated"] == ["executions", "tasks", "steps"]
+        assert db["executions"] == {"waiting": 7, "finished": 2}
+        assert db["tasks"] == {"timer/pending": 3}
+        assert db["steps"] == history
     finally:
         engine.close()

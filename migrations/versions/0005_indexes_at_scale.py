@@ -7,6 +7,9 @@
   without reading the finished majority. Partial, so it stays as small as the live set.
 * ``statem_tasks (due_at)``: the pending work soonest first (``statem_pending_work``)
   across every task status; the claim keeps using ``(status, due_at)``.
+* PostgreSQL only: extended statistics on ``statem_tasks (kind, status)``, from which
+  ``stats()`` estimates the tasks by kind and status on a big table (Alembic does not
+  compare statistics objects, so ``schema.py`` does not list it).
 
 Revision ID: 0005
 Revises: 0003
@@ -24,6 +27,7 @@ branch_labels = None
 depends_on = None
 
 UNFINISHED = "status NOT IN ('finished', 'canceled')"
+TASK_STATISTICS = "statem_tasks_kind_status"
 
 
 def upgrade() -> None:
@@ -36,9 +40,13 @@ def upgrade() -> None:
         sqlite_where=sa.text(UNFINISHED),
     )
     op.create_index("ix_statem_tasks_due_at", "statem_tasks", ["due_at"])
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(f"CREATE STATISTICS {TASK_STATISTICS} (mcv) ON kind, status FROM statem_tasks")
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(f"DROP STATISTICS IF EXISTS {TASK_STATISTICS}")
     op.drop_index("ix_statem_tasks_due_at", table_name="statem_tasks")
     op.drop_index("ix_statem_executions_updated_at", table_name="statem_executions")
     op.drop_index("ix_statem_executions_created_at", table_name="statem_executions")
