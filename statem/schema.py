@@ -114,9 +114,15 @@ executions = Table(
     Index(None, "parent_id"),
     # statem list (newest first) and the admin reads at scale (migration 0005)
     Index(None, "created_at"),
+    # unfinished only, longest idle first; carries what statem_counts groups by, so counting
+    # the live executions reads this index alone
     Index(
-        None,
+        "ix_statem_executions_unfinished",  # the conventional name is past PostgreSQL's 63 characters
         "updated_at",
+        "machine_id",
+        "machine_version",
+        "state",
+        "status",
         postgresql_where=text(UNFINISHED),
         sqlite_where=text(UNFINISHED),
     ),
