@@ -587,7 +587,7 @@ def next_due(conn: Connection) -> dt.datetime | None:
 
 #: PostgreSQL: above this many rows (the planner's estimate), stats() reports the
 #: planner's estimates of the big counts instead of counting (COUNT(*) reads every row).
-STATS_EXACT_ROWS = 200_000
+STATS_EXACT_ROWS = 50_000
 
 
 def _estimated_rows(conn: Connection, table: str) -> int | None:
