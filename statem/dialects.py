@@ -26,12 +26,15 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 
+from .errors import StoreError
 from .settings import DB_TIMEOUT_SECONDS, PING_IDLE_SECONDS
 
 #: The PostgreSQL channel workers LISTEN on for new tasks.
@@ -57,13 +60,28 @@ def notify(conn: Connection) -> None:
         conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
 
 
-def make_engine(url: str, **kw: Any) -> Engine:
-    """A SQLAlchemy engine set up for statem on SQLite or PostgreSQL."""
+def sqlalchemy_url(url: str) -> str:
+    """The SQLAlchemy URL statem connects with: ``postgres://`` and ``postgresql://`` (the
+    forms libpq, Heroku and most hosting dashboards print) become ``postgresql+psycopg://``
+    (psycopg 3, the driver statem installs); ``postgres+DRIVER://`` becomes
+    ``postgresql+DRIVER://``; any other URL is returned unchanged.
+
+    >>> sqlalchemy_url("postgres://app:secret@db:5432/orders")
+    'postgresql+psycopg://app:secret@db:5432/orders'
+    """
     u = make_url(url)
-    if u.get_backend_name() == "sqlite":
+    backend, _, driver = u.drivername.partition("+")
+    if backend not in ("postgres", "postgresql"):
+        return url
+    return u.set(drivername=f"postgresql+{driver or 'psycopg'}").render_as_string(hide_password=False)
+
+
+def make_engine(url: str, **kw: Any) -> Engine:
+    """A SQLAlchemy engine set up for statem on SQLite or PostgreSQL (URL forms: see
+    :func:`sqlalchemy_url`)."""
+    url = sqlalchemy_url(url)
+    if make_url(url).get_backend_name() == "sqlite":
         return _sqlite_engine(url, **kw)
-    if u.get_backend_name() == "postgresql" and u.drivername == "postgresql":
-        url = str(u.set(drivername="postgresql+psycopg"))
     connect_args = kw.pop("connect_args", {})
     connect_args.setdefault("connect_timeout", int(DB_TIMEOUT_SECONDS))
     engine = create_engine(url, connect_args=connect_args, **kw)
@@ -132,6 +150,58 @@ def _sqlite_engine(url: str, **kw: Any) -> Engine:
         conn.connection.driver_connection.execute(_BEGIN[mode])  # type: ignore[union-attr]
 
     return engine
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+@contextmanager
+def transaction(db: Engine, *, write: bool = True) -> Iterator[Connection]:
+    """One transaction on a connection from ``db``'s pool; database failures surface as
+    StoreError (an IntegrityError passes through: callers resolve races with it).
+
+    A read-only one (``write=False``) on SQLite begins DEFERRED, so it takes no write lock.
+    """
+    try:
+        with db.connect() as conn:
+            if not write and is_sqlite(conn):
+                conn = conn.execution_options(sqlite_begin="DEFERRED")
+            with conn.begin():
+                yield conn
+    except IntegrityError:
+        raise
+    except DBAPIError as exc:
+        raise store_error(exc) from exc
+
+
+@contextmanager
+def transaction_on(conn: Connection) -> Iterator[Connection]:
+    """One transaction on a connection the caller holds (an inline run keeps one for all
+    its steps); failures surface as in :func:`transaction`."""
+    try:
+        with conn.begin():
+            yield conn
+    except IntegrityError:
+        raise
+    except DBAPIError as exc:
+        raise store_error(exc) from exc
+
+
+def store_error(exc: DBAPIError) -> StoreError:
+    """A database error as a one-line StoreError, with a hint when the schema is missing."""
+    msg = first_line(exc.orig or exc)
+    if "no such table: statem_" in msg or ('relation "statem_' in msg and "does not exist" in msg):
+        return StoreError(f"the database has no statem tables ({msg}); run `statem db upgrade` first")
+    return StoreError(f"database error: {msg}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- WAL checkpoints (SQLite)
 
 
 def _file_path(url: str) -> str | None:

@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, exists, func, or_, select, text
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, exists, func, or_, select, text
 from sqlalchemy.orm import aliased
 
+from .dialects import transaction
+from .kinds import Status
 from .schema import executions, steps, tasks
 
 #: The statuses nothing can move any more: only these are purged.
-PURGEABLE: tuple[str, ...] = ("finished", "canceled")
+PURGEABLE: tuple[str, ...] = (Status.finished, Status.canceled)
 #: Ids per ``IN (...)`` list (SQLite's default bound on bound parameters is far above this).
 _CHUNK = 500
 
@@ -59,7 +60,6 @@ class PurgeCounts:
         return asdict(self)
 
 
-Transaction = Callable[[], AbstractContextManager[Connection]]
 Progress = Callable[[PurgeCounts], None]
 
 _parent = aliased(executions, name="parent")
@@ -183,8 +183,7 @@ def _count(conn: Connection, ids: Sequence[str], counts: PurgeCounts) -> None:
 
 
 def purge(
-    transaction: Transaction,
-    read: Transaction,
+    db: Engine,
     cutoff: dt.datetime,
     *,
     machine_id: str | None = None,
@@ -194,8 +193,8 @@ def purge(
 ) -> PurgeCounts:
     """Delete (or with ``dry_run`` count) the final executions older than ``cutoff``.
 
-    ``transaction`` opens one writing transaction, ``read`` one reading transaction (a
-    dry run uses only this one). One transaction per batch of at most ``batch`` roots
+    One transaction on ``db`` per batch of at most ``batch`` roots (a reading one for a
+    dry run)
     (their children come along); ``progress`` is called with the running counts after
     each batch. Safe to interrupt: every committed batch is complete, nothing is half
     deleted, and a second run carries on.
@@ -205,12 +204,12 @@ def purge(
     if batch < 1:
         raise ValueError(f"purge: batch must be at least 1, got {batch}")
     counts = PurgeCounts(dry_run=dry_run)
-    with read() as conn:
+    with transaction(db, write=False) as conn:
         counts.total = count_candidates(conn, cutoff, machine_id)
     for status in PURGEABLE:
         after: tuple[dt.datetime, str] | None = None
         while True:
-            with (read if dry_run else transaction)() as conn:
+            with transaction(db, write=not dry_run) as conn:
                 roots = _next_roots(conn, status, cutoff, machine_id, after, batch)
                 if not roots:
                     break
