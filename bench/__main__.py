@@ -21,7 +21,9 @@ from types import ModuleType
 from .common import Result, quiet_logs, say, summary
 
 #: The benchmarks, in the order they run.
-BENCHMARKS = ("steps", "executor", "timers", "memory", "torture", "isolation")
+BENCHMARKS = ("steps", "executor", "timers", "memory", "torture", "isolation", "million")
+#: Left out of ``--quick`` (filling takes minutes); ``--only million --quick`` runs it small.
+NOT_QUICK = ("million",)
 #: The peer comparison needs DBOS, which lives in its own virtualenv (``make bench`` makes it).
 PEER_PYTHON = Path(__file__).resolve().parent.parent / ".venv-bench" / "bin" / "python"
 
@@ -87,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     results: list[Result] = []
     errors: list[str] = []
-    for name in args.only or available():
+    names = args.only or [n for n in available() if not (args.quick and n in NOT_QUICK)]
+    for name in names:
         found, error = run_one(name, args.quick)
         results += found
         if error:

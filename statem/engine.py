@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Row
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
 
-from . import dialects, migrate, semantics, steps, store
+from . import dialects, migrate, retention, semantics, steps, store
 from .contracts import check_invokes
 from .definition import CompiledMachine, Machine, compile_machine, load_definition
 from .effects import Effect, ShapeSpec
@@ -30,6 +30,7 @@ from .executor import Executor
 from .expressions import JSON, check_json
 from .kinds import FINAL_STATUSES, Status
 from .records import Execution, MachineInfo, Step, Task
+from .retention import Progress, PurgeCounts
 from .runtime import Clock, Runtime, utcnow
 from .semantics import Outcome
 from .services import Service, ServiceInfo
@@ -395,6 +396,23 @@ class Engine:
         with self._runtime.transaction(write=False) as conn:
             db = store.stats(conn, self.clock())
         return {"database": db, "process": self._runtime.process_stats()}
+
+    def purge(
+        self,
+        finished_before: dt.datetime,
+        machine_id: str | None = None,
+        batch: int = 1000,
+        *,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> PurgeCounts:
+        """Delete the finished and canceled executions that last moved before ``finished_before``
+        with their history, tasks and children, one short transaction per ``batch``; never an
+        unfinished one. ``dry_run`` only counts; ``progress(counts)`` follows each batch.
+        See :func:`statem.retention.purge`."""
+        return retention.purge(
+            self.db, finished_before, machine_id=machine_id, batch=batch, dry_run=dry_run, progress=progress
+        )
 
     # ------------------------------------------------------------------ workers
     def worker(self, settings: WorkerSettings | None = None) -> Worker:

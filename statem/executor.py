@@ -29,6 +29,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Row
@@ -50,6 +51,17 @@ log = logging.getLogger("statem.executor")
 
 #: A step's rule: (machine, execution snapshot, now) -> outcome.
 Rule = Callable[[CompiledMachine, Snapshot, dt.datetime], Outcome]
+
+
+@dataclass(frozen=True)
+class Done:
+    """A step written inside a transaction: the row it locked, its outcome, what failed
+    the execution (if anything), and what it armed. Reported once the transaction commits."""
+
+    row: Row[Any]
+    outcome: Outcome
+    failure: Exception | None
+    armed: Armed
 
 
 def default_owner() -> str:
@@ -95,12 +107,13 @@ class Executor:
         self.leases = LeaseRenewer(runtime, runtime.worker_settings.lease_seconds)
 
     # ------------------------------------------------------------------ claiming
-    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Row[Any]]:
-        """Claim up to ``limit`` ready tasks under a fresh fencing token, soonest due first."""
+    def claim(self, owner: str, limit: int, lease_seconds: float, *, timers: bool = False) -> list[Row[Any]]:
+        """Claim up to ``limit`` ready tasks (``timers``: timers only) under a fresh fencing
+        token, soonest due first."""
         now = self.rt.clock()
         with self.rt.transaction() as conn:
             return list(
-                store.claim_tasks(
+                (store.claim_timers if timers else store.claim_tasks)(
                     conn,
                     owner=owner,
                     claim=uuid.uuid4().hex,
@@ -170,14 +183,11 @@ class Executor:
                 log.warning("task %s (%s of %s) not applied: %s", task.id, task.kind, task.execution_id, exc)
 
     def _dispatch(self, task: Row[Any], run: InlineRun | None) -> None:
-        env = self.rt.env
         if task.kind == TaskKind.effect:
             self._effect(task, run)
         elif task.kind == TaskKind.timer:
             self.rt.metrics.timer_fired((self.rt.clock() - task.due_at).total_seconds())
-            self._step(
-                task, run, "timer", lambda cm, s, now: semantics.fire_timer(cm, s, task.payload, env, now)
-            )
+            self._step(task, run, "timer", timer_rule(self.rt, task))
         elif task.kind == TaskKind.child:
             self._child(task, run)
         elif task.kind == TaskKind.resume:
@@ -213,22 +223,34 @@ class Executor:
         now = self.rt.clock()
         try:
             with self._transaction(run) as conn:
-                row = store.lock_execution(conn, task.execution_id)
-                if row is None:
-                    raise ClaimLost
-                if row.status in FINAL_STATUSES:
-                    steps.finish(conn, task)
-                    return
-                dropped = steps.take_armed(conn, row, task)
-                outcome, failure = self._evaluate(conn, row, kind, task.payload.get("name"), rule, now)
-                armed = steps.commit_locked(
-                    self.rt.metrics, conn, row, outcome, now, dropped=dropped, run=run
-                )
+                done = self._locked_step(conn, task, run, kind, rule, now)
         except ClaimLost:
             self._stale(task)
             return
-        _report(self.rt.metrics, task, row, kind, outcome, failure)
-        self._committed(run, task.execution_id, armed)
+        if done is not None:
+            self._after(task, run, kind, done)
+
+    def _locked_step(
+        self, conn: Connection, task: Row[Any], run: InlineRun | None, kind: str, rule: Rule, now: dt.datetime
+    ) -> Done | None:
+        """The locking path of :meth:`_step` inside the caller's transaction: lock the
+        execution, take its armed tasks (ClaimLost unless ours is among them under our
+        claim), apply the step. None when the execution is final (our task is just done)."""
+        row = store.lock_execution(conn, task.execution_id)
+        if row is None:
+            raise ClaimLost
+        if row.status in FINAL_STATUSES:
+            steps.finish(conn, task)
+            return None
+        dropped = steps.take_armed(conn, row, task)
+        outcome, failure = self._evaluate(conn, row, kind, task.payload.get("name"), rule, now)
+        armed = steps.commit_locked(self.rt.metrics, conn, row, outcome, now, dropped=dropped, run=run)
+        return Done(row, outcome, failure, armed)
+
+    def _after(self, task: Row[Any], run: InlineRun | None, kind: str, done: Done) -> None:
+        """Once a step committed: report it, hand on what it armed."""
+        _report(self.rt.metrics, task, done.row, kind, done.outcome, done.failure)
+        self._committed(run, task.execution_id, done.armed)
 
     def _step_known(self, task: Row[Any], run: InlineRun, row: Row[Any], kind: str, rule: Rule) -> bool:
         """:meth:`_step` fenced by ``row``'s version; False, with nothing committed, if
@@ -423,3 +445,57 @@ class Executor:
             armed = steps.commit_locked(self.rt.metrics, conn, row, outcome, now, run=run)
         _report(self.rt.metrics, task, row, "result", outcome, failure)
         self._committed(run, task.execution_id, armed)
+
+
+def timer_rule(rt: Runtime, task: Row[Any]) -> Rule:
+    """The step rule of a timer task: fire it."""
+    env = rt.env
+    return lambda cm, s, now: semantics.fire_timer(cm, s, task.payload, env, now)
+
+
+def run_timers(ex: Executor, tasks: Sequence[Row[Any]]) -> None:
+    """Fire claimed timers as steps of ONE transaction, each in its own savepoint.
+
+    Each step is still all-or-nothing, fenced by its claim and the execution's row lock
+    (or SQLite's write lock), with its own history rows: a stale claim or a database
+    error rolls back to that step's savepoint only, and the others commit. The rows are
+    locked in execution-id order, as every batch does, so two batches do not deadlock
+    on each other; should the batch's transaction fail as a whole (a deadlock with some
+    other writer, a lost connection), nothing of it committed and each timer is run on
+    its own. One task is run as :meth:`run` runs it.
+    """
+    if len(tasks) == 1:
+        ex.run(tasks[0])
+        return
+    now = ex.rt.clock()
+    done: list[tuple[Row[Any], Done]] = []
+    stale: list[Row[Any]] = []
+    alone: list[Row[Any]] = []
+    try:
+        with ex.rt.transaction() as conn:
+            for task in sorted(tasks, key=lambda t: (t.execution_id, t.id)):
+                try:
+                    with conn.begin_nested():
+                        step = ex._locked_step(conn, task, None, "timer", timer_rule(ex.rt, task), now)
+                except ClaimLost:
+                    stale.append(task)
+                except DBAPIError as exc:
+                    log.info("timer %s of %s: %s; run on its own", task.id, task.execution_id, exc)
+                    alone.append(task)
+                else:
+                    if step is not None:
+                        done.append((task, step))
+    except StatemError as exc:
+        log.info("a batch of %d timers rolled back (%s); running them one by one", len(tasks), exc)
+        for task in tasks:
+            ex.run(task)
+        return
+    for task in stale:
+        ex.rt.metrics.task(task.kind)
+        ex._stale(task)
+    for task, step in done:
+        ex.rt.metrics.task(task.kind)
+        ex.rt.metrics.timer_fired((now - task.due_at).total_seconds())
+        ex._after(task, None, "timer", step)
+    for task in alone:
+        ex.run(task)

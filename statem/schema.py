@@ -70,6 +70,9 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
+#: The partial index of unfinished executions by last move covers rows matching this.
+UNFINISHED = "status NOT IN ('finished', 'canceled')"
+
 ID = String(200)
 BigID = BigInteger().with_variant(Integer, "sqlite")
 
@@ -121,6 +124,20 @@ executions = Table(
     Index(None, "status", "updated_at"),
     Index(None, "state"),
     Index(None, "parent_id"),
+    # statem list (newest first) and the admin reads at scale (migration 0005)
+    Index(None, "created_at"),
+    # unfinished only, longest idle first; carries what statem_counts groups by, so counting
+    # the live executions reads this index alone
+    Index(
+        "ix_statem_executions_unfinished",  # the conventional name is past PostgreSQL's 63 characters
+        "updated_at",
+        "machine_id",
+        "machine_version",
+        "state",
+        "status",
+        postgresql_where=text(UNFINISHED),
+        sqlite_where=text(UNFINISHED),
+    ),
 )
 
 steps = Table(
@@ -163,6 +180,7 @@ tasks = Table(
     ForeignKeyConstraint(["execution_id"], ["statem_executions.id"]),
     Index(None, "status", "due_at"),
     Index(None, "execution_id"),
+    Index(None, "due_at"),  # the pending work, soonest first (migration 0005)
     # an id is half of an effect's idempotency key: SQLite must never hand one out again
     sqlite_autoincrement=True,
 )

@@ -27,6 +27,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import result_tuple
@@ -307,7 +308,9 @@ def list_executions(
         if value is not None:
             q = q.where(col == value)
     if updated_before is not None:
-        q = q.where(executions.c.updated_at < updated_before)
+        # an execution is created before it last moves: the second bound is redundant, but it
+        # lets the newest-first index scan start at the cutoff instead of walking down to it
+        q = q.where(executions.c.updated_at < updated_before, executions.c.created_at < updated_before)
     q = q.order_by(executions.c.created_at.desc(), executions.c.id).limit(limit).offset(offset)
     return conn.execute(q).all()
 
@@ -531,9 +534,12 @@ _CLAIM_VALUES = {
 }
 
 
-def _claim_statement(skip_locked: bool) -> Any:
-    """``UPDATE ... WHERE id IN (the soonest ready ids) RETURNING *``: a claim in one statement."""
+def _claim_statement(skip_locked: bool, kind: str | None = None) -> Any:
+    """``UPDATE ... WHERE id IN (the soonest ready ids) RETURNING *``: a claim in one statement
+    (of tasks of one ``kind`` only, when given)."""
     ready = select(tasks.c.id).where(_READY).order_by(tasks.c.due_at).limit(bindparam("p_limit"))
+    if kind is not None:
+        ready = ready.where(tasks.c.kind == kind)
     if skip_locked:
         ready = ready.with_for_update(skip_locked=True)
     return (
@@ -542,6 +548,10 @@ def _claim_statement(skip_locked: bool) -> Any:
 
 
 _CLAIM = {"sqlite": _claim_statement(skip_locked=False), "postgresql": _claim_statement(skip_locked=True)}
+_CLAIM_TIMERS = {
+    "sqlite": _claim_statement(skip_locked=False, kind=TaskKind.timer),
+    "postgresql": _claim_statement(skip_locked=True, kind=TaskKind.timer),
+}
 
 
 def claim_tasks(
@@ -562,6 +572,15 @@ def claim_tasks(
     """
     params = {"p_now": now, "p_limit": limit, "p_claim": claim, "p_owner": owner, "p_lease": lease_until}
     rows = conn.execute(_CLAIM[conn.dialect.name], params).all()
+    return sorted(rows, key=lambda r: r.due_at)
+
+
+def claim_timers(
+    conn: Connection, *, owner: str, claim: str, now: dt.datetime, lease_until: dt.datetime, limit: int
+) -> list[Row[Any]]:
+    """:func:`claim_tasks` of timers only: the extra timers a busy worker fires in batches."""
+    params = {"p_now": now, "p_limit": limit, "p_claim": claim, "p_owner": owner, "p_lease": lease_until}
+    rows = conn.execute(_CLAIM_TIMERS[conn.dialect.name], params).all()
     return sorted(rows, key=lambda r: r.due_at)
 
 
@@ -671,25 +690,98 @@ def next_due(conn: Connection) -> dt.datetime | None:
     return min(times) if times else None
 
 
+#: PostgreSQL: above this many rows (the planner's estimate), stats() reports the
+#: planner's estimates of the big counts instead of counting (COUNT(*) reads every row).
+STATS_EXACT_ROWS = 50_000
+
+
+def _estimated_rows(conn: Connection, table: str) -> int | None:
+    """PostgreSQL: the planner's row estimate of a table (pg_class.reltuples, kept by
+    ANALYZE and autovacuum); None on SQLite or when never analyzed."""
+    if dialects.is_sqlite(conn):
+        return None
+    n = conn.execute(
+        text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table}
+    ).scalar()
+    return int(n) if n is not None and n >= 0 else None
+
+
+def _estimated_by(conn: Connection, table: str, column: str, rows: int) -> dict[str, int] | None:
+    """PostgreSQL: rows per value of a low-cardinality column, from the planner's most
+    common values and their frequencies (pg_stats); None when there are none."""
+    found = conn.execute(
+        text(
+            "SELECT most_common_vals::text::text[], most_common_freqs FROM pg_stats "
+            "WHERE schemaname = current_schema() AND tablename = :t AND attname = :c"
+        ),
+        {"t": table, "c": column},
+    ).first()
+    if found is None or found[0] is None:
+        return None
+    return {value: round(freq * rows) for value, freq in zip(found[0], found[1], strict=True)}
+
+
+#: PostgreSQL: the extended statistics (migration 0005) on the combinations of task kind and status.
+TASK_STATISTICS = "statem_tasks_kind_status"
+
+
+def _estimated_tasks(conn: Connection, rows: int) -> dict[str, int] | None:
+    """PostgreSQL: tasks per ``kind/status`` from the extended statistics on the pair."""
+    found = conn.execute(
+        text(
+            "SELECT most_common_vals, most_common_freqs FROM pg_stats_ext "
+            "WHERE statistics_schemaname = current_schema() AND statistics_name = :s"
+        ),
+        {"s": TASK_STATISTICS},
+    ).first()
+    if found is None or found[0] is None:
+        return None
+    return {f"{k}/{s}": round(freq * rows) for (k, s), freq in zip(found[0], found[1], strict=True)}
+
+
 def stats(conn: Connection, now: dt.datetime) -> dict[str, Any]:
-    """Counts for operators: executions by status, tasks by kind/status, overdue work."""
-    counted = conn.execute(select(executions.c.status, func.count()).group_by(executions.c.status))
-    by_status: dict[str, int] = {row[0]: row[1] for row in counted}
-    by_task: dict[str, int] = {}
-    for kind, status, n in conn.execute(
-        select(tasks.c.kind, tasks.c.status, func.count()).group_by(tasks.c.kind, tasks.c.status)
-    ):
-        by_task[f"{kind}/{status}"] = n
+    """Counts for operators: executions by status, tasks by kind/status, overdue work.
+
+    Exact, except on PostgreSQL for a table past STATS_EXACT_ROWS rows: there the
+    executions by status, the tasks by kind and status and the number of history steps
+    are the planner's estimates (``estimated`` lists which), so the call stays in
+    milliseconds on a table of millions. The overdue figures are always exact.
+    """
+    estimated: list[str] = []
+    by_status: dict[str, int] | None = None
+    rows = _estimated_rows(conn, executions.name)
+    if rows is not None and rows > STATS_EXACT_ROWS:
+        by_status = _estimated_by(conn, executions.name, "status", rows)
+        estimated += ["executions"] if by_status is not None else []
+    if by_status is None:
+        counted = conn.execute(select(executions.c.status, func.count()).group_by(executions.c.status))
+        by_status = {row[0]: row[1] for row in counted}
+    by_task: dict[str, int] | None = None
+    task_rows = _estimated_rows(conn, tasks.name)
+    if task_rows is not None and task_rows > STATS_EXACT_ROWS:
+        by_task = _estimated_tasks(conn, task_rows)
+        estimated += ["tasks"] if by_task is not None else []
+    if by_task is None:
+        counted = conn.execute(
+            select(tasks.c.kind, tasks.c.status, func.count()).group_by(tasks.c.kind, tasks.c.status)
+        )
+        by_task = {f"{kind}/{status}": n for kind, status, n in counted}
     overdue = conn.execute(
         select(func.count(), func.min(tasks.c.due_at)).where(
             tasks.c.status == TaskStatus.pending, tasks.c.due_at <= now
         )
     ).one()
     oldest = overdue[1]
+    step_rows = _estimated_rows(conn, steps.name)
+    if step_rows is not None and step_rows > STATS_EXACT_ROWS:
+        estimated.append("steps")
+    else:
+        step_rows = conn.execute(select(func.count()).select_from(steps)).scalar()
     return {
         "executions": by_status,
         "tasks": by_task,
         "overdue_tasks": overdue[0],
         "oldest_overdue_seconds": (now - oldest).total_seconds() if oldest is not None else None,
-        "steps": conn.execute(select(func.count()).select_from(steps)).scalar(),
+        "steps": step_rows,
+        **({"estimated": estimated} if estimated else {}),
     }

@@ -29,7 +29,8 @@ from sqlalchemy import Row
 
 from . import dialects, store
 from .errors import StatemError
-from .executor import Executor, default_owner
+from .executor import Executor, default_owner, run_timers
+from .kinds import TaskKind
 from .leases import LeaseRenewer
 from .runtime import Runtime
 from .settings import WorkerSettings
@@ -38,6 +39,8 @@ log = logging.getLogger("statem.worker")
 
 #: Longest pause between polls while the database is unreachable.
 MAX_OUTAGE_BACKOFF_SECONDS = 30.0
+#: Most timers one thread fires in one transaction when many are due at once.
+TIMER_BATCH_MAX = 64
 
 
 class Hosting(Protocol):
@@ -58,7 +61,11 @@ class Worker:
         self._pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="statem-task")
         #: the claims of the tasks in flight (renewed by the ``renew`` job)
         self.leases = LeaseRenewer(self.rt, self.settings.lease_seconds, self._outage)
-        self._futures: dict[int, Future[None]] = {}
+        #: the jobs in flight, by their first task's id: (future, the tasks it runs)
+        self._futures: dict[int, tuple[Future[None], list[Row[Any]]]] = {}
+        self._timer_batch = 1
+        #: the most timers one thread fired in one transaction so far
+        self.largest_batch = 0
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._wake_lock = threading.Lock()
@@ -111,7 +118,7 @@ class Worker:
         self.rt.remove_listener(self.wake)
         self._scheduler.shutdown(wait=wait)
         with self._lock:
-            pending = [tid for tid, fut in self._futures.items() if fut.cancel()]
+            pending = [t.id for fut, job in self._futures.values() if fut.cancel() for t in job]
         releases = [(tid, claim) for tid in pending if (claim := self.leases.release(tid)) is not None]
         if releases:
             try:
@@ -213,32 +220,58 @@ class Worker:
             self.wake(max(upcoming, dt.datetime.now(dt.UTC)))
 
     def _claim(self) -> int:
-        free = self.settings.concurrency - self.leases.count()
+        """Claim one task per free thread; under load, a batch of timers per thread.
+
+        The timer batch adapts: it is 1 while the claims come back short (an idle worker
+        fires a lone timer at once, on its own), doubles each time they come back full,
+        up to TIMER_BATCH_MAX, and falls back to 1 as soon as one does not. A thread
+        fires its batch in one transaction (:func:`statem.executor.run_timers`); every
+        other task runs on its own.
+        """
+        with self._lock:
+            free = self.settings.concurrency - len(self._futures)
         if free <= 0:
             return 0
-        tasks = self.executor.claim(
-            self.owner, min(free, self.settings.claim_batch), self.settings.lease_seconds
-        )
-        for task in tasks:
-            self.leases.hold(task.id, task.claim)
+        s = self.settings
+        tasks = self.executor.claim(self.owner, min(free, s.claim_batch), s.lease_seconds)
+        timers = [t for t in tasks if t.kind == TaskKind.timer]
+        jobs: list[list[Row[Any]]] = [[t] for t in tasks if t.kind != TaskKind.timer]
+        full = len(tasks) >= min(free, s.claim_batch)
+        if timers and full and self._timer_batch > 1:
+            want = free * self._timer_batch - len(timers)
+            extra = self.executor.claim(self.owner, want, s.lease_seconds, timers=True)
+            timers += extra
+            full = len(extra) >= want
+        self._timer_batch = min(self._timer_batch * 2, TIMER_BATCH_MAX) if full and timers else 1
+        if timers:
+            share = -(-len(timers) // max(1, free - len(jobs)))  # ceiling division
+            jobs += [timers[i : i + share] for i in range(0, len(timers), share)]
+        for job in jobs:
+            self.largest_batch = max(self.largest_batch, len(job))
+            for task in job:
+                self.leases.hold(task.id, task.claim)
             with self._lock:
-                self._futures[task.id] = self._pool.submit(self._run, task)
-        return len(tasks)
+                self._futures[job[0].id] = (self._pool.submit(self._run, job), job)
+        return sum(len(job) for job in jobs)
 
     def _next_due(self) -> dt.datetime | None:
         with self.rt.transaction(write=False) as conn:
             return store.next_due(conn)
 
-    def _run(self, task: Row[Any]) -> None:
+    def _run(self, job: list[Row[Any]]) -> None:
         try:
-            self.executor.run(task)
-            self.tasks_run += 1
+            if len(job) == 1:
+                self.executor.run(job[0])
+            else:
+                run_timers(self.executor, job)
+            self.tasks_run += len(job)
         except Exception:
-            log.exception("task %s crashed the executor; its lease will lapse", task.id)
+            log.exception("task %s crashed the executor; its lease will lapse", job[0].id)
         finally:
-            self.leases.release(task.id)
+            for task in job:
+                self.leases.release(task.id)
             with self._lock:
-                self._futures.pop(task.id, None)
+                self._futures.pop(job[0].id, None)
             self.wake()
 
     # ------------------------------------------------------------------ outages
