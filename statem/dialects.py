@@ -101,8 +101,16 @@ def _sqlite_engine(url: str, **kw: Any) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-        # straight to the driver: this runs once per transaction, and a full SQLAlchemy
-        # execution costs more than the BEGIN itself
-        conn.connection.driver_connection.execute(_BEGIN[mode])  # type: ignore[union-attr]
+        conn.connection.info["statem_begin"] = mode
 
+    def do_begin(proxied: Any) -> None:
+        # The BEGIN itself is sent here, in the dialect's do_begin, not in the listener:
+        # SQLAlchemy wraps what do_begin raises (a lock held past the busy timeout is then
+        # an OperationalError, which the engine reports as StoreError) and keeps the
+        # connection's state straight; an error raised by a listener escapes unwrapped.
+        # Straight to the driver: a full SQLAlchemy execution costs more than the BEGIN.
+        mode = proxied.info.pop("statem_begin", "IMMEDIATE")
+        proxied.driver_connection.execute(_BEGIN[mode])
+
+    setattr(engine.dialect, "do_begin", do_begin)  # this engine's own dialect instance  # noqa: B010
     return engine

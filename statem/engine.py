@@ -35,7 +35,16 @@ from .errors import (
     StoreError,
 )
 from .expressions import JSON, check_json
+from .limits import (
+    check_execution_id,
+    check_idempotency_key,
+    check_outcome,
+    check_text,
+    check_value,
+    clean_text,
+)
 from .records import Execution, MachineInfo, Step, Task
+from .replays import replayed_start, same_trigger
 from .semantics import FINAL_STATUSES, INLINE_KINDS, Outcome, Snapshot, StepRecord, TaskSpec
 from .settings import WorkerSettings
 from .telemetry import Metrics
@@ -282,26 +291,31 @@ class Engine:
     ) -> Execution:
         """Start an execution: enter ``start_at`` and run its always-chain, in one transaction.
 
-        With ``execution_id``, a repeated start returns the existing execution.
+        With ``execution_id`` (see :func:`statem.limits.check_execution_id` for the rule), a
+        repeated start of the same machine with the same input returns the existing
+        execution (``replayed=True``); with a different machine, version or input it
+        raises IdempotencyConflict.
         """
         data = _check_input(input)
-        eid = execution_id or uuid.uuid4().hex
+        check_text(machine_id, "machine id")
+        eid = uuid.uuid4().hex if execution_id is None else check_execution_id(execution_id)
         now = self.clock()
         inline: InlineRun | None = None
         try:
             with self.transaction() as conn:
                 if execution_id is not None and (row := store.get_execution(conn, execution_id)):
-                    return Execution.from_row(row)
+                    return replayed_start(row, machine_id, version, data)
                 cm = self.compiled(machine_id, version, conn)
                 outcome = semantics.start(cm, eid, data, self.env, now)
                 if cm.machine.execution_mode == "sync":
                     inline = self.executor.new_run(eid)
                 armed = self.insert_execution(conn, cm, eid, data, now, outcome, inline=inline)
         except IntegrityError:  # a concurrent start with the same execution_id won
-            existing = self._find(eid)
-            if existing is None:
+            with self.transaction(write=False) as conn:
+                row = store.get_execution(conn, eid)
+            if row is None:
                 raise
-            return existing
+            return replayed_start(row, machine_id, version, data)
         if armed.for_workers:
             self._wake()
         if inline is not None and armed.ready:
@@ -323,6 +337,7 @@ class Engine:
         inline: InlineRun | None = None,
     ) -> Armed:
         """Create an execution row as its first step (a start or a child start) leaves it."""
+        check_outcome(outcome, now)
         parent_id, parent_task_id = parent if parent else (None, None)
         written = store.insert_execution(
             conn,
@@ -361,17 +376,27 @@ class Engine:
 
         Raises ActionNotAllowed (changing nothing) if the current state has no such
         action, its guard is false, or the execution is final. A repeated
-        ``idempotency_key`` returns the current execution and applies nothing.
+        ``idempotency_key`` with the same action and input returns the current execution
+        (``replayed=True``) and applies nothing; with a different action or input it raises
+        IdempotencyConflict.
         """
         data = _check_input(input)
+        check_text(execution_id, "execution id")
+        check_text(action, "action")
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
         now = self.clock()
         inline: InlineRun | None = None
         with self.transaction() as conn:
             row = store.lock_execution(conn, execution_id)
             if row is None:
                 raise ExecutionNotFound(execution_id)
-            if idempotency_key is not None and store.has_idempotency_key(conn, execution_id, idempotency_key):
-                return Execution.from_row(row)
+            if idempotency_key is not None and (
+                first := store.step_with_key(conn, execution_id, idempotency_key)
+            ):
+                cm = self.compiled(row.machine_id, row.machine_version, conn)
+                same_trigger(cm, first, execution_id, idempotency_key, action, data)
+                return Execution.from_row(row, replayed=True)
             cm = self.compiled(row.machine_id, row.machine_version, conn)
             outcome = semantics.action(cm, snapshot(row), action, data, self.env, now)
             if cm.machine.execution_mode == "sync":
@@ -467,7 +492,14 @@ class Engine:
         *,
         returning: bool,
     ) -> Row[Any] | None:
-        """The step's history rows and the execution's new state, fenced by its version."""
+        """The step's history rows and the execution's new state, fenced by its version.
+
+        What the step stores is checked first (statem.limits: InputError, nothing written);
+        error messages are stored with any NUL or surrogate replaced.
+        """
+        check_outcome(outcome, now)
+        for record in records:
+            record.error = clean_text(record.error)
         return store.record_step(
             conn,
             row,
@@ -478,7 +510,7 @@ class Engine:
             status=outcome.status,
             context=outcome.context,
             output=outcome.output,
-            error=outcome.error,
+            error=clean_text(outcome.error),
             armed=bool(outcome.tasks),
             returning=returning,
         )
@@ -692,11 +724,12 @@ class Engine:
 def _check_input(value: JSON | None) -> JSON:
     data = {} if value is None else value
     try:
-        return check_json(data, "input")
+        checked = check_json(data, "input")
     except InputError:
         raise
     except StatemError as exc:
         raise InputError(str(exc)) from None
+    return check_value(checked, "input")
 
 
 def store_error(exc: DBAPIError) -> StoreError:

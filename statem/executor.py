@@ -37,9 +37,11 @@ from sqlalchemy.exc import DBAPIError
 from . import semantics, store
 from .effects import call_effect
 from .engine import snapshot, store_error
-from .errors import ConcurrencyError, StatemError
+from .errors import ConcurrencyError, LimitExceeded, StatemError
 from .expressions import JSON
+from .limits import check_value, child_execution_id
 from .semantics import FINAL_STATUSES, InvokeFailed, Outcome, StepRecord
+from .settings import MAX_CHILD_DEPTH
 from .telemetry import span
 
 if TYPE_CHECKING:
@@ -55,6 +57,18 @@ def default_owner() -> str:
 
 def _error(exc: BaseException) -> dict[str, str]:
     return {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
+
+
+def _check_depth(conn: Connection, parent: Row[Any]) -> None:
+    """LimitExceeded if a child of ``parent`` would be deeper than MAX_CHILD_DEPTH."""
+    depth = store.depth(conn, parent.id, MAX_CHILD_DEPTH) + 1
+    if depth > MAX_CHILD_DEPTH:
+        raise LimitExceeded(
+            f"child depth limit: a child of {parent.id!r} would be at depth {depth}, "
+            f"past the limit of {MAX_CHILD_DEPTH} (does machine {parent.machine_id!r} invoke itself?)",
+            what="child depth",
+            limit=MAX_CHILD_DEPTH,
+        )
 
 
 def _is_claim(row: Row[Any], task: Row[Any]) -> bool:
@@ -407,7 +421,9 @@ class Executor:
             fn = self.engine.effects.get(payload["effect"])
             kept = self.leases.holding(task) if self.current_run(task.execution_id) else nullcontext()
             with kept, span("statem.effect", effect=payload["effect"], idempotency_key=key):
-                output: JSON = call_effect(fn, payload.get("input"), key, timeout)
+                output: JSON = check_value(
+                    call_effect(fn, payload.get("input"), key, timeout), "effect result"
+                )
             ok = True
         except Exception as exc:
             output, ok = _error(exc), False
@@ -465,7 +481,7 @@ class Executor:
         payload = task.payload
         machine_id, version = payload["machine"]
         now = self.engine.clock()
-        child_id = f"{task.execution_id}.{task.id}"
+        child_id = child_execution_id(task.execution_id, task.id)
         inline = self.current_run(task.execution_id)
         with self.engine.transaction(on=self._conn(inline)) as conn:
             parent = store.lock_execution(conn, task.execution_id)
@@ -473,6 +489,7 @@ class Executor:
                 store.finish_task(conn, task.id, task.claim)
                 return
             try:
+                _check_depth(conn, parent)
                 child_cm = self.engine.compiled(machine_id, version, conn)
                 outcome = semantics.start(child_cm, child_id, payload.get("input"), self.engine.env, now)
             except StatemError as exc:

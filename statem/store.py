@@ -24,6 +24,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
     literal_column,
     or_,
     select,
@@ -264,6 +265,18 @@ def live_children(conn: Connection, execution_id: str) -> list[str]:
     return [r.id for r in rows]
 
 
+def depth(conn: Connection, execution_id: str, limit: int) -> int:
+    """How many ancestors an execution has (0 for a root), counted up to ``limit + 1``."""
+    first = select(executions.c.parent_id, literal(0).label("d")).where(executions.c.id == execution_id)
+    chain = first.cte("ancestry", recursive=True)
+    up = executions.alias("up")
+    chain = chain.union_all(
+        select(up.c.parent_id, chain.c.d + 1).where(up.c.id == chain.c.parent_id, chain.c.d <= limit)
+    )
+    found: int | None = conn.execute(select(func.max(chain.c.d))).scalar()
+    return found or 0
+
+
 # --------------------------------------------------------------------------- history
 
 
@@ -333,6 +346,13 @@ def record_step(
 def has_idempotency_key(conn: Connection, execution_id: str, key: str) -> bool:
     """True if a step of this execution was already applied under ``key``."""
     return conn.execute(_HAS_KEY, {"p_id": execution_id, "p_key": key}).first() is not None
+
+
+def step_with_key(conn: Connection, execution_id: str, key: str) -> Row[Any] | None:
+    """The first history row a step applied under ``key`` wrote (its action and input), or None."""
+    return conn.execute(
+        select(steps).where(steps.c.execution_id == execution_id, steps.c.idempotency_key == key)
+    ).first()
 
 
 def history(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
