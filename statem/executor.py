@@ -39,7 +39,7 @@ from .effects import call_effect
 from .engine import snapshot, store_error
 from .errors import ConcurrencyError, LimitExceeded, StatemError
 from .expressions import JSON
-from .limits import check_value, child_execution_id
+from .limits import check_outcome, check_value, child_execution_id
 from .semantics import FINAL_STATUSES, InvokeFailed, Outcome, StepRecord
 from .settings import MAX_CHILD_DEPTH
 from .telemetry import span
@@ -378,6 +378,7 @@ class Executor:
         try:
             cm = self.engine.compiled(row.machine_id, row.machine_version, conn)
             outcome: Outcome = make(cm, snap, now)
+            check_outcome(outcome, now)  # what cannot be stored fails the step, not the commit
         except (StatemError, InvokeFailed) as exc:
             return semantics.failure(snap, kind, name, str(exc)), exc
         return outcome, None
@@ -492,6 +493,7 @@ class Executor:
                 _check_depth(conn, parent)
                 child_cm = self.engine.compiled(machine_id, version, conn)
                 outcome = semantics.start(child_cm, child_id, payload.get("input"), self.engine.env, now)
+                check_outcome(outcome, now)
             except StatemError as exc:
                 error = _error(exc)
                 if not store.finish_task(conn, task.id, task.claim):
