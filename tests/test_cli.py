@@ -48,6 +48,7 @@ EXECUTION_FIELDS = {
     "parent_id",
     "created_at",
     "updated_at",
+    "replayed",
 }
 STEP_FIELDS = {"seq", "at", "kind", "name", "from_state", "to_state", "input", "output", "context", "error"}
 
@@ -466,8 +467,13 @@ def test_start_with_input_file_and_id(loaded: CLI, tmp_path: Path) -> None:
     assert (ex["state"], ex["status"], ex["input"]) == ("cart", "waiting", {"n": 42})
     assert ex["context"] == {"order": {"id": "R42", "line_items": []}}
     # the same --id again is idempotent: the existing execution, not a new one
-    again = loaded.data("start", "order", "--id", "order-42", "--input", '{"n": 1}')
-    assert again == ex
+    again = loaded.data("start", "order", "--id", "order-42", "--input", '{"n": 42}')
+    assert again == {**ex, "replayed": True} and ex["replayed"] is False
+    # ...but the same --id with another input is a conflict, not a silent replay
+    refused = loaded("start", "order", "--id", "order-42", "--input", '{"n": 1}')
+    assert (
+        refused.code == 1 and "execution id 'order-42' was first used with a different request" in refused.err
+    )
     assert loaded.data("start", "order", "--version", "1")["context"]["order"]["id"] == "R1000"
     assert len(loaded.data("list")) == 3
 
@@ -477,7 +483,9 @@ def test_trigger_with_input_and_idempotency_key(loaded: CLI, tmp_path: Path) -> 
     ex = loaded.data("trigger", "o1", "add", "--input", '{"sku": "tea", "qty": 2}', "--key", "k1")
     assert ex["context"]["order"]["line_items"] == ["tea", "tea"]
     repeat = loaded.ok("trigger", "o1", "add", "--input", '{"sku": "tea", "qty": 2}', "--key", "k1", "--json")
-    assert repeat.json()["context"]["order"]["line_items"] == ["tea", "tea"]
+    assert repeat.json()["context"]["order"]["line_items"] == ["tea", "tea"] and repeat.json()["replayed"]
+    clash = loaded("trigger", "o1", "place", "--key", "k1")  # the same key for another action
+    assert clash.code == 1 and "action 'add' then 'place'" in clash.err
     kettle = write(tmp_path, "kettle.json", '{"sku": "kettle"}')
     ex = loaded.data("trigger", "o1", "add", "--input", f"@{kettle}")
     assert ex["context"]["order"]["line_items"] == ["tea", "tea", "kettle"]

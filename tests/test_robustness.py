@@ -162,7 +162,7 @@ def test_history_rows_and_contexts_are_bounded(engine: Engine) -> None:
     with pytest.raises(InputError, match="the context is not acceptable"):
         engine.trigger(ex.id, "grow", {"blob": "y" * 800_000})
     # 31 always-steps each storing a 300 KB context: 9 MB of history from one trigger
-    with pytest.raises(InputError, match="the history rows of one step.*limit is 8000000"):
+    with pytest.raises(InputError, match=r"the history rows of one step.*limit is 8000000"):
         engine.trigger(ex.id, "spin")
     assert len(engine.history(ex.id)) == 1 and engine.get(ex.id).state == "idle"
 
