@@ -103,7 +103,13 @@ def insert_execution(conn: Connection, *, returning: bool = False, **values: Any
 # The statements of the hot path (one step) are built once: building a SQLAlchemy
 # statement costs more than running it on SQLite.
 _GET_EXECUTION = select(executions).where(executions.c.id == bindparam("p_id"))
-_LOCK_EXECUTION = _GET_EXECUTION.with_for_update()
+# FOR NO KEY UPDATE, not FOR UPDATE: statem never changes an execution's id, and the
+# weaker lock does not conflict with the KEY SHARE lock a foreign key check takes. A child's
+# last step (holding the child's row) inserts its parent's resume task, whose foreign key
+# check locks the parent's key; cancel(parent) holds the parent and waits for the child.
+# With FOR UPDATE the two deadlock (child then parent, parent then child); with this one
+# lock order holds everywhere: parent before child, and a key check waits for nobody.
+_LOCK_EXECUTION = _GET_EXECUTION.with_for_update(key_share=True)
 _FENCE = (executions.c.id == bindparam("p_id"), executions.c.version == bindparam("p_version"))
 _WRITE_STEP = (
     update(executions)

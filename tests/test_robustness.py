@@ -354,3 +354,73 @@ def test_a_worker_backs_off_while_sqlite_is_locked(
     assert any("lost the database" in m and "database is locked" in m for m in messages), messages
     assert any("reconnected after" in m for m in messages), messages
     assert not [r for r in caplog.records if r.exc_info or r.name.startswith("apscheduler")], messages
+
+
+# --------------------------------------------------------------------------- 7: one lock order
+
+WAITS_FOR_CHILD = {
+    "id": "holder",
+    "version": 1,
+    "start_at": "go",
+    "states": {
+        "go": {"always": [{"name": "spawn", "invoke": {
+            "machine": ["finisher", 1], "success": {"state": "done"}, "error": {"state": "done"}}}]},
+        "done": {"end": True},
+    },
+}  # fmt: skip
+FINISHER = {
+    "id": "finisher",
+    "version": 1,
+    "start_at": "open",
+    "states": {"open": {"actions": {"finish": {"state": "done"}}}, "done": {"end": True}},
+}
+SLOW_RESUME = """
+CREATE OR REPLACE FUNCTION statem_test_slow_resume() RETURNS trigger AS $$
+BEGIN
+    IF NEW.kind = 'resume' THEN PERFORM pg_sleep(1.5); END IF;
+    RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER statem_test_slow_resume BEFORE INSERT ON statem_tasks
+    FOR EACH ROW EXECUTE FUNCTION statem_test_slow_resume();
+"""
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_cancel_of_a_parent_and_its_childs_last_step_do_not_deadlock(engine: Engine) -> None:
+    """The child's last step holds the child's row and inserts the parent's resume task
+    (its foreign key check locks the parent's key); cancel(parent) holds the parent and
+    waits for the child. A trigger slows the resume insert so the two always overlap."""
+    import threading
+
+    from sqlalchemy import text
+
+    engine.save_machine(FINISHER)
+    engine.save_machine(WAITS_FOR_CHILD)
+    parent = engine.start("holder")
+    run_until_idle(engine)
+    (child,) = engine.executions(parent_id=parent.id)
+    with engine.db.begin() as conn:
+        conn.execute(text(SLOW_RESUME))
+    errors: list[BaseException] = []
+
+    def finish() -> None:
+        try:
+            engine.trigger(child.id, "finish")
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        thread = threading.Thread(target=finish)
+        thread.start()
+        time.sleep(0.5)  # the child's step now sits in the slowed insert, holding the child's row
+        canceled = engine.cancel(parent.id, "stop")
+        thread.join()
+    finally:
+        with engine.db.begin() as conn:
+            conn.execute(text("DROP TRIGGER IF EXISTS statem_test_slow_resume ON statem_tasks"))
+    assert errors == []
+    assert canceled.status == "canceled"
+    assert engine.get(child.id).status == "finished"  # the child's step committed first
+    assert engine.pending(parent.id) == []  # its result was discarded by the cancel, and recorded
+    kinds = [s.kind for s in engine.history(parent.id)]
+    assert kinds[-2:] == ["discard", "cancel"], kinds
