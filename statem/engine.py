@@ -46,7 +46,7 @@ from .limits import (
 from .records import Execution, MachineInfo, Step, Task
 from .replays import replayed_start, same_trigger
 from .semantics import FINAL_STATUSES, INLINE_KINDS, Outcome, Snapshot, StepRecord, TaskSpec
-from .settings import WorkerSettings
+from .settings import UNCLAIMED_EFFECT_LEASES, WorkerSettings
 from .telemetry import Metrics
 
 if TYPE_CHECKING:
@@ -539,7 +539,7 @@ class Engine:
         theirs: list[TaskSpec] = []
         here = inline is not None and inline.covers(eid)
         for spec in outcome.tasks:
-            (mine if here and spec.kind in INLINE_KINDS else theirs).append(spec)
+            (mine if here and self._runs_here(spec) else theirs).append(spec)
         ready: list[Row[Any]] = []
         if done is not None:
             if claim is not None and mine:
@@ -562,6 +562,13 @@ class Engine:
         if for_workers:
             dialects.notify(conn)
         return Armed(ready, for_workers)
+
+    def _runs_here(self, spec: TaskSpec) -> bool:
+        """True if an inline caller runs this task: effects only when this process has the
+        effect (else it is left to a worker that has it)."""
+        if spec.kind not in INLINE_KINDS:
+            return False
+        return spec.kind != "effect" or spec.payload.get("effect") in self.effects.names()
 
     def append_steps(
         self, conn: Connection, row: Row[Any], records: list[StepRecord], now: dt.datetime
@@ -698,8 +705,20 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         """Operator figures: from the database (executions, tasks, overdue work) and from
         this process (steps committed, tasks run, retries, failures, timer lateness)."""
+        now = self.clock()
+        patience = UNCLAIMED_EFFECT_LEASES * self.worker_settings.lease_seconds
         with self.transaction(write=False) as conn:
-            db = store.stats(conn, self.clock())
+            db = store.stats(conn, now)
+            waiting = store.unclaimed_effects(conn, now - dt.timedelta(seconds=patience))
+        db["unclaimed_effects"] = {
+            name: {"tasks": n, "waiting_seconds": (now - due).total_seconds()}
+            for name, (n, due) in waiting.items()
+        }
+        db["warnings"] = [
+            f"effect {name!r}: no worker has it ({n} task{'s' if n > 1 else ''} ready for "
+            f"{(now - due).total_seconds():.0f}s, never claimed); run a worker whose --app registers it"
+            for name, (n, due) in sorted(waiting.items())
+        ]
         return {"database": db, "process": self.metrics.snapshot()}
 
     # ------------------------------------------------------------------ workers

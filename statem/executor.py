@@ -189,6 +189,7 @@ class Executor:
                     now=now,
                     lease_until=now + dt.timedelta(seconds=lease_seconds),
                     limit=limit,
+                    effects=self.engine.effects.names(),
                 )
             )
 

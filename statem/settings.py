@@ -25,6 +25,9 @@ MAX_DURATION_SECONDS = 100 * 366 * 86_400.0
 #: Most decimal digits an integer in an input, context or result may have (Python's own
 #: limit on converting integers to text, which JSON needs).
 MAX_INT_DIGITS = 4_300
+#: An effect task ready this many lease periods and never claimed is reported by
+#: ``stats()`` as one no running worker has ("effect X: no worker has it").
+UNCLAIMED_EFFECT_LEASES = 3
 #: How long a worker's claim on a task lasts before another worker may take it over.
 LEASE_SECONDS = 30.0
 #: How often a worker polls for ready tasks when nothing wakes it earlier.

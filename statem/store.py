@@ -389,7 +389,7 @@ def _task_rows(
     )  # fmt: skip
     return [
         {"execution_id": execution_id, "kind": s.kind, "due_at": s.due_at, "payload": s.payload,
-         "created_at": now, **held}
+         "effect": s.payload.get("effect") if s.kind == "effect" else None, "created_at": now, **held}
         for s in specs
     ]  # fmt: skip
 
@@ -472,9 +472,14 @@ _CLAIM_VALUES = {
 }
 
 
+# An effect task is claimed only by a worker that has its effect (``p_effects``, the
+# names registered in the claiming process); other tasks by anyone.
+_CAN_RUN = or_(tasks.c.effect.is_(None), tasks.c.effect.in_(bindparam("p_effects", expanding=True)))
+
+
 def _claim_statement(skip_locked: bool) -> Any:
     """``UPDATE ... WHERE id IN (the soonest ready ids) RETURNING *``: a claim in one statement."""
-    ready = select(tasks.c.id).where(_READY).order_by(tasks.c.due_at).limit(bindparam("p_limit"))
+    ready = select(tasks.c.id).where(_READY, _CAN_RUN).order_by(tasks.c.due_at).limit(bindparam("p_limit"))
     if skip_locked:
         ready = ready.with_for_update(skip_locked=True)
     return (
@@ -493,15 +498,18 @@ def claim_tasks(
     now: dt.datetime,
     lease_until: dt.datetime,
     limit: int,
+    effects: Sequence[str],
 ) -> list[Row[Any]]:
     """Claim up to ``limit`` ready tasks (pending and due, or claimed with an expired lease),
-    soonest due first, in one statement.
+    soonest due first, in one statement; effect tasks only for the ``effects`` named (those
+    the claiming process can run: the others wait for a worker that has them).
 
     On PostgreSQL the candidates are locked with ``FOR UPDATE SKIP LOCKED`` so concurrent
     workers never claim the same row; SQLite serializes writers with ``BEGIN IMMEDIATE``.
     Each claimed row gets a fresh ``claim`` token: results are committed only under it.
     """
-    params = {"p_now": now, "p_limit": limit, "p_claim": claim, "p_owner": owner, "p_lease": lease_until}
+    params = {"p_now": now, "p_limit": limit, "p_claim": claim, "p_owner": owner, "p_lease": lease_until,
+              "p_effects": list(effects)}  # fmt: skip
     rows = conn.execute(_CLAIM[conn.dialect.name], params).all()
     return sorted(rows, key=lambda r: r.due_at)
 
@@ -528,7 +536,7 @@ def _swap_statement() -> Any:
     """
     done = _FINISH_TASK.returning(tasks.c.id).cte("done")
     names = ["execution_id", "kind", "status", "due_at", "payload", "attempts", "claim", "owner",
-             "lease_expires_at", "created_at"]  # fmt: skip
+             "lease_expires_at", "created_at", "effect"]  # fmt: skip
     values = select(*(bindparam(n, type_=tasks.c[n].type) for n in names)).select_from(done)
     return insert(tasks).from_select(names, values).returning(tasks.c.id)
 
@@ -598,14 +606,34 @@ def take_waiting_task(conn: Connection, task_id: int) -> Row[Any] | None:
     return row
 
 
-def next_due(conn: Connection) -> dt.datetime | None:
-    """When the next pending task is due, or the next lease expires."""
-    pending = conn.execute(select(func.min(tasks.c.due_at)).where(tasks.c.status == "pending")).scalar()
+def next_due(conn: Connection, effects: Sequence[str]) -> dt.datetime | None:
+    """When the next pending task a process with ``effects`` can run is due, or the next
+    lease on one expires."""
+    can_run = {"p_effects": list(effects)}
+    pending = conn.execute(
+        select(func.min(tasks.c.due_at)).where(tasks.c.status == "pending", _CAN_RUN), can_run
+    ).scalar()
     lease = conn.execute(
-        select(func.min(tasks.c.lease_expires_at)).where(tasks.c.status == "claimed")
+        select(func.min(tasks.c.lease_expires_at)).where(tasks.c.status == "claimed", _CAN_RUN), can_run
     ).scalar()
     times: list[dt.datetime] = [t for t in (pending, lease) if t is not None]
     return min(times) if times else None
+
+
+def unclaimed_effects(conn: Connection, ready_before: dt.datetime) -> dict[str, tuple[int, dt.datetime]]:
+    """Effects with tasks ready since before ``ready_before`` that no worker ever claimed
+    (pending, 0 attempts): effect name -> (tasks, earliest due time)."""
+    q = (
+        select(tasks.c.effect, func.count(), func.min(tasks.c.due_at))
+        .where(
+            tasks.c.kind == "effect",
+            tasks.c.status == "pending",
+            tasks.c.attempts == 0,
+            tasks.c.due_at < ready_before,
+        )
+        .group_by(tasks.c.effect)
+    )
+    return {name: (n, due) for name, n, due in conn.execute(q) if name is not None}
 
 
 def stats(conn: Connection, now: dt.datetime) -> dict[str, Any]:

@@ -201,7 +201,7 @@ class Worker:
 
     def _next_due(self) -> dt.datetime | None:
         with self.engine.transaction(write=False) as conn:
-            return store.next_due(conn)
+            return store.next_due(conn, self.engine.effects.names())
 
     def _run(self, task: Row[Any]) -> None:
         try:

@@ -112,12 +112,48 @@ def test_effect_non_json_result_is_an_error(fengine: Engine) -> None:
     assert ex.state == "broken" and ex.context["why"]["type"] == "InputError"
 
 
-def test_unknown_effect_fails_clearly_at_run_time(fengine: Engine) -> None:
-    fengine.save_machine(effect_machine(effect="nobody-registered-this", error=None))
+def test_an_effect_no_process_has_waits_for_one_that_has_it(
+    fengine: Engine, clock: FakeClock, db_url: str
+) -> None:
+    """Issue 10 item 1: a process claims only the effect tasks whose effect it has; the
+    others wait (never failed as unknown), and stats() names them after a while."""
+    fengine.save_machine(effect_machine(effect="sleepy"))
     ex = fengine.start("fx")
-    run_until_idle(fengine)
-    ex = fengine.get(ex.id)
-    assert ex.status == "failed" and "no effect 'nobody-registered-this'" in (ex.error or "")
+    assert run_until_idle(fengine) == 0  # nothing this process can run
+    (task,) = fengine.pending(ex.id)
+    assert (task.effect, task.status, task.attempts) == ("sleepy", "pending", 0)
+    assert fengine.stats()["database"]["warnings"] == []  # not yet: workers may be busy
+    clock.advance(3 * fengine.worker_settings.lease_seconds + 1)
+    db = fengine.stats()["database"]
+    assert db["unclaimed_effects"]["sleepy"]["tasks"] == 1
+    assert db["warnings"] == [
+        "effect 'sleepy': no worker has it (1 task ready for 91s, never claimed); "
+        "run a worker whose --app registers it"
+    ]
+    assert fengine.get(ex.id).status == "running"
+    other = Engine(db_url, clock=clock)  # a process that has the effect takes it
+    other.effects.register("sleepy", lambda input, *, idempotency_key: {"slept": True})
+    try:
+        assert run_until_idle(other) == 1
+    finally:
+        other.close()
+    done = fengine.get(ex.id)
+    assert (done.state, done.output) == ("done", {"slept": True})
+    assert fengine.stats()["database"]["warnings"] == []
+
+
+def test_a_sync_caller_without_the_effect_leaves_it_to_workers(fengine: Engine, db_url: str) -> None:
+    fengine.save_machine({**effect_machine(effect="sleepy"), "execution_mode": "sync"})
+    ex = fengine.start("fx")  # the caller lacks the effect: not failed, left for a worker
+    assert (ex.status, ex.state) == ("running", "go")
+    assert [t.status for t in fengine.pending(ex.id)] == ["pending"]
+    other = Engine(db_url, clock=fengine.clock)
+    other.effects.register("sleepy", lambda input, *, idempotency_key: 7)
+    try:
+        run_until_idle(other)
+    finally:
+        other.close()
+    assert (fengine.get(ex.id).state, fengine.get(ex.id).output) == ("done", 7)
 
 
 def test_effect_timeout(fengine: Engine) -> None:
