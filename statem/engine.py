@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Row
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+)
 
 from . import dialects, semantics, store
 from .definition import CompiledMachine, Machine, compile_machine, load_definition
@@ -756,7 +763,17 @@ def store_error(exc: DBAPIError) -> StoreError:
     text = _first_line(exc.orig or exc)
     if "no such table: statem_" in text or ('relation "statem_' in text and "does not exist" in text):
         return StoreError(f"the database has no statem tables ({text}); run `statem db upgrade` first")
-    return StoreError(f"database error: {text}")
+    return StoreError(f"database error: {text}", outage=is_outage(exc))
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True if ``exc`` says the database was away, locked or busy, not that it refused the
+    data: then the step may succeed later, and a worker backs off instead of failing it."""
+    if isinstance(exc, StoreError):
+        return exc.outage
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    return False
 
 
 def _first_line(exc: BaseException) -> str:

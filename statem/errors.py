@@ -165,4 +165,13 @@ def _brief(value: object) -> str:
 
 
 class StoreError(StatemError):
-    """The database could not be reached, or failed in a way statem cannot recover from."""
+    """The database could not be reached, or failed in a way statem cannot recover from.
+
+    ``outage`` is True when the database was away, locked or busy (retrying later may
+    work), False when it refused the data itself (a constraint, a value it cannot store):
+    a worker backs off on an outage, and fails the execution on a refusal.
+    """
+
+    def __init__(self, message: str, *, outage: bool = True) -> None:
+        self.outage = outage
+        super().__init__(message)

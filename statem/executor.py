@@ -36,12 +36,12 @@ from sqlalchemy.exc import DBAPIError
 
 from . import semantics, store
 from .effects import call_effect
-from .engine import snapshot, store_error
+from .engine import is_outage, snapshot, store_error
 from .errors import ConcurrencyError, LimitExceeded, StatemError
 from .expressions import JSON
-from .limits import check_outcome, check_value, child_execution_id
+from .limits import check_outcome, check_value, child_execution_id, clean_text
 from .semantics import FINAL_STATUSES, InvokeFailed, Outcome, StepRecord
-from .settings import MAX_CHILD_DEPTH
+from .settings import DEFAULT_MAX_ATTEMPTS, MAX_CHILD_DEPTH, MAX_STEP_CLAIMS
 from .telemetry import span
 
 if TYPE_CHECKING:
@@ -57,6 +57,30 @@ def default_owner() -> str:
 
 def _error(exc: BaseException) -> dict[str, str]:
     return {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
+
+
+class TaskAbandoned(StatemError):
+    """A task was claimed more often than its bound and never finished: the workers
+    running it died (an effect calling ``os._exit``, a step exhausting memory) or lost
+    their lease each time."""
+
+
+def _used_up(task: Row[Any], bound: int) -> TaskAbandoned:
+    earlier = f"; an earlier attempt failed with: {task.last_error}" if task.last_error else ""
+    return TaskAbandoned(
+        f"effect {task.payload.get('effect')!r} used all {bound} of its max_attempts and the last never "
+        f"finished: the worker died (or lost its lease) running this effect{earlier}"
+    )
+
+
+def _late_record(task: Row[Any], state: str, ok: bool, output: JSON) -> StepRecord:
+    """The history row of an effect result that came too late to be applied."""
+    what: dict[str, Any] = {"task": "effect", "effect": task.payload.get("effect"), "late": True}
+    what["output" if ok else "error"] = output
+    why = "late result: its task was discarded (a later step won, or the execution ended) or taken over"
+    if not ok and isinstance(output, dict):
+        why += f"; the effect failed: {output.get('type')}: {output.get('message')}"
+    return StepRecord("discard", task.payload.get("name"), state, state, output=what, error=clean_text(why))
 
 
 def _check_depth(conn: Connection, parent: Row[Any]) -> None:
@@ -247,30 +271,97 @@ class Executor:
 
     # ------------------------------------------------------------------ running
     def run(self, task: Row[Any]) -> None:
-        """Run one claimed task; never raises for a step failure."""
+        """Run one claimed task; never raises.
+
+        Whatever the step raises that is not a database outage (a value the database
+        refuses, a bug) fails the execution with the error in history, or takes the
+        invoke's error branch for an effect or child: no task comes back forever. On an
+        outage the claim lapses and the task comes back. A task claimed more often than
+        its bound (its effect's ``max_attempts``, else MAX_STEP_CLAIMS) without finishing,
+        because the worker running it died each time, fails the same way.
+        """
         self.engine.metrics.task(task.kind)
         with span("statem.task", kind=task.kind, execution_id=task.execution_id, task_id=task.id):
-            self._dispatch(task)
+            try:
+                if task.kind != "effect" and task.attempts > MAX_STEP_CLAIMS:
+                    self._give_up(task, TaskAbandoned(
+                        f"this {task.kind} step was claimed {task.attempts - 1} times and never finished: "
+                        "the worker running it died (or lost its lease) each time"
+                    ))  # fmt: skip
+                else:
+                    self._dispatch(task)
+            except Exception as exc:
+                self._unexpected(task, exc)
 
-    def _dispatch(self, task: Row[Any]) -> None:
+    def _unexpected(self, task: Row[Any], exc: Exception) -> None:
+        """A step raised: back off on an outage, else fail the execution (rule 0)."""
+        inline = self.current_run(task.execution_id)
+        if inline is not None:
+            inline.remember(task.execution_id, None)  # the rolled-back step wrote nothing
+        if is_outage(exc) or isinstance(exc, ConcurrencyError):
+            log.warning("task %s (%s of %s) not applied: %s", task.id, task.kind, task.execution_id, exc)
+            return  # the claim lapses and the task comes back
+        log.error(
+            "task %s (%s of %s) raised %s: %s; failing it",
+            task.id,
+            task.kind,
+            task.execution_id,
+            type(exc).__name__,
+            exc,
+            exc_info=not isinstance(exc, StatemError),
+        )
         try:
-            if task.kind == "effect":
-                self._effect(task)
-            elif task.kind == "timer":
-                self.engine.metrics.timer_fired((self.engine.clock() - task.due_at).total_seconds())
+            self._give_up(task, exc)
+        except Exception as again:
+            log.error(
+                "task %s: could not record its failure either (%s); its lease will lapse", task.id, again
+            )
+
+    def _give_up(self, task: Row[Any], exc: Exception) -> None:
+        """Fail the step of ``task`` with ``exc``: an invoke (effect, child) takes its error
+        branch if it has one; anything else, or an error branch that cannot commit either,
+        fails the execution, state and context unchanged, the error in history."""
+        self.engine.metrics.task("failed")
+        error = _error(exc)
+        payload = task.payload or {}
+        if task.kind in ("effect", "child") and "transition" in payload:
+            try:
                 self._step(
                     task,
-                    lambda cm, snap, now: semantics.fire_timer(cm, snap, task.payload, self.engine.env, now),
-                    "timer",
+                    lambda cm, snap, now: semantics.apply_result(
+                        cm, snap, payload, False, error, self.engine.env, now
+                    ),
+                    "result",
                 )
-            elif task.kind == "child":
-                self._child(task)
-            elif task.kind == "resume":
-                self._resume(task)
-            else:
-                log.error("task %s has unknown kind %r; left alone", task.id, task.kind)
-        except StatemError as exc:  # database trouble: the claim lapses and the task comes back
-            log.warning("task %s (%s of %s) not applied: %s", task.id, task.kind, task.execution_id, exc)
+                return
+            except Exception as again:
+                if is_outage(again):
+                    raise
+                log.error("task %s: its error branch failed too (%s); failing the execution", task.id, again)
+        message = clean_text(f"{error['type']}: {error['message']}") or error["type"]
+        kind = "timer" if task.kind == "timer" else "result"
+        self._step(
+            task,
+            lambda cm, snap, now: semantics.failure(snap, kind, payload.get("name"), message),
+            kind,
+        )
+
+    def _dispatch(self, task: Row[Any]) -> None:
+        if task.kind == "effect":
+            self._effect(task)
+        elif task.kind == "timer":
+            self.engine.metrics.timer_fired((self.engine.clock() - task.due_at).total_seconds())
+            self._step(
+                task,
+                lambda cm, snap, now: semantics.fire_timer(cm, snap, task.payload, self.engine.env, now),
+                "timer",
+            )
+        elif task.kind == "child":
+            self._child(task)
+        elif task.kind == "resume":
+            self._resume(task)
+        else:
+            log.error("task %s has unknown kind %r; left alone", task.id, task.kind)
 
     def _stale(self, task: Row[Any]) -> None:
         self.engine.metrics.task("stale")
@@ -284,13 +375,14 @@ class Executor:
             return None
         return row
 
-    def _step(self, task: Row[Any], make: Any, kind: str) -> None:
+    def _step(self, task: Row[Any], make: Any, kind: str, late: tuple[bool, JSON] | None = None) -> None:
         """Apply a task's step in one fenced transaction; a failing step fails the execution.
 
         The execution is locked, then all its armed tasks are taken in one
         ``DELETE ... RETURNING``: ours must be among them under our claim (fencing: if it is
         not, the transaction is rolled back and the result dropped); the others are the
-        ones this step discards (a later step wins).
+        ones this step discards (a later step wins). ``late``: an effect's (ok, output),
+        recorded in history as a ``discard`` row when it arrives too late to apply.
         """
         inline = self.current_run(task.execution_id)
         known = inline.rows.pop(task.execution_id, None) if inline is not None else None
@@ -305,6 +397,8 @@ class Executor:
                 if row.status in FINAL_STATUSES:
                     if not store.finish_task(conn, task.id, task.claim):
                         raise store.ClaimLost
+                    if late is not None:
+                        self.engine.append_steps(conn, row, [_late_record(task, row.state, *late)], now)
                     return
                 taken = store.discard_tasks(conn, row.id)
                 if not any(_is_claim(t, task) for t in taken):
@@ -315,8 +409,22 @@ class Executor:
                 self._log(task, outcome)
         except store.ClaimLost:
             self._stale(task)
+            if late is not None:
+                self._record_late(task, *late)
             return
         self._armed(inline, task.execution_id, armed)
+
+    def _record_late(self, task: Row[Any], ok: bool, output: JSON) -> None:
+        """Record an effect result that arrived after its task was discarded (a later step
+        won, the execution ended) or taken over: a ``discard`` row with the output and error."""
+        inline = self.current_run(task.execution_id)
+        if inline is not None:
+            inline.remember(task.execution_id, None)
+        now = self.engine.clock()
+        with self.engine.transaction(on=self._conn(inline)) as conn:
+            row = store.lock_execution(conn, task.execution_id)
+            if row is not None:
+                self.engine.append_steps(conn, row, [_late_record(task, row.state, ok, output)], now)
 
     def _step_unread(self, task: Row[Any], make: Any, kind: str, inline: InlineRun, row: Row[Any]) -> bool:
         """The step on the row this run's previous step wrote, without reading it again.
@@ -420,6 +528,8 @@ class Executor:
             inv = semantics.transition_at(cm, payload["transition"]).invoke
             assert inv is not None
             policy, timeout = inv.retry, inv.timeout_seconds
+            if task.attempts > (policy.max_attempts if policy is not None else DEFAULT_MAX_ATTEMPTS):
+                raise _used_up(task, policy.max_attempts if policy is not None else DEFAULT_MAX_ATTEMPTS)
             fn = self.engine.effects.get(payload["effect"])
             kept = self.leases.holding(task) if self.current_run(task.execution_id) else nullcontext()
             with kept, span("statem.effect", effect=payload["effect"], idempotency_key=key):
@@ -429,8 +539,8 @@ class Executor:
             ok = True
         except Exception as exc:
             output, ok = _error(exc), False
-            attempts = policy.max_attempts if policy is not None else 1
-            if task.attempts < attempts:
+            attempts = policy.max_attempts if policy is not None else DEFAULT_MAX_ATTEMPTS
+            if task.attempts < attempts and not isinstance(exc, TaskAbandoned):
                 assert policy is not None
                 self._retry(task, policy.delay(task.attempts), output)
                 return
@@ -438,6 +548,7 @@ class Executor:
             task,
             lambda cm, snap, now: semantics.apply_result(cm, snap, payload, ok, output, self.engine.env, now),
             "result",
+            late=(ok, output),
         )
 
     def _pin(self, task: Row[Any]) -> tuple[str, int]:

@@ -28,6 +28,10 @@ MAX_INT_DIGITS = 4_300
 #: An effect task ready this many lease periods and never claimed is reported by
 #: ``stats()`` as one no running worker has ("effect X: no worker has it").
 UNCLAIMED_EFFECT_LEASES = 3
+#: Claims a timer, child or result task may take without finishing (the worker running
+#: it died or lost its lease each time) before its execution fails; an effect task's
+#: bound is its ``max_attempts``.
+MAX_STEP_CLAIMS = 10
 #: How long a worker's claim on a task lasts before another worker may take it over.
 LEASE_SECONDS = 30.0
 #: How often a worker polls for ready tasks when nothing wakes it earlier.

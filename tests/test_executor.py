@@ -456,7 +456,7 @@ def test_sync_mode_runs_effects_inline(fengine: Engine) -> None:
 def test_fencing_a_zombie_cannot_apply_twice(fengine: Engine, clock: FakeClock) -> None:
     calls: list[str] = []
     fengine.effects.register("work", lambda input, *, idempotency_key: calls.append(idempotency_key) or "ok")
-    fengine.save_machine(effect_machine())
+    fengine.save_machine(effect_machine(retry={"max_attempts": 2}))  # the zombie's claim is an attempt
     ex = fengine.start("fx")
     ex_ = fengine.executor
     zombie = ex_.claim("zombie", 10, lease_seconds=30)
@@ -560,13 +560,13 @@ def test_sync_parent_runs_a_sync_child_and_its_effects_inline(fengine: Engine) -
     assert run_until_idle(fengine) == 0
 
 
-def chain_of_effects(n: int) -> dict[str, Any]:
+def chain_of_effects(n: int, **invoke: Any) -> dict[str, Any]:
     """A sync machine of ``n`` states, each invoking ``work``; ``skip`` from any of them."""
     states: dict[str, Any] = {
         f"s{i}": {
             "always": [{"name": f"call{i}", "invoke": {
                 "effect": "work", "input": f"{{'i': {i}}}",
-                "success": {"state": f"s{i + 1}", "context": {f"k{i}": "output"}},
+                "success": {"state": f"s{i + 1}", "context": {f"k{i}": "output"}}, **invoke,
             }}],
             "actions": {"skip": {"state": "skipped"}},
         }
@@ -602,9 +602,12 @@ def test_sync_run_yields_to_a_trigger_that_lands_between_its_steps(fengine: Engi
     fengine.save_machine(chain_of_effects(3))
     ex = fengine.start("chain", execution_id="c1")
     assert (ex.state, ex.status) == ("skipped", "finished")
-    assert ex.context == {"k0": 0}  # the effect's late result was not applied
-    kinds = [s.kind for s in fengine.history("c1")]
-    assert kinds == ["start", "invoke", "result", "invoke", "action", "discard"]
+    assert ex.context == {"k0": 0}  # the effect's late result was not applied...
+    steps = fengine.history("c1")
+    assert [s.kind for s in steps] == ["start", "invoke", "result", "invoke", "action", "discard", "discard"]
+    late = steps[-1]  # ...but it is recorded (issue 10 item 5), after the discard of its task
+    assert late.output == {"task": "effect", "effect": "work", "late": True, "output": 1}
+    assert "late result" in (late.error or "")
     assert len(calls) == 2
     assert fengine.metrics.snapshot()["tasks"].get("stale") == 1
 
@@ -621,7 +624,7 @@ def test_a_sync_caller_that_dies_mid_effect_leaves_its_task_to_a_worker(
         return input["i"]
 
     fengine.effects.register("work", work)
-    fengine.save_machine(chain_of_effects(3))
+    fengine.save_machine(chain_of_effects(3, retry={"max_attempts": 2}))  # the dead caller's attempt counts
     with pytest.raises(KeyboardInterrupt):
         fengine.start("chain", execution_id="c1")
     assert fengine.get("c1").state == "s1"  # the first result was committed

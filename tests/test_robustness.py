@@ -24,8 +24,8 @@ from statem import (
 )
 from statem.definition import Retry
 from statem.limits import CHILD_SEPARATOR, child_execution_id
-from statem.settings import MAX_CHILD_DEPTH, MAX_EXECUTION_ID_LENGTH, WorkerSettings
-from statem.testing import run_until_idle
+from statem.settings import MAX_CHILD_DEPTH, MAX_EXECUTION_ID_LENGTH, MAX_STEP_CLAIMS, WorkerSettings
+from statem.testing import FakeClock, run_until_idle
 
 from .helpers import effect_machine, timer_machine
 
@@ -424,3 +424,141 @@ def test_cancel_of_a_parent_and_its_childs_last_step_do_not_deadlock(engine: Eng
     assert engine.pending(parent.id) == []  # its result was discarded by the cancel, and recorded
     kinds = [s.kind for s in engine.history(parent.id)]
     assert kinds == ["start", "invoke", "cancel", "discard", "discard"], kinds
+
+
+# --------------------------------------------------------------------------- 0: nothing escapes a step
+
+REFUSE = {
+    "sqlite": [
+        "CREATE TRIGGER statem_test_refuse BEFORE INSERT ON statem_steps WHEN NEW.to_state = 'forbidden' "
+        "BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END"
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION statem_test_refuse() RETURNS trigger AS $$ BEGIN "
+        "IF NEW.to_state = 'forbidden' THEN RAISE EXCEPTION 'refused by a test trigger'; END IF; "
+        "RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER statem_test_refuse BEFORE INSERT ON statem_steps "
+        "FOR EACH ROW EXECUTE FUNCTION statem_test_refuse()",
+    ],
+}
+
+
+class refusing_steps:
+    """A real database trigger that refuses any history row entering state ``forbidden``:
+    a value the database will not take, which no check up front knows about."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __enter__(self) -> None:
+        from sqlalchemy import text
+
+        with self.engine.db.begin() as conn:
+            for statement in REFUSE[conn.dialect.name]:
+                conn.execute(text(statement))
+
+    def __exit__(self, *exc: object) -> None:
+        from sqlalchemy import text
+
+        with self.engine.db.begin() as conn:
+            on = "" if conn.dialect.name == "sqlite" else " ON statem_steps"
+            conn.execute(text(f"DROP TRIGGER IF EXISTS statem_test_refuse{on}"))
+
+
+def test_a_step_the_database_refuses_fails_its_execution(engine: Engine) -> None:
+    machine = timer_machine(seconds=0)
+    machine["states"]["w"]["always"][0]["state"] = "forbidden"
+    machine["states"]["forbidden"] = machine["states"].pop("done")
+    engine.save_machine(machine)
+    ex = engine.start("t")
+    with refusing_steps(engine):
+        assert run_until_idle(engine) == 1  # one claim: it fails, it does not come back
+    failed = engine.get(ex.id)
+    assert (failed.status, failed.state) == ("failed", "w")
+    assert "refused by a test trigger" in (failed.error or "")
+    last = engine.history(ex.id)[-1]
+    assert (last.kind, last.error) == ("timer", failed.error)
+    assert engine.pending(ex.id) == []
+
+
+def test_an_effect_result_the_database_refuses_takes_the_error_branch(engine: Engine) -> None:
+    machine = effect_machine()
+    machine["states"]["go"]["always"][0]["invoke"]["success"]["state"] = "forbidden"
+    machine["states"]["forbidden"] = machine["states"].pop("done")
+    engine.save_machine(machine)
+    engine.effects.register("work", lambda input, *, idempotency_key: {"fine": 1})
+    ex = engine.start("fx")
+    with refusing_steps(engine):
+        run_until_idle(engine)
+    done = engine.get(ex.id)
+    assert (done.state, done.status) == ("broken", "finished")
+    assert "refused by a test trigger" in done.context["why"]["message"]
+    assert engine.pending(ex.id) == []
+
+
+# --------------------------------------------------------------------------- 2: attempts counted at claim
+
+
+def _abandon(engine: Engine, clock: FakeClock, times: int) -> None:
+    """Claim the ready tasks and never finish them, ``times`` over: a worker dying each time."""
+    for _ in range(times):
+        assert engine.executor.claim("doomed", 10, lease_seconds=1)
+        clock.advance(2)
+
+
+def test_an_effect_whose_worker_dies_is_attempted_at_most_max_attempts(db_url: str) -> None:
+    clock = FakeClock()
+    engine = Engine(db_url, clock=clock)
+    calls: list[str] = []
+    engine.effects.register("work", lambda input, *, idempotency_key: calls.append(idempotency_key))
+    engine.save_machine(effect_machine(retry={"max_attempts": 2}))
+    ex = engine.start("fx")
+    _abandon(engine, clock, 2)
+    assert run_until_idle(engine) == 1
+    done = engine.get(ex.id)
+    assert (done.state, calls) == ("broken", [])  # the third claim does not run it again
+    assert done.context["why"]["type"] == "TaskAbandoned"
+    assert "the worker died (or lost its lease) running this effect" in done.context["why"]["message"]
+    engine.close()
+
+
+def test_a_step_whose_worker_dies_is_claimed_at_most_its_bound(db_url: str) -> None:
+    clock = FakeClock()
+    engine = Engine(db_url, clock=clock)
+    engine.save_machine(timer_machine(seconds=0))
+    ex = engine.start("t")
+    _abandon(engine, clock, MAX_STEP_CLAIMS)
+    assert run_until_idle(engine) == 1
+    failed = engine.get(ex.id)
+    assert (failed.status, failed.state) == ("failed", "w")
+    assert f"claimed {MAX_STEP_CLAIMS} times and never finished" in (failed.error or "")
+    assert engine.pending(ex.id) == []
+    engine.close()
+
+
+# --------------------------------------------------------------------------- 5: late results recorded
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_late_effect_result_is_recorded_with_its_output(engine: Engine, fails: bool) -> None:
+    def charge(input: Any, *, idempotency_key: str) -> Any:
+        engine.cancel(ex.id, "customer gave up")  # lands while the charge is in flight
+        if fails:
+            raise RuntimeError("card declined")
+        return {"charged": 42}
+
+    engine.save_machine(effect_machine(effect="charge"))
+    engine.effects.register("charge", charge)
+    ex = engine.start("fx")
+    run_until_idle(engine)
+    assert engine.get(ex.id).status == "canceled"
+    steps = engine.history(ex.id)
+    assert [s.kind for s in steps] == ["start", "invoke", "cancel", "discard", "discard"]
+    late = steps[-1]
+    if fails:
+        assert late.output == {"task": "effect", "effect": "charge", "late": True,
+                               "error": {"type": "RuntimeError", "message": "card declined"}}  # fmt: skip
+        assert "the effect failed: RuntimeError: card declined" in (late.error or "")
+    else:
+        assert late.output == {"task": "effect", "effect": "charge", "late": True, "output": {"charged": 42}}
+    assert "late result" in (late.error or "")
