@@ -562,3 +562,23 @@ def test_a_late_effect_result_is_recorded_with_its_output(engine: Engine, fails:
     else:
         assert late.output == {"task": "effect", "effect": "charge", "late": True, "output": {"charged": 42}}
     assert "late result" in (late.error or "")
+
+
+# --------------------------------------------------------------------------- 1: claims by effect name
+
+
+def test_a_worker_does_not_wake_for_effects_it_cannot_run(engine: Engine) -> None:
+    """Its next wake-up ignores effect tasks it would not claim (else it would poll in a
+    tight loop: due now, claimed never)."""
+    from statem import store
+
+    engine.save_machine(effect_machine(effect="elsewhere"))
+    ex = engine.start("fx")
+    worker = engine.worker(WorkerSettings(poll_seconds=0.05))
+    assert worker._next_due() is None
+    with engine.db.connect() as conn:
+        due = store.next_due(conn, ["elsewhere"])
+        assert due is not None and due <= engine.clock()
+        assert store.claim_tasks(conn, owner="w", claim="c", now=engine.clock(), lease_until=engine.clock(),
+                                 limit=10, effects=["http.request.json"]) == []  # fmt: skip
+    assert [t.attempts for t in engine.pending(ex.id)] == [0]
