@@ -23,17 +23,15 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from .definition import Branch, CompiledMachine, ContextUpdate, Transition
 from .errors import ActionNotAllowed, ExpressionError, LoopError
 from .expressions import JSON, check_json
+from .kinds import FINAL_STATUSES, INLINE_KINDS, Status, TaskKind
 from .settings import MAX_ALWAYS_CHAIN
 
-Status = Literal["running", "waiting", "finished", "failed", "canceled"]
-FINAL_STATUSES: frozenset[str] = frozenset({"finished", "failed", "canceled"})
-#: Task kinds ``execution_mode: sync`` runs in the caller (timers always go to workers).
-INLINE_KINDS: frozenset[str] = frozenset({"effect", "child", "resume"})
+__all__ = ["FINAL_STATUSES", "INLINE_KINDS", "Status", "TaskKind"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +64,7 @@ class StepRecord:
 class TaskSpec:
     """A task to arm with the step: a timer, an effect call, a child start or a child's result."""
 
-    kind: Literal["timer", "effect", "child", "resume"]
+    kind: TaskKind
     due_at: dt.datetime
     payload: dict[str, Any]
 
@@ -175,7 +173,7 @@ class _Chain:
         """Arm the timer or the task of a ``wait_for``/``invoke`` transition; the chain rests."""
         if t.wait_for is not None:
             due = self.due_at(path, t)
-            self.tasks.append(TaskSpec("timer", due, {"transition": path, "name": name}))
+            self.tasks.append(TaskSpec(TaskKind.timer, due, {"transition": path, "name": name}))
             target = t.state or self.state
             self.record(
                 "wait",
@@ -184,7 +182,7 @@ class _Chain:
                 self.state,
                 output={"due_at": due.isoformat(), "target": target},
             )
-            return "waiting"
+            return Status.waiting
         assert t.invoke is not None
         inv = t.invoke
         task_input = self.eval(f"{path}.invoke.input") if inv.input is not None else {}
@@ -196,19 +194,19 @@ class _Chain:
         }
         if inv.effect is not None:
             payload["effect"] = inv.effect
-            self.tasks.append(TaskSpec("effect", self.now, payload))
+            self.tasks.append(TaskSpec(TaskKind.effect, self.now, payload))
         else:
             child = inv.child
             assert child is not None
             payload["machine"] = list(child)
-            self.tasks.append(TaskSpec("child", self.now, payload))
+            self.tasks.append(TaskSpec(TaskKind.child, self.now, payload))
         if inv.effect is not None:
             target = inv.effect
         else:
             mid, version = inv.child or ("?", None)
             target = f"machine {mid} v{version}" if version is not None else f"machine {mid} (latest)"
         self.record("invoke", name, self.state, self.state, output={"invoke": target, "input": task_input})
-        return "running"
+        return Status.running
 
     def due_at(self, path: str, t: Transition) -> dt.datetime:
         assert t.wait_for is not None
@@ -241,7 +239,7 @@ class _Chain:
             st = self.cm.state(self.state)
             if st.end:
                 self.result = self.eval(f"states.{self.state}.return") if st.return_ else None
-                return "finished"
+                return Status.finished
             for i, t in enumerate(st.always):
                 path = f"states.{self.state}.always[{i}]"
                 if not self.holds(path, t.when):
@@ -254,7 +252,7 @@ class _Chain:
                 self.take("always", t.name, path, t)
                 break
             else:
-                return "waiting"
+                return Status.waiting
 
     def outcome(self, status: Status) -> Outcome:
         check_json(self.context, "the context")  # each value is JSON already: this bounds the size
@@ -290,7 +288,7 @@ def start(
 ) -> Outcome:
     """Begin an execution: evaluate the initial context, enter ``start_at``, run the chain."""
     m = cm.machine
-    snap = Snapshot(execution_id, m.id, m.version, m.start_at, "running", {})
+    snap = Snapshot(execution_id, m.id, m.version, m.start_at, Status.running, {})
     chain = _Chain(cm, snap, env, now, input)
     chain.context = chain.updated_context("", m.context) if m.context is not None else {}
     chain.record("start", None, None, m.start_at)
@@ -388,4 +386,4 @@ class InvokeFailed(Exception):
 def failure(snap: Snapshot, kind: str, name: str | None, error: str, input: JSON = None) -> Outcome:
     """The outcome of a step the executor could not apply: failed, state and context unchanged."""
     step = StepRecord(kind, name, snap.state, snap.state, input=input, context=snap.context, error=error)
-    return Outcome(snap.state, "failed", snap.context, error=error, steps=[step])
+    return Outcome(snap.state, Status.failed, snap.context, error=error, steps=[step])

@@ -502,7 +502,7 @@ def test_an_effect_result_the_database_refuses_takes_the_error_branch(engine: En
 def _abandon(engine: Engine, clock: FakeClock, times: int) -> None:
     """Claim the ready tasks and never finish them, ``times`` over: a worker dying each time."""
     for _ in range(times):
-        assert engine.executor.claim("doomed", 10, lease_seconds=1)
+        assert engine._executor.claim("doomed", 10, lease_seconds=1)
         clock.advance(2)
 
 
