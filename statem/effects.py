@@ -102,7 +102,8 @@ class EffectRegistry:
         except KeyError:
             raise UnknownEffect(
                 f"no effect {name!r} is registered in this process "
-                f"(known: {', '.join(self.names())}); run the worker with --app to load yours"
+                f"(known: {', '.join(self.names())}); register it in the process that runs it: a worker, "
+                "or the caller of start/trigger for a sync machine (command line: statem --app MODULE:ATTR)"
             ) from None
 
 
