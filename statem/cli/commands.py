@@ -312,7 +312,7 @@ def stats(c: Ctx) -> None:
         t.add_row("oldest overdue", f"{oldest:.3f}s" if oldest is not None else "-")
         t.add_row("history steps", str(db["steps"]))
         for warning in db.get("warnings", []):
-            t.add_row("warning", warning)
+            t.add_row("warning", plain(warning))
         return t
 
     c.emit(data, table)
