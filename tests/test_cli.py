@@ -1221,7 +1221,7 @@ def test_start_and_trigger_exit_3_and_say_why_when_the_execution_fails(cli: CLI,
     assert r.code == 3, r.err
     assert r.json()["status"] == "failed"
     assert r.err_lines == [f"error: execution b2 failed in state 'calling': {r.json()['error']}"]
-    assert cli("start", "book", "--id", "b1").code == 3  # a replay reports the same
+    assert cli("start", "book", "--id", "b1", "--input", refused).code == 3  # a replay reports the same
     # success still exits 0
     cli.ok("machines", "load", ORDER)
     assert cli.ok("start", "order").code == 0
