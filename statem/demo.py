@@ -1,10 +1,11 @@
 """The main job: an order runs end to end against a local shipping-service stub.
 
 ``statem demo`` loads ``machines/order.yaml`` and ``machines/shipment.yaml`` (both or
-neither) into its own database (:data:`DEMO_DB` unless ``--db`` is given), starts an HTTP
-stub of a shipping service on a free loopback port (its first booking answers 503, so the
+neither), after the shipping service they call (``machines/services/shipping.yaml``), into
+its own database (:data:`DEMO_DB` unless ``--db`` is given), starts an HTTP stub of that
+service on a free loopback port (its first booking answers 503, so the
 shipment's retry through a durable ``wait_for`` timer runs), starts an order, adds items,
-places and approves it, lets a worker run the shipment child and its HTTP effect to the
+places and approves it, lets a worker run the shipment child and its service call to the
 end, and prints both histories.
 """
 
@@ -93,6 +94,7 @@ def run_demo(url: str = DEMO_DB, *, echo: Any = print, timeout: float = 30.0) ->
         engine = Engine(url, env={"shipping_url": stub.url})
         try:
             engine.migrate()
+            engine.save_service(machines_dir() / "services" / "shipping.yaml")
             # all or nothing: a clash with a machine already saved stores neither
             for m in engine.save_machines([machines_dir() / n for n in ("shipment.yaml", "order.yaml")]):
                 echo(f"loaded machine {m.id} v{m.version}")

@@ -37,8 +37,8 @@ from sqlalchemy.exc import DBAPIError
 from . import dialects, semantics, steps, store
 from .definition import CompiledMachine
 from .dialects import is_outage
-from .effects import call_effect
-from .errors import ConcurrencyError, LimitExceeded, StatemError
+from .effects import default_retry, error_output, jittered, retryable
+from .errors import ConcurrencyError, LimitExceeded, StatemError, StoreError
 from .expressions import JSON
 from .kinds import FINAL_STATUSES, TaskKind
 from .leases import LeaseRenewer
@@ -336,22 +336,24 @@ class Executor:
             cm = self.rt.compiled(*payload["pin"]) if "pin" in payload else self.rt.compiled(*self._pin(task))
             inv = semantics.transition_at(cm, payload["transition"]).invoke
             assert inv is not None
-            policy, timeout = inv.retry, inv.timeout_seconds
+            fn = self.rt.effects.get(payload["effect"], task)  # or a saved service's operation
+            policy, timeout = inv.retry or default_retry(fn), inv.timeout_seconds
             bound = policy.max_attempts if policy is not None else DEFAULT_MAX_ATTEMPTS
             if task.attempts > bound:
                 raise _used_up(task, bound)
-            fn = self.rt.effects.get(payload["effect"])
             kept = self.leases.holding(task) if run is not None else nullcontext()
             with kept, span("statem.effect", effect=payload["effect"], idempotency_key=key):
-                result = call_effect(fn, payload.get("input"), key, timeout)
+                result = self.rt.effects.call(fn, payload.get("input"), key, timeout)
                 output: JSON = check_value(result, "effect result")
             ok = True
+        except StoreError:  # the database, not the effect: no attempt used; the claim lapses
+            raise
         except Exception as exc:
-            output, ok = _error(exc), False
+            output, ok = error_output(exc), False
             attempts = policy.max_attempts if policy is not None else DEFAULT_MAX_ATTEMPTS
-            if task.attempts < attempts and not isinstance(exc, TaskAbandoned):
+            if task.attempts < attempts and retryable(exc) and not isinstance(exc, TaskAbandoned):
                 assert policy is not None
-                _retry(self, task, run, policy.delay(task.attempts), output)
+                _retry(self, task, run, jittered(policy.delay(task.attempts)), output)
                 return
         env = self.rt.env
         self._step(
@@ -461,7 +463,7 @@ class Executor:
         self._committed(run, task.execution_id, armed)
 
 
-def _retry(ex: Executor, task: Row[Any], run: InlineRun | None, delay: float, error: dict[str, str]) -> None:
+def _retry(ex: Executor, task: Row[Any], run: InlineRun | None, delay: float, error: dict[str, Any]) -> None:
     if run is not None:
         run.forget(task.execution_id)  # the retry step writes the row
     now = ex.rt.clock()

@@ -557,6 +557,7 @@ def test_history_of_an_http_effect_shows_invoke_result_and_timer(db_url: str, cl
     with http_server(lambda *_: (503, {"error": "busy"})) as (base, calls):
         engine = Engine(db_url, env={"shipping_url": f"{base}/pickups"})
         try:
+            engine.save_service(MACHINES / "services" / "shipping.yaml")
             engine.save_machine(MACHINES / "shipment.yaml")
             engine.start("shipment", {"order": "R1"}, execution_id="s1")
             run_until_idle(engine)
@@ -567,7 +568,7 @@ def test_history_of_an_http_effect_shows_invoke_result_and_timer(db_url: str, cl
     for text in (
         "invoke",
         "book-pickup",
-        "http.request.json",
+        "shipping.create-shipment",
         "result",
         "refused",
         "outstanding → failed",

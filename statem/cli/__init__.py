@@ -20,6 +20,8 @@ import click
 
 from ..errors import DefinitionError, StatemError
 from . import commands as commands
+from . import serve as serve
+from . import services as services
 from .base import cli
 
 __all__ = ["cli", "main"]
