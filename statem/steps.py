@@ -357,7 +357,7 @@ def _arm(
     theirs: list[TaskSpec] = []
     here = run is not None and run.covers(eid)
     for spec in outcome.tasks:
-        (mine if here and run is not None and _runs_inline(spec, run) else theirs).append(spec)
+        (mine if here and run is not None and _runs_inline(conn, spec, run) else theirs).append(spec)
     ready: list[Row[Any]] = []
     if done is not None:
         if claim is not None and mine:
@@ -383,11 +383,18 @@ def _arm(
     return Armed(written, ready, for_workers)
 
 
-def _runs_inline(spec: TaskSpec, run: InlineRun) -> bool:
-    """True if the inline caller runs this task: effects only when its process has the effect."""
+def _runs_inline(conn: Connection, spec: TaskSpec, run: InlineRun) -> bool:
+    """True if the inline caller runs this task: an effect only when its process has it
+    registered, or it is a saved service's operation (any process runs those)."""
     if spec.kind not in INLINE_KINDS:
         return False
-    return spec.kind != TaskKind.effect or spec.payload.get("effect") in run.effects
+    if spec.kind != TaskKind.effect:
+        return True
+    name = str(spec.payload.get("effect"))
+    if name in run.effects:
+        return True
+    service, dot, operation = name.partition(".")
+    return bool(dot and service and operation) and store.latest_service_version(conn, service) is not None
 
 
 def _discard_record(task: Row[Any], state: str) -> StepRecord:

@@ -558,8 +558,22 @@ _CLAIM_VALUES = {
 
 
 # An effect task is claimed only by a worker that has its effect (``p_effects``, the
-# names registered in the claiming process); other tasks by anyone.
-_CAN_RUN = or_(tasks.c.effect.is_(None), tasks.c.effect.in_(bindparam("p_effects", expanding=True)))
+# names registered in the claiming process) or when it is a saved service's operation;
+# other tasks by anyone.
+# A saved service's operation (``<service id>.<operation>``) runs in any process.
+_SERVICE_OPERATION = (
+    select(services.c.service_id)
+    .where(
+        func.substr(tasks.c.effect, 1, func.length(services.c.service_id) + 1)
+        == services.c.service_id.concat(".")
+    )
+    .exists()
+)
+_CAN_RUN = or_(
+    tasks.c.effect.is_(None),
+    tasks.c.effect.in_(bindparam("p_effects", expanding=True)),
+    _SERVICE_OPERATION,
+)
 
 
 def _claim_statement(skip_locked: bool) -> Any:

@@ -6,7 +6,7 @@ effect registered; a task nobody running can take waits, and ``stats()`` names i
 Existing effect tasks get the name from their payload.
 
 Revision ID: 0008
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-02
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0003"
+down_revision = "0004"  # chained after main's head when main was merged in (was "0003")
 branch_labels = None
 depends_on = None
 
