@@ -505,7 +505,12 @@ def _unexpected(ex: Executor, task: Row[Any], run: InlineRun | None, exc: Except
         run.forget(task.execution_id)  # the rolled-back step wrote nothing
     if is_outage(exc) or isinstance(exc, ConcurrencyError):
         log.warning("task %s (%s of %s) not applied: %s", task.id, task.kind, task.execution_id, exc)
-        return  # the claim lapses and the task comes back
+        try:  # give it back unrun, its attempt unused; if the database is away, the claim lapses
+            with ex._transaction(run) as conn:
+                store.release_task(conn, task.id, task.claim)
+        except Exception as again:
+            log.info("task %s: claim not released (%s); it lapses", task.id, again)
+        return
     log.error(
         "task %s (%s of %s) raised %s: %s; failing it",
         task.id,
