@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -31,12 +32,14 @@ from pydantic import (
     StrictInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from .errors import DefinitionError, ExpressionError
 from .expressions import Expression, compile_expression, problem_text
 from .isolation import IsolatedExpression
 from .reader import check_shape, load_json, load_yaml
+from .settings import MAX_DURATION_SECONDS
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$"
 #: Longest machine id, state or action name (the width of the database columns).
@@ -66,27 +69,51 @@ class Model(BaseModel):
     model_config = _CONFIG
 
 
+#: A duration in seconds: finite, not negative, at most MAX_DURATION_SECONDS (100 years).
+Seconds = Annotated[float, Field(ge=0, le=MAX_DURATION_SECONDS, allow_inf_nan=False)]
+#: A count of minutes/hours/days: finite and not negative (the total is bounded by WaitFor).
+Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 class Retry(Model):
     """Exponential backoff of an effect: wait ``initial_seconds * multiplier**n``, capped."""
 
     max_attempts: Annotated[int, Field(ge=1, le=1000)] = 3
-    initial_seconds: Annotated[float, Field(ge=0)] = 1.0
-    multiplier: Annotated[float, Field(ge=1)] = 2.0
-    max_seconds: Annotated[float, Field(ge=0)] = 300.0
+    initial_seconds: Seconds = 1.0
+    multiplier: Annotated[float, Field(ge=1, le=1000, allow_inf_nan=False)] = 2.0
+    max_seconds: Seconds = 300.0
 
     def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        return float(min(self.max_seconds, self.initial_seconds * self.multiplier ** (attempt - 1)))
+        """Seconds to wait after failed attempt number ``attempt`` (1-based), at most
+        ``max_seconds``: the cap is decided before the power is computed, so a high
+        attempt count never overflows a float."""
+        cap, initial = self.max_seconds, self.initial_seconds
+        if cap == 0 or initial == 0:
+            return 0.0
+        growth = (attempt - 1) * math.log(self.multiplier)  # log of multiplier ** (attempt - 1)
+        if math.log(initial) + growth >= math.log(cap):
+            return float(cap)
+        if growth > 700:  # only for an absurdly small initial_seconds: the power alone would overflow
+            return math.exp(math.log(initial) + growth)
+        return float(initial * self.multiplier ** (attempt - 1))
 
 
 class WaitFor(Model):
     """A durable timer: a duration (``seconds``/``minutes``/``hours``/``days``) or ``until``."""
 
-    seconds: Annotated[float, Field(ge=0)] | None = None
-    minutes: Annotated[float, Field(ge=0)] | None = None
-    hours: Annotated[float, Field(ge=0)] | None = None
-    days: Annotated[float, Field(ge=0)] | None = None
+    seconds: Amount | None = None
+    minutes: Amount | None = None
+    hours: Amount | None = None
+    days: Amount | None = None
     until: str | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> WaitFor:
+        total = self.duration()
+        if total is not None and total > MAX_DURATION_SECONDS:
+            years = MAX_DURATION_SECONDS / 86400 / 366
+            raise ValueError(f"a timer of {total:g} seconds is longer than the limit of {years:.0f} years")
+        return self
 
     def duration(self) -> float | None:
         """Total seconds of a duration timer, or None for an ``until`` timer."""
@@ -120,7 +147,7 @@ class Invoke(Model):
     error: Branch | None = Field(default=None, validation_alias=AliasChoices("error", "else"))
     if_: str | None = Field(default=None, alias="if", validation_alias="if")
     retry: Retry | None = None
-    timeout_seconds: Annotated[float, Field(gt=0)] | None = None
+    timeout_seconds: Annotated[float, Field(gt=0, le=MAX_DURATION_SECONDS, allow_inf_nan=False)] | None = None
 
     @property
     def child(self) -> tuple[str, int | None] | None:

@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
 
 from .errors import StoreError
 from .settings import DB_TIMEOUT_SECONDS, PING_IDLE_SECONDS
@@ -145,10 +145,18 @@ def _sqlite_engine(url: str, **kw: Any) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-        # straight to the driver: this runs once per transaction, and a full SQLAlchemy
-        # execution costs more than the BEGIN itself
-        conn.connection.driver_connection.execute(_BEGIN[mode])  # type: ignore[union-attr]
+        conn.connection.info["statem_begin"] = mode
 
+    def do_begin(proxied: Any) -> None:
+        # The BEGIN itself is sent here, in the dialect's do_begin, not in the listener:
+        # SQLAlchemy wraps what do_begin raises (a lock held past the busy timeout is then
+        # an OperationalError, which the engine reports as StoreError) and keeps the
+        # connection's state straight; an error raised by a listener escapes unwrapped.
+        # Straight to the driver: a full SQLAlchemy execution costs more than the BEGIN.
+        mode = proxied.info.pop("statem_begin", "IMMEDIATE")
+        proxied.driver_connection.execute(_BEGIN[mode])
+
+    setattr(engine.dialect, "do_begin", do_begin)  # this engine's own dialect instance  # noqa: B010
     return engine
 
 
@@ -192,7 +200,17 @@ def store_error(exc: DBAPIError) -> StoreError:
     msg = first_line(exc.orig or exc)
     if "no such table: statem_" in msg or ('relation "statem_' in msg and "does not exist" in msg):
         return StoreError(f"the database has no statem tables ({msg}); run `statem db upgrade` first")
-    return StoreError(f"database error: {msg}")
+    return StoreError(f"database error: {msg}", outage=is_outage(exc))
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True if ``exc`` says the database was away, locked or busy, not that it refused the
+    data: then the step may succeed later, and a worker backs off instead of failing it."""
+    if isinstance(exc, StoreError):
+        return exc.outage
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    return False
 
 
 def first_line(exc: BaseException) -> str:

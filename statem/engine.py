@@ -29,12 +29,14 @@ from .errors import DefinitionError, ExecutionNotFound, InputError, StatemError,
 from .executor import Executor
 from .expressions import JSON, check_json
 from .kinds import FINAL_STATUSES, Status
+from .limits import check_execution_id, check_idempotency_key, check_text, check_value
 from .records import Execution, MachineInfo, Step, Task
+from .replays import replayed_start, same_trigger
 from .retention import Progress, PurgeCounts
 from .runtime import Clock, Runtime, utcnow
 from .semantics import Outcome
 from .services import Service, ServiceInfo
-from .settings import WorkerSettings
+from .settings import UNCLAIMED_EFFECT_LEASES, WorkerSettings
 from .steps import Armed, InlineRun
 from .worker import Worker
 
@@ -201,27 +203,32 @@ class Engine:
     ) -> Execution:
         """Start an execution: enter ``start_at`` and run its always-chain, in one transaction.
 
-        With ``execution_id``, a repeated start returns the existing execution.
+        With ``execution_id`` (see :func:`statem.limits.check_execution_id` for the rule), a
+        repeated start of the same machine with the same input returns the existing
+        execution (``replayed=True``); with a different machine, version or input it
+        raises IdempotencyConflict.
         """
         data = _check_input(input)
-        eid = execution_id or uuid.uuid4().hex
+        check_text(machine_id, "machine id")
+        eid = uuid.uuid4().hex if execution_id is None else check_execution_id(execution_id)
         now = self.clock()
         rt = self._runtime
         run: InlineRun | None = None
         try:
             with rt.transaction() as conn:
                 if execution_id is not None and (row := store.get_execution(conn, execution_id)):
-                    return Execution.from_row(row)
+                    return replayed_start(row, machine_id, version, data)
                 cm = rt.compiled(machine_id, version, conn)
                 outcome = semantics.start(cm, eid, data, self.env, now)
                 if cm.machine.execution_mode == "sync":
                     run = self._executor.new_run(eid)
                 armed = steps.create_execution(rt.metrics, conn, cm, eid, data, now, outcome, run=run)
         except IntegrityError:  # a concurrent start with the same execution_id won
-            existing = self._find(eid)
-            if existing is None:
+            with rt.transaction(write=False) as conn:
+                row = store.get_execution(conn, eid)
+            if row is None:
                 raise
-            return existing
+            return replayed_start(row, machine_id, version, data)
         return self._after(run, eid, armed) or Execution(
             eid, cm.machine.id, cm.machine.version, outcome.state, outcome.status, outcome.context,
             data, outcome.output, outcome.error, None, now, now,
@@ -239,9 +246,15 @@ class Engine:
 
         Raises ActionNotAllowed (changing nothing) if the current state has no such
         action, its guard is false, or the execution is final. A repeated
-        ``idempotency_key`` returns the current execution and applies nothing.
+        ``idempotency_key`` with the same action and input returns the current execution
+        (``replayed=True``) and applies nothing; with a different action or input it raises
+        IdempotencyConflict.
         """
         data = _check_input(input)
+        check_text(execution_id, "execution id")
+        check_text(action, "action")
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
         now = self.clock()
         rt = self._runtime
         run: InlineRun | None = None
@@ -249,8 +262,12 @@ class Engine:
             row = store.lock_execution(conn, execution_id)
             if row is None:
                 raise ExecutionNotFound(execution_id)
-            if idempotency_key is not None and store.has_idempotency_key(conn, execution_id, idempotency_key):
-                return Execution.from_row(row)
+            if idempotency_key is not None and (
+                first := store.step_with_key(conn, execution_id, idempotency_key)
+            ):
+                cm = rt.compiled(row.machine_id, row.machine_version, conn)
+                same_trigger(cm, first, execution_id, idempotency_key, action, data)
+                return Execution.from_row(row, replayed=True)
             cm = rt.compiled(row.machine_id, row.machine_version, conn)
             outcome = semantics.action(cm, steps.snapshot(row), action, data, self.env, now)
             if cm.machine.execution_mode == "sync":
@@ -393,8 +410,11 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         """Operator figures: from the database (executions, tasks, overdue work) and from
         this process (steps committed, tasks run, retries, failures, timer lateness)."""
+        now = self.clock()
+        patience = dt.timedelta(seconds=UNCLAIMED_EFFECT_LEASES * self.worker_settings.lease_seconds)
         with self._runtime.transaction(write=False) as conn:
-            db = store.stats(conn, self.clock())
+            db = store.stats(conn, now)
+            db.update(_unclaimed(store.unclaimed_effects(conn, now - patience), now))
         return {"database": db, "process": self._runtime.process_stats()}
 
     def purge(
@@ -434,11 +454,27 @@ class Engine:
 def _check_input(value: JSON | None) -> JSON:
     data = {} if value is None else value
     try:
-        return check_json(data, "input")
+        checked = check_json(data, "input")
     except InputError:
         raise
     except StatemError as exc:
         raise InputError(str(exc)) from None
+    return check_value(checked, "input")
+
+
+def _unclaimed(waiting: dict[str, tuple[int, dt.datetime]], now: dt.datetime) -> dict[str, Any]:
+    """The stats of effects no running worker has: counts, and a warning for each."""
+    return {
+        "unclaimed_effects": {
+            name: {"tasks": n, "waiting_seconds": (now - due).total_seconds()}
+            for name, (n, due) in waiting.items()
+        },
+        "warnings": [
+            f"effect {name!r}: no worker has it ({n} task{'s' if n > 1 else ''} ready for "
+            f"{(now - due).total_seconds():.0f}s, never claimed); run a worker whose --app registers it"
+            for name, (n, due) in sorted(waiting.items())
+        ],
+    }
 
 
 def _execution(row: Row[Any], outcome: Outcome, now: dt.datetime) -> Execution:

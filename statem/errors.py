@@ -10,7 +10,9 @@
     ├── ExpressionError        an expression failed to parse or to evaluate
     ├── InputError             an input, context or output is not JSON, or too large
     ├── LoopError              an always-chain ran past its bound
+    ├── LimitExceeded          a documented bound was reached (child depth)
     ├── ConcurrencyError       a concurrent writer won (retry the call)
+    │   └── IdempotencyConflict   a repeated id or key came with a different request
     └── StoreError             the database could not be reached or answered an error
 
 Every error carries its details as attributes, so callers never parse messages.
@@ -124,5 +126,52 @@ class ConcurrencyError(StatemError):
     """Another writer changed the execution first; nothing was applied, the call may be retried."""
 
 
+class LimitExceeded(StatemError):
+    """A documented bound was reached: ``what`` (e.g. ``child depth``), ``limit`` its bound."""
+
+    def __init__(self, message: str, *, what: str, limit: int) -> None:
+        self.what = what
+        self.limit = limit
+        super().__init__(message)
+
+
+class IdempotencyConflict(ConcurrencyError):
+    """A repeated ``execution_id`` (start) or ``idempotency_key`` (trigger) came with a
+    different request than the one it first named; nothing was applied.
+
+    ``execution_id`` and ``key`` (None for a start) say which; ``differences`` maps each
+    field that differs (``machine``, ``version``, ``action``, ``input``) to the pair
+    ``(first request's value, this request's value)``.
+    """
+
+    def __init__(
+        self, execution_id: str, key: str | None, differences: dict[str, tuple[object, object]]
+    ) -> None:
+        self.execution_id = execution_id
+        self.key = key
+        self.differences = differences
+        named = (
+            f"idempotency key {key!r} on execution {execution_id!r}"
+            if key
+            else f"execution id {execution_id!r}"
+        )
+        parts = [f"{field} {_brief(first)} then {_brief(now)}" for field, (first, now) in differences.items()]
+        super().__init__(f"{named} was first used with a different request: " + "; ".join(parts))
+
+
+def _brief(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class StoreError(StatemError):
-    """The database could not be reached, or failed in a way statem cannot recover from."""
+    """The database could not be reached, or failed in a way statem cannot recover from.
+
+    ``outage`` is True when the database was away, locked or busy (retrying later may
+    work), False when it refused the data itself (a constraint, a value it cannot store):
+    a worker backs off on an outage, and fails the execution on a refusal.
+    """
+
+    def __init__(self, message: str, *, outage: bool = True) -> None:
+        self.outage = outage
+        super().__init__(message)

@@ -37,13 +37,16 @@ from sqlalchemy.exc import DBAPIError
 
 from . import dialects, semantics, steps, store
 from .definition import CompiledMachine
+from .dialects import is_outage
 from .effects import default_retry, error_output, jittered, retryable
-from .errors import ConcurrencyError, StatemError, StoreError
+from .errors import ConcurrencyError, LimitExceeded, StatemError, StoreError
 from .expressions import JSON
 from .kinds import FINAL_STATUSES, TaskKind
 from .leases import LeaseRenewer
+from .limits import check_outcome, check_value, child_execution_id, clean_text
 from .runtime import Runtime
 from .semantics import InvokeFailed, Outcome, Snapshot, StepRecord
+from .settings import DEFAULT_MAX_ATTEMPTS, MAX_CHILD_DEPTH, MAX_STEP_CLAIMS
 from .steps import Armed, ClaimLost, InlineRun
 from .telemetry import Metrics, span
 
@@ -51,6 +54,8 @@ log = logging.getLogger("statem.executor")
 
 #: A step's rule: (machine, execution snapshot, now) -> outcome.
 Rule = Callable[[CompiledMachine, Snapshot, dt.datetime], Outcome]
+#: An effect's (ok, output), recorded if it arrives too late to be applied.
+Late = tuple[bool, JSON] | None
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,42 @@ def _error(exc: BaseException) -> dict[str, str]:
     return {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
 
 
+class TaskAbandoned(StatemError):
+    """A task was claimed more often than its bound and never finished: the workers
+    running it died (an effect calling ``os._exit``, a step exhausting memory) or lost
+    their lease each time."""
+
+
+def _used_up(task: Row[Any], bound: int) -> TaskAbandoned:
+    earlier = f"; an earlier attempt failed with: {task.last_error}" if task.last_error else ""
+    return TaskAbandoned(
+        f"effect {task.payload.get('effect')!r} used all {bound} of its max_attempts and the last never "
+        f"finished: the worker died (or lost its lease) running this effect{earlier}"
+    )
+
+
+def _late_record(task: Row[Any], state: str, ok: bool, output: JSON) -> StepRecord:
+    """The history row of an effect result that came too late to be applied."""
+    what: dict[str, Any] = {"task": "effect", "effect": task.payload.get("effect"), "late": True}
+    what["output" if ok else "error"] = output
+    why = "late result: its task was discarded (a later step won, or the execution ended) or taken over"
+    if not ok and isinstance(output, dict):
+        why += f"; the effect failed: {output.get('type')}: {output.get('message')}"
+    return StepRecord("discard", task.payload.get("name"), state, state, output=what, error=clean_text(why))
+
+
+def _check_depth(conn: Connection, parent: Row[Any]) -> None:
+    """LimitExceeded if a child of ``parent`` would be deeper than MAX_CHILD_DEPTH."""
+    depth = store.depth(conn, parent.id, MAX_CHILD_DEPTH) + 1
+    if depth > MAX_CHILD_DEPTH:
+        raise LimitExceeded(
+            f"child depth limit: a child of {parent.id!r} would be at depth {depth}, "
+            f"past the limit of {MAX_CHILD_DEPTH} (does machine {parent.machine_id!r} invoke itself?)",
+            what="child depth",
+            limit=MAX_CHILD_DEPTH,
+        )
+
+
 class Executor:
     """Runs tasks for one engine's :class:`~statem.runtime.Runtime`."""
 
@@ -111,17 +152,15 @@ class Executor:
         """Claim up to ``limit`` ready tasks (``timers``: timers only) under a fresh fencing
         token, soonest due first."""
         now = self.rt.clock()
+        lease_until = now + dt.timedelta(seconds=lease_seconds)
+        token = uuid.uuid4().hex
         with self.rt.transaction() as conn:
-            return list(
-                (store.claim_timers if timers else store.claim_tasks)(
-                    conn,
-                    owner=owner,
-                    claim=uuid.uuid4().hex,
-                    now=now,
-                    lease_until=now + dt.timedelta(seconds=lease_seconds),
-                    limit=limit,
+            if timers:  # any process can fire a timer
+                return store.claim_timers(
+                    conn, owner=owner, claim=token, now=now, lease_until=lease_until, limit=limit
                 )
-            )
+            return store.claim_tasks(conn, owner=owner, claim=token, now=now, lease_until=lease_until,
+                                     limit=limit, effects=self.rt.effects.names())  # fmt: skip
 
     def run_once(self, limit: int = 100, owner: str = "run_once") -> int:
         """Claim the ready tasks and run each in this thread; returns how many ran."""
@@ -138,7 +177,10 @@ class Executor:
     # ------------------------------------------------------------------ inline runs
     def new_run(self, execution_id: str) -> InlineRun:
         """A fresh inline run for a sync execution that ``start``/``trigger`` is stepping."""
-        return InlineRun(uuid.uuid4().hex, self.rt.worker_settings.lease_seconds, {execution_id})
+        effects = frozenset(self.rt.effects.names())
+        return InlineRun(
+            uuid.uuid4().hex, self.rt.worker_settings.lease_seconds, {execution_id}, effects=effects
+        )
 
     def current_run(self, execution_id: str) -> InlineRun | None:
         """The inline run this thread is in, if it follows ``execution_id``."""
@@ -173,14 +215,22 @@ class Executor:
 
     # ------------------------------------------------------------------ running
     def run(self, task: Row[Any]) -> None:
-        """Run one claimed task; never raises for a step failure."""
+        """Run one claimed task; never raises. What a step raises that is not a database
+        outage fails its execution (an invoke takes its error branch), as does a claim past
+        its task's bound: see :func:`_unexpected`, :func:`_give_up`."""
         self.rt.metrics.task(task.kind)
         run = self.current_run(task.execution_id)
         with span("statem.task", kind=task.kind, execution_id=task.execution_id, task_id=task.id):
             try:
-                self._dispatch(task, run)
-            except StatemError as exc:  # database trouble: the claim lapses and the task comes back
-                log.warning("task %s (%s of %s) not applied: %s", task.id, task.kind, task.execution_id, exc)
+                if task.kind != TaskKind.effect and task.attempts > MAX_STEP_CLAIMS:
+                    _give_up(self, task, run, TaskAbandoned(
+                        f"this {task.kind} step was claimed {task.attempts - 1} times and never finished: "
+                        "the worker running it died (or lost its lease) each time"
+                    ))  # fmt: skip
+                else:
+                    self._dispatch(task, run)
+            except Exception as exc:
+                _unexpected(self, task, run, exc)
 
     def _dispatch(self, task: Row[Any], run: InlineRun | None) -> None:
         if task.kind == TaskKind.effect:
@@ -208,7 +258,7 @@ class Executor:
         if armed.for_workers:
             self.rt.wake()
 
-    def _step(self, task: Row[Any], run: InlineRun | None, kind: str, rule: Rule) -> None:
+    def _step(self, task: Row[Any], run: InlineRun | None, kind: str, rule: Rule, late: Late = None) -> None:
         """Apply ``rule`` as the step that consumes ``task``, in one fenced transaction.
 
         The fence is the row the run's previous step wrote when there is one
@@ -216,6 +266,8 @@ class Executor:
         the locking path below runs), else the row lock: the execution is locked, then
         all its armed tasks are taken (:func:`steps.take_armed`); ours must be among them
         under our claim, the others are the ones this step discards (a later step wins).
+        ``late``: an effect's (ok, output), recorded in history as a ``discard`` row when it
+        arrives too late to apply (its task discarded, or taken over).
         """
         known = run.rows.pop(task.execution_id, None) if run is not None else None
         if run is not None and known is not None and self._step_known(task, run, known, kind, rule):
@@ -223,24 +275,36 @@ class Executor:
         now = self.rt.clock()
         try:
             with self._transaction(run) as conn:
-                done = self._locked_step(conn, task, run, kind, rule, now)
+                done = self._locked_step(conn, task, run, kind, rule, now, late)
         except ClaimLost:
             self._stale(task)
+            if late is not None:
+                _record_late(self, task, run, *late)
             return
         if done is not None:
             self._after(task, run, kind, done)
 
     def _locked_step(
-        self, conn: Connection, task: Row[Any], run: InlineRun | None, kind: str, rule: Rule, now: dt.datetime
+        self,
+        conn: Connection,
+        task: Row[Any],
+        run: InlineRun | None,
+        kind: str,
+        rule: Rule,
+        now: dt.datetime,
+        late: Late = None,
     ) -> Done | None:
         """The locking path of :meth:`_step` inside the caller's transaction: lock the
         execution, take its armed tasks (ClaimLost unless ours is among them under our
-        claim), apply the step. None when the execution is final (our task is just done)."""
+        claim), apply the step. None when the execution is final (our task is just done,
+        and an effect's ``late`` result recorded)."""
         row = store.lock_execution(conn, task.execution_id)
         if row is None:
             raise ClaimLost
         if row.status in FINAL_STATUSES:
             steps.finish(conn, task)
+            if late is not None:
+                steps.append_history(conn, row, [_late_record(task, row.state, *late)], now)
             return None
         dropped = steps.take_armed(conn, row, task)
         outcome, failure = self._evaluate(conn, row, kind, task.payload.get("name"), rule, now)
@@ -279,7 +343,9 @@ class Executor:
         snap = steps.snapshot(row)
         try:
             cm = self.rt.compiled(row.machine_id, row.machine_version, conn)
-            return rule(cm, snap, now), None
+            outcome = rule(cm, snap, now)
+            check_outcome(outcome, now)  # what cannot be stored fails the step, not the commit
+            return outcome, None
         except (StatemError, InvokeFailed) as exc:
             return semantics.failure(snap, kind, name, str(exc)), exc
 
@@ -299,18 +365,22 @@ class Executor:
             assert inv is not None
             fn = self.rt.effects.get(payload["effect"], task)  # or a saved service's operation
             policy, timeout = inv.retry or default_retry(fn), inv.timeout_seconds
+            bound = policy.max_attempts if policy is not None else DEFAULT_MAX_ATTEMPTS
+            if task.attempts > bound:
+                raise _used_up(task, bound)
             kept = self.leases.holding(task) if run is not None else nullcontext()
             with kept, span("statem.effect", effect=payload["effect"], idempotency_key=key):
-                output: JSON = self.rt.effects.call(fn, payload.get("input"), key, timeout)
+                result = self.rt.effects.call(fn, payload.get("input"), key, timeout)
+                output: JSON = check_value(result, "effect result")
             ok = True
         except StoreError:  # the database, not the effect: no attempt used; the claim lapses
             raise
         except Exception as exc:
             output, ok = error_output(exc), False
-            attempts = policy.max_attempts if policy is not None else 1
-            if task.attempts < attempts and retryable(exc):
+            attempts = policy.max_attempts if policy is not None else DEFAULT_MAX_ATTEMPTS
+            if task.attempts < attempts and retryable(exc) and not isinstance(exc, TaskAbandoned):
                 assert policy is not None
-                self._retry(task, run, jittered(policy.delay(task.attempts)), output)
+                _retry(self, task, run, jittered(policy.delay(task.attempts)), output)
                 return
         env = self.rt.env
         self._step(
@@ -318,6 +388,7 @@ class Executor:
             run,
             "result",
             lambda cm, s, now: semantics.apply_result(cm, s, payload, ok, output, env, now),
+            late=(ok, output),
         )
 
     def _pin(self, task: Row[Any]) -> tuple[str, int]:
@@ -327,36 +398,6 @@ class Executor:
             raise StatemError(f"execution {task.execution_id!r} is gone")
         return row.machine_id, row.machine_version
 
-    def _retry(self, task: Row[Any], run: InlineRun | None, delay: float, error: dict[str, Any]) -> None:
-        if run is not None:
-            run.forget(task.execution_id)  # the retry step writes the row
-        now = self.rt.clock()
-        due = now + dt.timedelta(seconds=delay)
-        with self._transaction(run) as conn:
-            row = store.lock_execution(conn, task.execution_id)
-            if row is None or not store.retry_task(conn, task.id, task.claim, due, error["message"]):
-                return
-            record = StepRecord(
-                "retry",
-                task.payload.get("name"),
-                row.state,
-                row.state,
-                input=None,
-                output={"attempt": task.attempts, "due_at": due.isoformat()},
-                context=None,
-                error=f"{error['type']}: {error['message']}",
-            )
-            steps.append_history(conn, row, [record], now)
-        self.rt.metrics.task("retry")
-        log.info(
-            "effect task %s attempt %d failed (%s); retry in %.2fs",
-            task.id,
-            task.attempts,
-            error["message"],
-            delay,
-        )
-        self.rt.wake()
-
     # ------------------------------------------------------------------ children
     def _child(self, task: Row[Any], run: InlineRun | None) -> None:
         """Start a child execution under the parent's lock; a child that cannot start
@@ -365,15 +406,17 @@ class Executor:
         machine_id, version = payload["machine"]
         now = self.rt.clock()
         env = self.rt.env
-        child_id = f"{task.execution_id}.{task.id}"
+        child_id = child_execution_id(task.execution_id, task.id)
         with self._transaction(run) as conn:
             parent = store.lock_execution(conn, task.execution_id)
             if parent is None or parent.status in FINAL_STATUSES:
                 store.finish_task(conn, task.id, task.claim)
                 return
             try:
+                _check_depth(conn, parent)
                 child_cm = self.rt.compiled(machine_id, version, conn)
                 outcome = semantics.start(child_cm, child_id, payload.get("input"), env, now)
+                check_outcome(outcome, now)
             except StatemError as exc:
                 error = _error(exc)
                 if not store.finish_task(conn, task.id, task.claim):
@@ -499,3 +542,106 @@ def run_timers(ex: Executor, tasks: Sequence[Row[Any]]) -> None:
         ex._after(task, None, "timer", step)
     for task in alone:
         ex.run(task)
+
+
+def _retry(ex: Executor, task: Row[Any], run: InlineRun | None, delay: float, error: dict[str, Any]) -> None:
+    if run is not None:
+        run.forget(task.execution_id)  # the retry step writes the row
+    now = ex.rt.clock()
+    due = now + dt.timedelta(seconds=delay)
+    with ex._transaction(run) as conn:
+        row = store.lock_execution(conn, task.execution_id)
+        if row is None or not store.retry_task(conn, task.id, task.claim, due, error["message"]):
+            return
+        record = StepRecord(
+            "retry",
+            task.payload.get("name"),
+            row.state,
+            row.state,
+            input=None,
+            output={"attempt": task.attempts, "due_at": due.isoformat()},
+            context=None,
+            error=f"{error['type']}: {error['message']}",
+        )
+        steps.append_history(conn, row, [record], now)
+    ex.rt.metrics.task("retry")
+    log.info(
+        "effect task %s attempt %d failed (%s); retry in %.2fs",
+        task.id,
+        task.attempts,
+        error["message"],
+        delay,
+    )
+    ex.rt.wake()
+
+
+# --------------------------------------------------------------------------- when a step raises
+
+
+def _unexpected(ex: Executor, task: Row[Any], run: InlineRun | None, exc: Exception) -> None:
+    """A step raised. On a database outage (or a concurrent writer) the claim lapses and
+    the task comes back. Anything else (a value the database refuses, a bug) fails the
+    step (:func:`_give_up`): no task comes back forever."""
+    if run is not None:
+        run.forget(task.execution_id)  # the rolled-back step wrote nothing
+    if is_outage(exc) or isinstance(exc, ConcurrencyError):
+        log.warning("task %s (%s of %s) not applied: %s", task.id, task.kind, task.execution_id, exc)
+        try:  # give it back unrun, its attempt unused; if the database is away, the claim lapses
+            with ex._transaction(run) as conn:
+                store.release_task(conn, task.id, task.claim)
+        except Exception as again:
+            log.info("task %s: claim not released (%s); it lapses", task.id, again)
+        return
+    log.error(
+        "task %s (%s of %s) raised %s: %s; failing it",
+        task.id,
+        task.kind,
+        task.execution_id,
+        type(exc).__name__,
+        exc,
+        exc_info=not isinstance(exc, StatemError),
+    )
+    try:
+        _give_up(ex, task, run, exc)
+    except Exception as again:
+        log.error("task %s: could not record its failure either (%s); its lease will lapse", task.id, again)
+
+
+def _give_up(ex: Executor, task: Row[Any], run: InlineRun | None, exc: Exception) -> None:
+    """Fail the step of ``task`` with ``exc``: an invoke (effect, child) takes its error
+    branch if it has one; anything else, or an error branch that cannot commit either,
+    fails the execution, state and context unchanged, the error in history."""
+    ex.rt.metrics.task("failed")
+    error = _error(exc)
+    payload = task.payload or {}
+    env = ex.rt.env
+    if task.kind in (TaskKind.effect, TaskKind.child) and "transition" in payload:
+        try:
+            ex._step(
+                task,
+                run,
+                "result",
+                lambda cm, s, now: semantics.apply_result(cm, s, payload, False, error, env, now),
+            )
+            return
+        except Exception as again:
+            if is_outage(again):
+                raise
+            if run is not None:
+                run.forget(task.execution_id)
+            log.error("task %s: its error branch failed too (%s); failing the execution", task.id, again)
+    message = clean_text(f"{error['type']}: {error['message']}") or error["type"]
+    kind = "timer" if task.kind == TaskKind.timer else "result"
+    ex._step(task, run, kind, lambda cm, s, now: semantics.failure(s, kind, payload.get("name"), message))
+
+
+def _record_late(ex: Executor, task: Row[Any], run: InlineRun | None, ok: bool, output: JSON) -> None:
+    """Record an effect result that arrived after its task was discarded (a later step
+    won, the execution ended) or taken over: a ``discard`` row with the output and error."""
+    if run is not None:
+        run.forget(task.execution_id)
+    now = ex.rt.clock()
+    with ex._transaction(run) as conn:
+        row = store.lock_execution(conn, task.execution_id)
+        if row is not None:
+            steps.append_history(conn, row, [_late_record(task, row.state, ok, output)], now)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Row
@@ -27,6 +27,9 @@ class Execution:
     parent_id: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    #: True when ``start``/``trigger`` applied nothing because the request repeated one
+    #: already applied (same execution id, or same idempotency key); not compared by ``==``
+    replayed: bool = field(default=False, compare=False)
 
     @property
     def done(self) -> bool:
@@ -34,7 +37,7 @@ class Execution:
         return self.status in ("finished", "failed", "canceled")
 
     @classmethod
-    def from_row(cls, row: Row[Any]) -> Execution:
+    def from_row(cls, row: Row[Any], *, replayed: bool = False) -> Execution:
         """Build from a ``statem_executions`` row."""
         m = row._mapping
         return cls(
@@ -50,6 +53,7 @@ class Execution:
             parent_id=m["parent_id"],
             created_at=m["created_at"],
             updated_at=m["updated_at"],
+            replayed=replayed,
         )
 
     def to_json(self) -> dict[str, Any]:

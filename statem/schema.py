@@ -177,6 +177,7 @@ tasks = Table(
     Column("child_id", ID, nullable=True),
     Column("last_error", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("effect", String(200), nullable=True, comment="an effect task's effect: who may claim it"),
     ForeignKeyConstraint(["execution_id"], ["statem_executions.id"]),
     Index(None, "status", "due_at"),
     Index(None, "execution_id"),

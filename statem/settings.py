@@ -8,6 +8,30 @@ from dataclasses import dataclass
 MAX_ALWAYS_CHAIN = 1_000
 #: Largest JSON-encoded input, context or output accepted, in bytes.
 MAX_VALUE_BYTES = 1_000_000
+#: Longest execution id a caller may choose, in characters (a child's derived id is longer
+#: but always fits the 200-character id column; see statem.limits).
+MAX_EXECUTION_ID_LENGTH = 128
+#: Longest idempotency key accepted by ``trigger``, in characters (the column's width).
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+#: Deepest chain of child executions: a root is at depth 0, its children at 1, ...
+MAX_CHILD_DEPTH = 32
+#: Largest JSON size of one history row (its input, output and context together), in bytes:
+#: the context's own limit, so a step cannot store the same large value three times over.
+MAX_STEP_ROW_BYTES = MAX_VALUE_BYTES
+#: Largest JSON size of all the history rows one step appends, in bytes.
+MAX_STEP_BYTES = 8_000_000
+#: Longest duration a timer, a retry delay or an effect timeout may have: 100 years, in seconds.
+MAX_DURATION_SECONDS = 100 * 366 * 86_400.0
+#: Most decimal digits an integer in an input, context or result may have (Python's own
+#: limit on converting integers to text, which JSON needs).
+MAX_INT_DIGITS = 4_300
+#: An effect task ready this many lease periods and never claimed is reported by
+#: ``stats()`` as one no running worker has ("effect X: no worker has it").
+UNCLAIMED_EFFECT_LEASES = 3
+#: Claims a timer, child or result task may take without finishing (the worker running
+#: it died or lost its lease each time) before its execution fails; an effect task's
+#: bound is its ``max_attempts``.
+MAX_STEP_CLAIMS = 10
 #: How long a worker's claim on a task lasts before another worker may take it over.
 LEASE_SECONDS = 30.0
 #: How often a worker polls for ready tasks when nothing wakes it earlier.

@@ -38,6 +38,7 @@ from .definition import CompiledMachine
 from .errors import ExecutionNotFound
 from .expressions import JSON
 from .kinds import FINAL_STATUSES, INLINE_KINDS, Status, TaskKind, TaskStatus
+from .limits import check_outcome, clean_text
 from .semantics import Outcome, Snapshot, StepRecord, TaskSpec
 from .store import ClaimLost
 from .telemetry import Metrics
@@ -84,6 +85,9 @@ class InlineRun:
     #: writes fenced by that row's version instead of reading the row again
     #: (:func:`commit_known`); a write elsewhere (a retry) forgets it.
     rows: dict[str, Row[Any]] = field(default_factory=dict)
+    #: the effects the caller's process has: an effect task it lacks is left to a worker
+    #: that has it, instead of being claimed here and failing as unknown
+    effects: frozenset[str] = frozenset()
 
     def covers(self, execution_id: str | None) -> bool:
         """True if this run takes the inline tasks of ``execution_id``."""
@@ -151,7 +155,9 @@ def create_execution(
     run: InlineRun | None = None,
 ) -> Armed:
     """Create an execution row as its first step (a start, or a child start under
-    ``parent`` = (parent id, its child task id)) leaves it, with history and tasks."""
+    ``parent`` = (parent id, its child task id)) leaves it, with history and tasks.
+    What it stores is checked first (statem.limits: InputError, nothing written)."""
+    check_outcome(outcome, now)
     parent_id, parent_task_id = parent if parent else (None, None)
     written = store.insert_execution(
         conn,
@@ -303,7 +309,14 @@ def _record(
     now: dt.datetime,
     idempotency_key: str | None,
 ) -> Row[Any]:
-    """The step's history rows and the execution's new state, fenced by its version."""
+    """The step's history rows and the execution's new state, fenced by its version.
+
+    What the step stores is checked first (statem.limits: InputError, nothing written);
+    error messages are stored with any NUL or surrogate replaced.
+    """
+    check_outcome(outcome, now)
+    for record in records:
+        record.error = clean_text(record.error)
     return store.record_step(
         conn,
         row,
@@ -314,7 +327,7 @@ def _record(
         status=outcome.status,
         context=outcome.context,
         output=outcome.output,
-        error=outcome.error,
+        error=clean_text(outcome.error),
         armed=bool(outcome.tasks),
     )
 
@@ -344,7 +357,7 @@ def _arm(
     theirs: list[TaskSpec] = []
     here = run is not None and run.covers(eid)
     for spec in outcome.tasks:
-        (mine if here and spec.kind in INLINE_KINDS else theirs).append(spec)
+        (mine if here and run is not None and _runs_inline(conn, spec, run) else theirs).append(spec)
     ready: list[Row[Any]] = []
     if done is not None:
         if claim is not None and mine:
@@ -368,6 +381,20 @@ def _arm(
     if for_workers:
         dialects.notify(conn)
     return Armed(written, ready, for_workers)
+
+
+def _runs_inline(conn: Connection, spec: TaskSpec, run: InlineRun) -> bool:
+    """True if the inline caller runs this task: an effect only when its process has it
+    registered, or it is a saved service's operation (any process runs those)."""
+    if spec.kind not in INLINE_KINDS:
+        return False
+    if spec.kind != TaskKind.effect:
+        return True
+    name = str(spec.payload.get("effect"))
+    if name in run.effects:
+        return True
+    service, dot, operation = name.partition(".")
+    return bool(dot and service and operation) and store.latest_service_version(conn, service) is not None
 
 
 def _discard_record(task: Row[Any], state: str) -> StepRecord:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
     literal_column,
     or_,
     select,
@@ -150,7 +151,13 @@ def insert_execution(conn: Connection, **values: Any) -> Row[Any]:
 # The statements of the hot path (one step) are built once: building a SQLAlchemy
 # statement costs more than running it on SQLite.
 _GET_EXECUTION = select(executions).where(executions.c.id == bindparam("p_id"))
-_LOCK_EXECUTION = _GET_EXECUTION.with_for_update()
+# FOR NO KEY UPDATE, not FOR UPDATE: statem never changes an execution's id, and the
+# weaker lock does not conflict with the KEY SHARE lock a foreign key check takes. A child's
+# last step (holding the child's row) inserts its parent's resume task, whose foreign key
+# check locks the parent's key; cancel(parent) holds the parent and waits for the child.
+# With FOR UPDATE the two deadlock (child then parent, parent then child); with this one
+# lock order holds everywhere: parent before child, and a key check waits for nobody.
+_LOCK_EXECUTION = _GET_EXECUTION.with_for_update(key_share=True)
 _FENCE = (executions.c.id == bindparam("p_id"), executions.c.version == bindparam("p_version"))
 _WRITE_STEP = (
     update(executions)
@@ -350,6 +357,18 @@ def live_children(conn: Connection, execution_id: str) -> list[str]:
     return [r.id for r in rows]
 
 
+def depth(conn: Connection, execution_id: str, limit: int) -> int:
+    """How many ancestors an execution has (0 for a root), counted up to ``limit + 1``."""
+    first = select(executions.c.parent_id, literal(0).label("d")).where(executions.c.id == execution_id)
+    chain = first.cte("ancestry", recursive=True)
+    up = executions.alias("up")
+    chain = chain.union_all(
+        select(up.c.parent_id, chain.c.d + 1).where(up.c.id == chain.c.parent_id, chain.c.d <= limit)
+    )
+    found: int | None = conn.execute(select(func.max(chain.c.d))).scalar()
+    return found or 0
+
+
 # --------------------------------------------------------------------------- history
 
 
@@ -420,6 +439,13 @@ def has_idempotency_key(conn: Connection, execution_id: str, key: str) -> bool:
     return conn.execute(_HAS_KEY, {"p_id": execution_id, "p_key": key}).first() is not None
 
 
+def step_with_key(conn: Connection, execution_id: str, key: str) -> Row[Any] | None:
+    """The first history row a step applied under ``key`` wrote (its action and input), or None."""
+    return conn.execute(
+        select(steps).where(steps.c.execution_id == execution_id, steps.c.idempotency_key == key)
+    ).first()
+
+
 def history(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
     """The steps of an execution, by seq."""
     return conn.execute(select(steps).where(steps.c.execution_id == execution_id).order_by(steps.c.seq)).all()
@@ -448,7 +474,7 @@ def _task_rows(
     )  # fmt: skip
     return [
         {"execution_id": execution_id, "kind": s.kind, "due_at": s.due_at, "payload": s.payload,
-         "created_at": now, **held}
+         "effect": s.payload.get("effect") if s.kind == "effect" else None, "created_at": now, **held}
         for s in specs
     ]  # fmt: skip
 
@@ -534,12 +560,33 @@ _CLAIM_VALUES = {
 }
 
 
+# An effect task is claimed only by a worker that has its effect (``p_effects``, the
+# names registered in the claiming process) or when it is a saved service's operation;
+# other tasks by anyone.
+# A saved service's operation (``<service id>.<operation>``) runs in any process.
+_SERVICE_OPERATION = (
+    select(services.c.service_id)
+    .where(
+        func.substr(tasks.c.effect, 1, func.length(services.c.service_id) + 1)
+        == services.c.service_id.concat(".")
+    )
+    .exists()
+)
+_CAN_RUN = or_(
+    tasks.c.effect.is_(None),
+    tasks.c.effect.in_(bindparam("p_effects", expanding=True)),
+    _SERVICE_OPERATION,
+)
+
+
 def _claim_statement(skip_locked: bool, kind: str | None = None) -> Any:
-    """``UPDATE ... WHERE id IN (the soonest ready ids) RETURNING *``: a claim in one statement
-    (of tasks of one ``kind`` only, when given)."""
+    """``UPDATE ... WHERE id IN (the soonest ready ids) RETURNING *``: a claim in one statement.
+
+    Without ``kind``: any ready task this process can run (``_CAN_RUN``, bound by
+    ``p_effects``); with ``kind``: ready tasks of that kind only (timers, which any
+    process can run)."""
     ready = select(tasks.c.id).where(_READY).order_by(tasks.c.due_at).limit(bindparam("p_limit"))
-    if kind is not None:
-        ready = ready.where(tasks.c.kind == kind)
+    ready = ready.where(tasks.c.kind == kind) if kind is not None else ready.where(_CAN_RUN)
     if skip_locked:
         ready = ready.with_for_update(skip_locked=True)
     return (
@@ -562,15 +609,18 @@ def claim_tasks(
     now: dt.datetime,
     lease_until: dt.datetime,
     limit: int,
+    effects: Sequence[str],
 ) -> list[Row[Any]]:
     """Claim up to ``limit`` ready tasks (pending and due, or claimed with an expired lease),
-    soonest due first, in one statement.
+    soonest due first, in one statement; effect tasks only for the ``effects`` named (those
+    the claiming process can run: the others wait for a worker that has them).
 
     On PostgreSQL the candidates are locked with ``FOR UPDATE SKIP LOCKED`` so concurrent
     workers never claim the same row; SQLite serializes writers with ``BEGIN IMMEDIATE``.
     Each claimed row gets a fresh ``claim`` token: results are committed only under it.
     """
-    params = {"p_now": now, "p_limit": limit, "p_claim": claim, "p_owner": owner, "p_lease": lease_until}
+    params = {"p_now": now, "p_limit": limit, "p_claim": claim, "p_owner": owner, "p_lease": lease_until,
+              "p_effects": list(effects)}  # fmt: skip
     rows = conn.execute(_CLAIM[conn.dialect.name], params).all()
     return sorted(rows, key=lambda r: r.due_at)
 
@@ -606,7 +656,7 @@ def _swap_statement() -> Any:
     """
     done = _FINISH_TASK.returning(tasks.c.id).cte("done")
     names = ["execution_id", "kind", "status", "due_at", "payload", "attempts", "claim", "owner",
-             "lease_expires_at", "created_at"]  # fmt: skip
+             "lease_expires_at", "created_at", "effect"]  # fmt: skip
     values = select(*(bindparam(n, type_=tasks.c[n].type) for n in names)).select_from(done)
     return insert(tasks).from_select(names, values).returning(tasks.c.id)
 
@@ -678,13 +728,16 @@ def take_waiting_task(conn: Connection, task_id: int) -> Row[Any] | None:
     return row
 
 
-def next_due(conn: Connection) -> dt.datetime | None:
-    """When the next pending task is due, or the next lease expires."""
+def next_due(conn: Connection, effects: Sequence[str]) -> dt.datetime | None:
+    """When the next pending task a process with ``effects`` can run is due, or the next
+    lease on one expires."""
+    can_run = {"p_effects": list(effects)}
     pending = conn.execute(
-        select(func.min(tasks.c.due_at)).where(tasks.c.status == TaskStatus.pending)
+        select(func.min(tasks.c.due_at)).where(tasks.c.status == TaskStatus.pending, _CAN_RUN), can_run
     ).scalar()
     lease = conn.execute(
-        select(func.min(tasks.c.lease_expires_at)).where(tasks.c.status == TaskStatus.claimed)
+        select(func.min(tasks.c.lease_expires_at)).where(tasks.c.status == TaskStatus.claimed, _CAN_RUN),
+        can_run,
     ).scalar()
     times: list[dt.datetime] = [t for t in (pending, lease) if t is not None]
     return min(times) if times else None
@@ -737,6 +790,22 @@ def _estimated_tasks(conn: Connection, rows: int) -> dict[str, int] | None:
     if found is None or found[0] is None:
         return None
     return {f"{k}/{s}": round(freq * rows) for (k, s), freq in zip(found[0], found[1], strict=True)}
+
+
+def unclaimed_effects(conn: Connection, ready_before: dt.datetime) -> dict[str, tuple[int, dt.datetime]]:
+    """Effects with tasks ready since before ``ready_before`` that no worker ever claimed
+    (pending, 0 attempts): effect name -> (tasks, earliest due time)."""
+    q = (
+        select(tasks.c.effect, func.count(), func.min(tasks.c.due_at))
+        .where(
+            tasks.c.kind == "effect",
+            tasks.c.status == "pending",
+            tasks.c.attempts == 0,
+            tasks.c.due_at < ready_before,
+        )
+        .group_by(tasks.c.effect)
+    )
+    return {name: (n, due) for name, n, due in conn.execute(q) if name is not None}
 
 
 def stats(conn: Connection, now: dt.datetime) -> dict[str, Any]:

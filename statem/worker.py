@@ -256,7 +256,7 @@ class Worker:
 
     def _next_due(self) -> dt.datetime | None:
         with self.rt.transaction(write=False) as conn:
-            return store.next_due(conn)
+            return store.next_due(conn, self.rt.effects.names())
 
     def _run(self, job: list[Row[Any]]) -> None:
         try:

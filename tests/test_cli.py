@@ -50,6 +50,7 @@ EXECUTION_FIELDS = {
     "parent_id",
     "created_at",
     "updated_at",
+    "replayed",
 }
 #: What ``statem show --json`` adds to the execution's fields.
 SHOW_FIELDS = {"pending", "children", "allowed_actions"}
@@ -469,8 +470,13 @@ def test_start_with_input_file_and_id(loaded: CLI, tmp_path: Path) -> None:
     assert (ex["state"], ex["status"], ex["input"]) == ("cart", "waiting", {"n": 42})
     assert ex["context"] == {"order": {"id": "R42", "line_items": []}}
     # the same --id again is idempotent: the existing execution, not a new one
-    again = loaded.data("start", "order", "--id", "order-42", "--input", '{"n": 1}')
-    assert again == ex
+    again = loaded.data("start", "order", "--id", "order-42", "--input", '{"n": 42}')
+    assert again == {**ex, "replayed": True} and ex["replayed"] is False
+    # ...but the same --id with another input is a conflict, not a silent replay
+    refused = loaded("start", "order", "--id", "order-42", "--input", '{"n": 1}')
+    assert (
+        refused.code == 1 and "execution id 'order-42' was first used with a different request" in refused.err
+    )
     assert loaded.data("start", "order", "--version", "1")["context"]["order"]["id"] == "R1000"
     assert len(loaded.data("list")) == 3
 
@@ -480,7 +486,9 @@ def test_trigger_with_input_and_idempotency_key(loaded: CLI, tmp_path: Path) -> 
     ex = loaded.data("trigger", "o1", "add", "--input", '{"sku": "tea", "qty": 2}', "--key", "k1")
     assert ex["context"]["order"]["line_items"] == ["tea", "tea"]
     repeat = loaded.ok("trigger", "o1", "add", "--input", '{"sku": "tea", "qty": 2}', "--key", "k1", "--json")
-    assert repeat.json()["context"]["order"]["line_items"] == ["tea", "tea"]
+    assert repeat.json()["context"]["order"]["line_items"] == ["tea", "tea"] and repeat.json()["replayed"]
+    clash = loaded("trigger", "o1", "place", "--key", "k1")  # the same key for another action
+    assert clash.code == 1 and "action 'add' then 'place'" in clash.err
     kettle = write(tmp_path, "kettle.json", '{"sku": "kettle"}')
     ex = loaded.data("trigger", "o1", "add", "--input", f"@{kettle}")
     assert ex["context"]["order"]["line_items"] == ["tea", "tea", "kettle"]
@@ -1214,7 +1222,7 @@ def test_start_and_trigger_exit_3_and_say_why_when_the_execution_fails(cli: CLI,
     assert r.code == 3, r.err
     assert r.json()["status"] == "failed"
     assert r.err_lines == [f"error: execution b2 failed in state 'calling': {r.json()['error']}"]
-    assert cli("start", "book", "--id", "b1").code == 3  # a replay reports the same
+    assert cli("start", "book", "--id", "b1", "--input", refused).code == 3  # a replay reports the same
     # success still exits 0
     cli.ok("machines", "load", ORDER)
     assert cli.ok("start", "order").code == 0

@@ -8,10 +8,12 @@ import pytest
 
 from statem import (
     ActionNotAllowed,
+    ConcurrencyError,
     DefinitionError,
     Engine,
     ExecutionNotFound,
     ExpressionError,
+    IdempotencyConflict,
     InputError,
     LoopError,
     MachineNotFound,
@@ -182,18 +184,52 @@ def test_staying_reruns_always_and_loop_bound(engine: Engine) -> None:
 def test_start_with_execution_id_is_idempotent(engine: Engine) -> None:
     engine.save_machine(counter())
     a = engine.start("counter", {"start": 1}, execution_id="order-R1")
-    b = engine.start("counter", {"start": 9}, execution_id="order-R1")
+    b = engine.start("counter", {"start": 1}, execution_id="order-R1")
     assert a.id == b.id == "order-R1" and b.context == {"n": 1}
+    assert (a.replayed, b.replayed) == (False, True)
+    assert b == a and engine.get(a.id) == b  # replayed is not part of equality
     assert len(engine.executions()) == 1
+
+
+def test_start_replay_with_a_different_request_is_a_conflict(engine: Engine) -> None:
+    engine.save_machine(counter())
+    engine.save_machine({**counter(), "id": "other"})
+    engine.start("counter", {"start": 1}, execution_id="order-R1")
+    with pytest.raises(
+        IdempotencyConflict, match=r"execution id 'order-R1'.*input \{'start': 1\} then"
+    ) as info:
+        engine.start("counter", {"start": 9}, execution_id="order-R1")
+    assert info.value.differences == {"input": ({"start": 1}, {"start": 9})} and info.value.key is None
+    with pytest.raises(IdempotencyConflict, match="machine 'counter' then 'other'") as info:
+        engine.start("other", {"start": 1}, execution_id="order-R1")
+    assert set(info.value.differences) == {"machine"}
+    with pytest.raises(IdempotencyConflict, match="version 1 then 2"):
+        engine.start("counter", {"start": 1}, version=2, execution_id="order-R1")
+    assert isinstance(info.value, ConcurrencyError)
+    assert len(engine.executions()) == 1 and len(engine.history("order-R1")) == 1
 
 
 def test_idempotency_key_applies_once(engine: Engine) -> None:
     engine.save_machine(counter())
     ex = engine.start("counter")
-    engine.trigger(ex.id, "inc", idempotency_key="k1")
-    again = engine.trigger(ex.id, "finish", {"by": 100}, idempotency_key="k1")
+    first = engine.trigger(ex.id, "inc", idempotency_key="k1")
+    again = engine.trigger(ex.id, "inc", idempotency_key="k1")
     assert again.context == {"n": 1} and again.state == "idle"
+    assert (first.replayed, again.replayed) == (False, True)
     assert len(engine.history(ex.id)) == 2
+
+
+def test_idempotency_key_with_a_different_request_is_a_conflict(engine: Engine) -> None:
+    engine.save_machine(counter())
+    ex = engine.start("counter")
+    engine.trigger(ex.id, "inc", {"by": 2}, idempotency_key="k1")
+    with pytest.raises(IdempotencyConflict, match=r"key 'k1'.*action 'inc' then 'finish'") as info:
+        engine.trigger(ex.id, "finish", {"by": 2}, idempotency_key="k1")
+    assert info.value.differences == {"action": ("inc", "finish")}
+    with pytest.raises(IdempotencyConflict, match=r"input \{'by': 2\} then \{'by': 3\}") as info:
+        engine.trigger(ex.id, "inc", {"by": 3}, idempotency_key="k1")
+    assert set(info.value.differences) == {"input"}
+    assert engine.get(ex.id).context == {"n": 2} and len(engine.history(ex.id)) == 2
 
 
 def test_unknown_ids_and_bad_input(engine: Engine) -> None:

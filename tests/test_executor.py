@@ -112,12 +112,48 @@ def test_effect_non_json_result_is_an_error(fengine: Engine) -> None:
     assert ex.state == "broken" and ex.context["why"]["type"] == "InputError"
 
 
-def test_unknown_effect_fails_clearly_at_run_time(fengine: Engine) -> None:
-    fengine.save_machine(effect_machine(effect="nobody-registered-this", error=None))
+def test_an_effect_no_process_has_waits_for_one_that_has_it(
+    fengine: Engine, clock: FakeClock, db_url: str
+) -> None:
+    """Issue 10 item 1: a process claims only the effect tasks whose effect it has; the
+    others wait (never failed as unknown), and stats() names them after a while."""
+    fengine.save_machine(effect_machine(effect="sleepy"))
     ex = fengine.start("fx")
-    run_until_idle(fengine)
-    ex = fengine.get(ex.id)
-    assert ex.status == "failed" and "no effect 'nobody-registered-this'" in (ex.error or "")
+    assert run_until_idle(fengine) == 0  # nothing this process can run
+    (task,) = fengine.pending(ex.id)
+    assert (task.effect, task.status, task.attempts) == ("sleepy", "pending", 0)
+    assert fengine.stats()["database"]["warnings"] == []  # not yet: workers may be busy
+    clock.advance(3 * fengine.worker_settings.lease_seconds + 1)
+    db = fengine.stats()["database"]
+    assert db["unclaimed_effects"]["sleepy"]["tasks"] == 1
+    assert db["warnings"] == [
+        "effect 'sleepy': no worker has it (1 task ready for 91s, never claimed); "
+        "run a worker whose --app registers it"
+    ]
+    assert fengine.get(ex.id).status == "running"
+    other = Engine(db_url, clock=clock)  # a process that has the effect takes it
+    other.effects.register("sleepy", lambda input, *, idempotency_key: {"slept": True})
+    try:
+        assert run_until_idle(other) == 1
+    finally:
+        other.close()
+    done = fengine.get(ex.id)
+    assert (done.state, done.output) == ("done", {"slept": True})
+    assert fengine.stats()["database"]["warnings"] == []
+
+
+def test_a_sync_caller_without_the_effect_leaves_it_to_workers(fengine: Engine, db_url: str) -> None:
+    fengine.save_machine({**effect_machine(effect="sleepy"), "execution_mode": "sync"})
+    ex = fengine.start("fx")  # the caller lacks the effect: not failed, left for a worker
+    assert (ex.status, ex.state) == ("running", "go")
+    assert [t.status for t in fengine.pending(ex.id)] == ["pending"]
+    other = Engine(db_url, clock=fengine.clock)
+    other.effects.register("sleepy", lambda input, *, idempotency_key: 7)
+    try:
+        run_until_idle(other)
+    finally:
+        other.close()
+    assert (fengine.get(ex.id).state, fengine.get(ex.id).output) == ("done", 7)
 
 
 def test_effect_timeout(fengine: Engine) -> None:
@@ -420,7 +456,7 @@ def test_sync_mode_runs_effects_inline(fengine: Engine) -> None:
 def test_fencing_a_zombie_cannot_apply_twice(fengine: Engine, clock: FakeClock) -> None:
     calls: list[str] = []
     fengine.effects.register("work", lambda input, *, idempotency_key: calls.append(idempotency_key) or "ok")
-    fengine.save_machine(effect_machine())
+    fengine.save_machine(effect_machine(retry={"max_attempts": 2}))  # the zombie's claim is an attempt
     ex = fengine.start("fx")
     ex_ = fengine._executor  # internal: the test plays two workers by hand
     zombie = ex_.claim("zombie", 10, lease_seconds=30)
@@ -524,13 +560,13 @@ def test_sync_parent_runs_a_sync_child_and_its_effects_inline(fengine: Engine) -
     assert run_until_idle(fengine) == 0
 
 
-def chain_of_effects(n: int) -> dict[str, Any]:
+def chain_of_effects(n: int, **invoke: Any) -> dict[str, Any]:
     """A sync machine of ``n`` states, each invoking ``work``; ``skip`` from any of them."""
     states: dict[str, Any] = {
         f"s{i}": {
             "always": [{"name": f"call{i}", "invoke": {
                 "effect": "work", "input": f"{{'i': {i}}}",
-                "success": {"state": f"s{i + 1}", "context": {f"k{i}": "output"}},
+                "success": {"state": f"s{i + 1}", "context": {f"k{i}": "output"}}, **invoke,
             }}],
             "actions": {"skip": {"state": "skipped"}},
         }
@@ -566,9 +602,12 @@ def test_sync_run_yields_to_a_trigger_that_lands_between_its_steps(fengine: Engi
     fengine.save_machine(chain_of_effects(3))
     ex = fengine.start("chain", execution_id="c1")
     assert (ex.state, ex.status) == ("skipped", "finished")
-    assert ex.context == {"k0": 0}  # the effect's late result was not applied
-    kinds = [s.kind for s in fengine.history("c1")]
-    assert kinds == ["start", "invoke", "result", "invoke", "action", "discard"]
+    assert ex.context == {"k0": 0}  # the effect's late result was not applied...
+    steps = fengine.history("c1")
+    assert [s.kind for s in steps] == ["start", "invoke", "result", "invoke", "action", "discard", "discard"]
+    late = steps[-1]  # ...but it is recorded (issue 10 item 5), after the discard of its task
+    assert late.output == {"task": "effect", "effect": "work", "late": True, "output": 1}
+    assert "late result" in (late.error or "")
     assert len(calls) == 2
     assert fengine.metrics.snapshot()["tasks"].get("stale") == 1
 
@@ -585,7 +624,7 @@ def test_a_sync_caller_that_dies_mid_effect_leaves_its_task_to_a_worker(
         return input["i"]
 
     fengine.effects.register("work", work)
-    fengine.save_machine(chain_of_effects(3))
+    fengine.save_machine(chain_of_effects(3, retry={"max_attempts": 2}))  # the dead caller's attempt counts
     with pytest.raises(KeyboardInterrupt):
         fengine.start("chain", execution_id="c1")
     assert fengine.get("c1").state == "s1"  # the first result was committed

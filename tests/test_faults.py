@@ -24,7 +24,7 @@ import pytest
 from statem import Engine
 from statem.testing import run_until_idle
 
-from .apps.torture_app import MACHINE, charge
+from .apps.torture_app import MACHINE, POISON, charge
 from .conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -163,6 +163,88 @@ def test_crash_torture_two_workers_postgresql(db_url: str, tmp_path: Path) -> No
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_crash_torture_one_worker_sqlite(db_url: str, tmp_path: Path) -> None:
     torture(db_url, tmp_path, workers=1, n=40, seconds=60)
+
+
+# --------------------------------------------------------------------------- mixed fleet, poison
+
+BARE = [sys.executable, "-m", "statem.cli", "worker"]  # the built-in effects only
+
+
+def mixed_fleet_torture(db_url: str, tmp_path: Path, n: int, poisons: int, seconds: float) -> dict[str, int]:
+    """Issue 10: a rolling deploy's fleet (two workers with the app's effects, one
+    without) runs ``n`` torture executions and ``poisons`` executions whose effect kills
+    the worker running it (``os._exit``); dead workers are restarted. Every execution
+    must end finished or failed with its error recorded, none ``running``; the bare
+    worker never fails an execution for lacking an effect; the poison is attempted at
+    most its ``max_attempts`` (2) per execution."""
+    engine = Engine(db_url)
+    engine.save_machines([MACHINE, POISON])
+    calls, poisoned = tmp_path / "calls.txt", tmp_path / "poison.txt"
+    env = {**os.environ, "STATEM_DATABASE_URL": db_url, "FX_CALLS": str(calls), "FX_POISON": str(poisoned)}
+    opts = ["--poll", "0.1", "--lease", "1", "--concurrency", "4"]
+    fleet: list[tuple[list[str], subprocess.Popen[bytes] | None]] = [
+        ([*STATEM, *opts], None), ([*STATEM, *opts], None), ([*BARE, *opts], None),
+    ]  # fmt: skip
+    logs: list[Path] = []
+    deaths = 0
+
+    def keep_up() -> None:
+        nonlocal deaths
+        for i, (args, proc) in enumerate(fleet):
+            if proc is not None and proc.poll() is None:
+                continue
+            deaths += proc is not None
+            path = tmp_path / f"fleet-{i}-{len(logs)}.log"
+            logs.append(path)
+            with path.open("wb") as out:
+                fleet[i] = (
+                    args,
+                    subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT),
+                )
+
+    keep_up()
+    ids = []
+    try:
+        ids = drive(engine, n)
+        bad = [engine.start("poison", execution_id=f"p{i}").id for i in range(poisons)]
+        everything = ids + bad
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not all(engine.get(i).done for i in everything):
+            keep_up()
+            time.sleep(0.2)
+    finally:
+        for _args, proc in fleet:
+            if proc is not None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+    statuses = Counter(engine.get(i).status for i in everything)
+    assert statuses["running"] == statuses["waiting"] == 0, statuses
+    figures = check(engine, ids, reference(tmp_path, n), calls)  # the app's executions: as without faults
+    for eid in bad:
+        ex = engine.get(eid)
+        assert (ex.state, ex.status) == ("poisoned", "finished"), (eid, ex)
+        assert "the worker died (or lost its lease) running this effect" in ex.context["why"]["message"]
+    per_execution = Counter(key.split(":")[0] for key in poisoned.read_text().split())
+    # at most max_attempts calls each (an attempt claimed by a worker that died running
+    # another task of its batch counts too, so some may have been called less, or never)
+    assert set(per_execution) <= set(bad) and max(per_execution.values()) <= 2, per_execution
+    text = "".join(p.read_text(errors="replace") for p in logs)
+    assert "is registered in this process" not in text  # the bare worker never took an app effect
+    figures.update(poisoned=len(bad), poison_calls=sum(per_execution.values()), worker_deaths=deaths)
+    engine.close()
+    print(f"mixed fleet figures: {figures}")
+    assert deaths >= poisons  # each poison killed at least one worker
+    return figures
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_mixed_fleet_with_a_poison_effect_postgresql(db_url: str, tmp_path: Path) -> None:
+    mixed_fleet_torture(db_url, tmp_path, n=30, poisons=3, seconds=120)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_mixed_fleet_with_a_poison_effect_sqlite(db_url: str, tmp_path: Path) -> None:
+    mixed_fleet_torture(db_url, tmp_path, n=15, poisons=2, seconds=120)
 
 
 # --------------------------------------------------------------------------- trigger storms

@@ -170,8 +170,8 @@ def _check_data(e: Engine, eid: str) -> None:
     assert steps[-1].name == "add" and steps[-1].to_state == "cart"
     assert steps[-1].context is not None and steps[-1].context["order"]["line_items"] == ["A", "A"]
     # the repeated idempotency key still finds its step: the unique index came back
-    again = e.trigger(eid, "add", input={"sku": "B"}, idempotency_key="k1")
-    assert again.context["order"]["line_items"] == ["A", "A"]
+    again = e.trigger(eid, "add", input={"sku": "A", "qty": 2}, idempotency_key="k1")
+    assert again.context["order"]["line_items"] == ["A", "A"] and again.replayed
 
 
 def test_downgrade_base_removes_everything_and_upgrade_again_works(empty_url: str) -> None:

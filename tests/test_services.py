@@ -567,10 +567,11 @@ def test_a_database_error_before_the_call_uses_no_attempt(db_url: str) -> None:
             first.close()
         engine = Engine(db_url, env=env, clock=clock)  # a fresh process: nothing cached
         try:
+            (task,) = engine._executor.claim("w", 10, lease_seconds=30)  # the claim reads the services
             with engine.db.begin() as conn:
                 services_table.drop(conn)
             try:
-                assert engine.run_once() == 1  # claimed; the lookup fails; not applied
+                engine._executor.run(task)  # the lookup fails; not applied; the claim is given back
                 assert engine.get(ex.id).status == "running"
                 assert [s.kind for s in engine.history(ex.id)] == ["start", "invoke"]
             finally:

@@ -101,7 +101,8 @@ def test_two_workers_share_the_work(engine: Engine, workers: Workers) -> None:
 
 
 def test_sigkilled_worker_is_recovered_by_lease_expiry(engine: Engine, workers: Workers) -> None:
-    engine.save_machine(effect_machine("slow", input="{'sleep': 1.5}"))
+    # the killed worker's claim is an attempt: a second one re-runs the effect
+    engine.save_machine(effect_machine("slow", input="{'sleep': 1.5}", retry={"max_attempts": 2}))
     ids = [engine.start("fx").id for _ in range(4)]
     victim = workers.start("--concurrency", "4", "--lease", "2")
     deadline = time.monotonic() + 30

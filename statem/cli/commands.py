@@ -311,6 +311,8 @@ def stats(c: Ctx) -> None:
         oldest = db["oldest_overdue_seconds"]
         t.add_row("oldest overdue", f"{oldest:.3f}s" if oldest is not None else "-")
         t.add_row("history steps", str(db["steps"]))
+        for warning in db.get("warnings", []):
+            t.add_row("warning", plain(warning))
         return t
 
     c.emit(data, table)

@@ -1,7 +1,8 @@
 """The application the crash-torture test runs in worker subprocesses.
 
 `statem --app tests.apps.torture_app:make worker`: an order-like machine with actions, an
-always-chain, an effect that logs every call by idempotency key, and a short timer.
+always-chain, an effect that logs every call by idempotency key, and a short timer; and a
+poison machine whose effect kills the worker running it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ MACHINE: dict[str, Any] = {
             "always": [{"name": "charge", "invoke": {
                 "effect": "charge",
                 "input": "{'n': ctx['n'], 'items': len(ctx['items'])}",
+                # a SIGKILLed worker's claim counts as an attempt: leave room for many
+                "retry": {"max_attempts": 100, "initial_seconds": 0.05, "max_seconds": 0.2},
                 "success": {"state": "cooling", "context": {"charged": "output['amount']",
                                                             "trail": "ctx['trail'] + ['charged']"}},
             }}]
@@ -40,6 +43,34 @@ MACHINE: dict[str, Any] = {
         "done": {"end": True, "return": "{'n': ctx['n'], 'charged': ctx['charged']}"},
     },
 }  # fmt: skip
+
+
+#: A machine whose effect kills the worker running it (``os._exit``): it must end in
+#: ``poisoned`` after at most ``max_attempts`` dead workers, never stay ``running``.
+POISON: dict[str, Any] = {
+    "id": "poison",
+    "version": 1,
+    "start_at": "go",
+    "states": {
+        "go": {"always": [{"name": "swallow", "invoke": {
+            "effect": "poison",
+            "retry": {"max_attempts": 2, "initial_seconds": 0},
+            "success": {"state": "survived"},
+            "error": {"state": "poisoned", "context": {"why": "output"}},
+        }}]},
+        "survived": {"end": True},
+        "poisoned": {"end": True},
+    },
+}  # fmt: skip
+
+
+def poison(input: dict[str, Any], *, idempotency_key: str) -> Any:
+    """Kill this worker process on the spot (after noting the call in $FX_POISON)."""
+    calls = os.environ.get("FX_POISON")
+    if calls:
+        with Path(calls).open("a") as f:
+            f.write(f"{idempotency_key}\n")
+    os._exit(3)
 
 
 def charge(input: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
@@ -56,4 +87,5 @@ def make() -> Engine:
     """The Engine on STATEM_DATABASE_URL with the `charge` effect."""
     engine = Engine(os.environ["STATEM_DATABASE_URL"])
     engine.effects.register("charge", charge)
+    engine.effects.register("poison", poison)
     return engine
