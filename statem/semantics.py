@@ -578,5 +578,5 @@ def join(kind: str, elements: Sequence[ElementResult], tolerated_failures: int) 
     if kind == "map":
         message += f" ({tolerated_failures} tolerated)"
     if unended:
-        message += f"; {unended} not finished were discarded"
+        message += f"; {unended} not run to their end (discarded)"
     return False, {"type": "MapFailed", "message": message, "failed": failed, "results": results}

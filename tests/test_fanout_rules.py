@@ -133,7 +133,7 @@ def test_map_join_orders_results_and_marks_failed_elements_none() -> None:
         "results": ["a", None, None],
     }  # fmt: skip
     ok, out = join("map", [r(0, ok=False), r(1, ended=False, ok=False)], 0)
-    assert not ok and isinstance(out, dict) and "1 not finished were discarded" in out["message"]
+    assert not ok and isinstance(out, dict) and "1 not run to their end" in out["message"]
     assert join("map", [], 0) == (True, [])
 
 

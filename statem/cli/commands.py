@@ -190,9 +190,19 @@ def cancel(c: Ctx, execution_id: str, reason: str) -> None:
 @json_option
 @pass_ctx
 def show(c: Ctx, execution_id: str) -> None:
-    """Show an execution: state, status, context, output, error."""
-    ex = c.engine().get(execution_id)
-    c.emit(ex.to_json(), lambda: execution_table(ex))
+    """Show an execution: state, status, context, output, error, fan-out progress."""
+    engine = c.engine()
+    ex = engine.get(execution_id)
+    fans = {t.name or str(t.id): t.progress for t in engine.pending(execution_id) if t.progress}
+    data = ex.to_json() | ({"fanouts": fans} if fans else {})
+
+    def table() -> Table:
+        t = execution_table(ex)
+        for name, progress in fans.items():
+            t.add_row("fan-out", f"{name}: {progress}")
+        return t
+
+    c.emit(data, table)
 
 
 @cli.command()
