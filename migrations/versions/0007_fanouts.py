@@ -74,7 +74,9 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["execution_id"], ["statem_executions.id"], name="fk_statem_fanouts_execution_id_statem_executions"
+            ["execution_id"],
+            ["statem_executions.id"],
+            name="fk_statem_fanouts_execution_id_statem_executions",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_statem_fanouts"),
     )
