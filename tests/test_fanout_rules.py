@@ -182,3 +182,25 @@ def test_map_over_a_non_list_fails_the_step_with_the_path() -> None:
     cm = compile_machine(load_definition(machine({"map": "ctx['xs']", "effect": "e"})))
     with pytest.raises(ExpressionError, match="map must yield a list, not dict"):
         start(cm, "ex1", {"xs": {"a": 1}}, {}, NOW)
+
+
+def test_graph_draws_fanouts_as_a_fork_join_note() -> None:
+    from statem.graph import render
+
+    m = load_definition(
+        machine({"map": "ctx['xs']", "effect": "pick", "max_concurrency": 5, "tolerated_failures": "10%"})
+    )
+    mermaid = render(m)
+    assert "go --> done : each#58; map effect pick ✓" in mermaid
+    assert (
+        "note right of go : fork/join each#58; effect pick per item of ctx['xs'], 5 at once, 10#37; failures"
+        in mermaid
+    )
+    dot = render(m, "dot")
+    assert '"[fan-out 0]" [shape=note' in dot and '"[fan-out 0]" -> "go" [style=dashed' in dot
+    m = load_definition(machine({"all": {"dhl": {"effect": "q"}, "own": {"machine": ["kid", 2]}}}))
+    mermaid = render(m)
+    assert "each#58; all(dhl, own) ✓" in mermaid
+    assert "all of dhl = effect q#59; own = machine kid v2#59; fails on the first failed branch" in mermaid
+    plain = load_definition(machine({"effect": "pick"}))
+    assert "note" not in render(plain) and "fan-out" not in render(plain, "dot")
