@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from statem import Engine, WorkerSettings
@@ -397,3 +400,49 @@ def test_a_sync_all_with_a_sync_child(fengine: Engine) -> None:
     fengine.save_machine(all_machine(mode="sync"))
     ex = fengine.start("fan", {"xs": [2]})
     assert ex.state == "done" and ex.output == {"dhl": 1, "ups": 1, "own": 20}
+
+
+# --------------------------------------------------------------------------- property
+
+ELEMENTS = st.lists(st.tuples(st.integers(-50, 50), st.booleans()), max_size=10)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    elements=ELEMENTS,
+    limit=st.one_of(st.none(), st.integers(1, 4)),
+    tolerated=st.one_of(st.integers(0, 3), st.sampled_from(["0%", "25%", "50%", "100%"])),
+)
+def test_workers_and_inline_runs_join_the_same(
+    fengine: Engine, elements: list[tuple[int, bool]], limit: int | None, tolerated: int | str
+) -> None:
+    def work(input: dict[str, Any], *, idempotency_key: str) -> Any:
+        value, fails = input["x"]
+        if fails:
+            raise ValueError(f"element {input['i']} fails")
+        return value * 3
+
+    fengine.effects.register("work", work)
+    tag = uuid.uuid4().hex[:8]
+    invoke = {"max_concurrency": limit, "tolerated_failures": tolerated}
+    fengine.save_machine(fan_machine(f"w{tag}", **invoke))
+    fengine.save_machine(fan_machine(f"s{tag}", mode="sync", **invoke))
+    xs = [list(e) for e in elements]
+    by_workers = fengine.start(f"w{tag}", {"xs": xs})
+    run_until_idle(fengine)
+    by_workers = fengine.get(by_workers.id)
+    inline = fengine.start(f"s{tag}", {"xs": xs})
+    assert by_workers.state == inline.state
+    failing = {i for i, (_, fails) in enumerate(elements) if fails}
+    bound = tolerated if isinstance(tolerated, int) else len(elements) * int(tolerated[:-1]) // 100
+    if len(failing) <= bound:  # every element ran: the join is fully determined
+        assert by_workers.state == "done"
+        assert by_workers.output == inline.output == [None if f else v * 3 for v, f in elements]
+        return
+    # past the bound, which unstarted elements got to start first is up to scheduling in
+    # either mode; what each one did, and the branch, are not
+    assert by_workers.state == "bad"
+    for out in (by_workers.output, inline.output):
+        assert out["type"] == "MapFailed" and len(out["failed"]) > bound
+        assert {f["index"] for f in out["failed"]} <= failing
+        assert all(r is None or r == elements[i][0] * 3 for i, r in enumerate(out["results"]))
