@@ -446,3 +446,59 @@ def test_workers_and_inline_runs_join_the_same(
         assert out["type"] == "MapFailed" and len(out["failed"]) > bound
         assert {f["index"] for f in out["failed"]} <= failing
         assert all(r is None or r == elements[i][0] * 3 for i, r in enumerate(out["results"]))
+
+
+# --------------------------------------------------------------------------- scale
+
+SCALE_MACHINE: dict[str, Any] = {
+    "id": "wide",
+    "version": 1,
+    "start_at": "go",
+    "context": {"n": "input['n']"},
+    "states": {
+        "go": {"always": [{"name": "each", "invoke": {
+            "map": "list(range(ctx['n']))", "effect": "noop", "input": "{'i': index}", "max_concurrency": 50,
+            "success": {"state": "done", "context": {"count": "len(output)",
+                                                     "nones": "len([r for r in output if r is None])"}},
+        }}]},
+        "done": {"end": True, "return": "ctx['count']"},
+    },
+}  # fmt: skip
+
+
+def run_wide(engine: Engine, n: int) -> None:
+    """A map of ``n`` no-op elements, 50 at once: neither the execution row nor any
+    history row grows with ``n`` beyond the join's results; the fan-out rows are gone."""
+    import json
+
+    engine.effects.register("noop", lambda input, *, idempotency_key: None)
+    engine.save_machine(SCALE_MACHINE)
+    ex = engine.start("wide", {"n": n})
+    peak = 0
+    while run_until_idle(engine, max_tasks=500):
+        peak = max(peak, sum(1 for t in engine.pending(ex.id) if t.kind == "effect"))
+    assert peak <= 50
+    ex = engine.get(ex.id)
+    assert (ex.state, ex.output, ex.context) == ("done", n, {"n": n, "count": n, "nones": n})
+    with engine.db.connect() as conn:
+        row = conn.execute(text("SELECT * FROM statem_executions WHERE id = :e"), {"e": ex.id}).one()
+        size = sum(len(json.dumps(v)) for v in (row.context, row.input, row.output))
+        assert size < 200  # the execution row holds no per-element data
+        assert conn.execute(text("SELECT COUNT(*) FROM statem_elements")).scalar() == 0
+        assert conn.execute(text("SELECT COUNT(*) FROM statem_tasks")).scalar() == 0
+    history = engine.history(ex.id)
+    assert [s.kind for s in history] == ["start", "invoke", "result"]
+    for s in history:
+        payload = len(json.dumps(s.context)) + len(json.dumps(s.input))
+        assert payload < 200
+    assert len(json.dumps(history[1].output)) < 200  # the invoke: counts, not elements
+    assert history[2].output == [None] * n  # the join: the results, nothing more
+
+
+def test_a_map_of_1000_elements(fengine: Engine) -> None:
+    run_wide(fengine, 1000)
+
+
+@pytest.mark.slow
+def test_a_map_of_10000_elements(fengine: Engine) -> None:
+    run_wide(fengine, 10_000)
