@@ -427,7 +427,8 @@ def _result_step(
     step, or the end of the fan-out element ``invoked`` is. Returns what to do once the
     transaction committed."""
     if fanout.is_element(invoked):
-        started = fanout.element_ended(conn, invoked, ok, output, now, _claim_for(ex, run, row.id))
+        claim = _claim_for(ex, run, row.id)
+        started = fanout.element_ended(conn, invoked, ok, output, now, claim, finish=False)
         return lambda: _started(ex, run, started)
     env, payload = ex.rt.env, invoked.payload
     outcome, failure = ex._evaluate(
@@ -482,10 +483,8 @@ def element_result(ex: Executor, task: Row[Any], run: InlineRun | None, ok: bool
     now = ex.rt.clock()
     try:
         with ex._transaction(run) as conn:
-            steps.finish(conn, task)
-            started = fanout.element_ended(
-                conn, task, ok, output, now, _claim_for(ex, run, task.execution_id)
-            )
+            claim = _claim_for(ex, run, task.execution_id)
+            started = fanout.element_ended(conn, task, ok, output, now, claim, finish=True)
     except ClaimLost:
         _late(ex, task, run, ok)
         return

@@ -106,15 +106,22 @@ def element_ended(
     output: JSON,
     now: dt.datetime,
     claim: Claim | None,
+    *,
+    finish: bool,
 ) -> Started:
-    """Record the end of the element whose task is ``task`` (already finished or taken
-    by the caller, in this transaction) and arm what follows: the next elements, or the
-    join. ClaimLost if the fan-out is gone (joined or discarded) or the element had
-    already ended."""
+    """Record the end of the element whose task is ``task`` and arm what follows: the
+    next elements, or the join. ClaimLost if the fan-out is gone (joined or discarded),
+    the task's claim is no longer current, or the element had already ended.
+
+    Locks are taken fan-out row first, then tasks, as a discarding step and the join
+    take them: ``finish`` deletes the (claimed) task here, after the fan-out row is
+    locked; else the caller took it already, under the execution's lock."""
     payload = task.payload
     fanout_id, index = int(payload["fanout"]), int(payload["element"])
     fan = sf.lock_fanout(conn, fanout_id)
     if fan is None:
+        raise ClaimLost
+    if finish and not store.finish_task(conn, task.id, task.claim):
         raise ClaimLost
     result, error = (output, None) if ok else (None, output)
     if not sf.end_element(conn, fanout_id, index, ok, result, error):
@@ -139,6 +146,12 @@ def element_ended(
         conn, fanout_id, Counts(c.total, c.armed + more, c.running + more, c.done, c.failed), False, now
     )
     return _put(conn, task.execution_id, specs, now, claim)
+
+
+def discard_all(conn: Connection, execution_id: str) -> dict[int, Counts]:
+    """Delete every fan-out of an execution, before its tasks are (see
+    :func:`statem.store_fanout.delete_fanouts_of`); returns each one's progress."""
+    return {i: sf.counts(row) for i, row in sf.delete_fanouts_of(conn, execution_id).items()}
 
 
 def discard(conn: Connection, dropped: Sequence[Row[Any]]) -> dict[int, Counts]:

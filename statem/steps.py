@@ -141,10 +141,10 @@ def take_fanout(
     in index order, the failures it tolerates, and the tasks the join step discards
     (none, in a consistent database). ClaimLost if the join task is gone (discarded)."""
     fanout_id = int(task.payload["fanout"])
-    others = take_armed(conn, row, task)
-    fan = sf.lock_fanout(conn, fanout_id)
+    fan = sf.lock_fanout(conn, fanout_id)  # before the tasks, as an element's end locks them
     if fan is None:
         raise ClaimLost
+    others = take_armed(conn, row, task)
     kind, tolerated = str(fan.kind), int(fan.tolerated)
     ended = {
         r.idx: ElementResult(
@@ -318,9 +318,12 @@ def _commit(
     run: InlineRun | None,
 ) -> Armed:
     records = list(outcome.steps)
-    if dropped is None:
-        dropped = store.discard_tasks(conn, row.id) if row.armed else ()
-    progress = fanout.discard(conn, dropped)
+    progress: dict[int, Counts] = {}
+    if dropped is None and row.armed:
+        progress = fanout.discard_all(conn, row.id)  # fan-outs first: see discard_all
+        dropped = store.discard_tasks(conn, row.id)
+    dropped = dropped or ()
+    progress |= fanout.discard(conn, dropped)
     for task in dropped:
         if task.kind == TaskKind.child and task.child_id:
             _abandon(metrics, conn, task.child_id, f"parent {row.id!r} moved on", now)

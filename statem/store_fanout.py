@@ -162,6 +162,19 @@ def results(conn: Connection, fanout_id: int) -> Sequence[Row[Any]]:
     return conn.execute(_RESULTS, {"p_id": fanout_id}).all()
 
 
+def delete_fanouts_of(conn: Connection, execution_id: str) -> dict[int, Row[Any]]:
+    """Delete every fan-out of an execution with its elements; returns their counts rows.
+
+    A step that discards armed work runs this BEFORE deleting the tasks: an element's end
+    locks its fan-out row before it arms the next element's task, so once this statement
+    has the rows, no element task can appear that the task delete would not see."""
+    q = delete(fanouts).where(fanouts.c.execution_id == execution_id).returning(*fanouts.c)
+    gone = {r.id: r for r in conn.execute(q)}
+    if gone:
+        conn.execute(delete(elements).where(elements.c.fanout_id.in_(list(gone))))
+    return gone
+
+
 def delete_fanouts(conn: Connection, ids: Sequence[int]) -> dict[int, Row[Any]]:
     """Delete fan-outs with their elements (joined or discarded); returns their counts rows."""
     if not ids:

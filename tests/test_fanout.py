@@ -502,3 +502,40 @@ def test_a_map_of_1000_elements(fengine: Engine) -> None:
 @pytest.mark.slow
 def test_a_map_of_10000_elements(fengine: Engine) -> None:
     run_wide(fengine, 10_000)
+
+
+def test_a_trigger_racing_running_elements_leaves_no_orphan_work(db_url: str) -> None:
+    """Workers keep ending elements (each arming the next) while a trigger discards the
+    fan-out: afterwards no element task, fan-out row or element row is left, and no effect
+    is called any more."""
+    engine = Engine(db_url)
+    calls: list[int] = []
+
+    @engine.effect("work")
+    def work(input: dict[str, Any], *, idempotency_key: str) -> Any:
+        calls.append(input["i"])
+        time.sleep(0.01)
+        return 1
+
+    engine.save_machine(fan_machine(max_concurrency=6))
+    try:
+        with engine.worker(WorkerSettings(concurrency=6, poll_seconds=0.1)):
+            ex = engine.start("fan", {"xs": list(range(400))})
+            deadline = time.monotonic() + 30
+            while len(calls) < 30 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            engine.trigger(ex.id, "abandon")
+            time.sleep(1.0)  # results in flight land (dropped and recorded)
+            settled = len(calls)
+            time.sleep(0.5)
+            assert len(calls) == settled  # nothing armed behind the discard's back
+        ex = engine.get(ex.id)
+        assert (ex.state, ex.status) == ("left", "finished") and settled < 400
+        with engine.db.connect() as conn:
+            for table in ("statem_tasks", "statem_fanouts", "statem_elements"):
+                assert conn.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar() == 0, table
+        history = engine.history(ex.id)
+        assert [s.kind for s in history].count("discard") == 1
+        assert not [s for s in history if s.kind == "result"]
+    finally:
+        engine.close()
