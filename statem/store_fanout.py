@@ -52,16 +52,7 @@ _WRITE_COUNTS = (
         updated_at=bindparam("p_now", type_=fanouts.c.updated_at.type),
     )
 )
-_NEXT_INPUTS = (
-    select(elements.c.idx, elements.c.input)
-    .where(
-        elements.c.fanout_id == bindparam("p_id"),
-        elements.c.idx >= bindparam("p_from"),
-        elements.c.idx < bindparam("p_to"),
-    )
-    .order_by(elements.c.idx)
-)
-_MARK_RUNNING = (
+_START_ELEMENTS = (
     update(elements)
     .where(
         elements.c.fanout_id == bindparam("p_id"),
@@ -69,6 +60,7 @@ _MARK_RUNNING = (
         elements.c.idx < bindparam("p_to"),
     )
     .values(status="running")
+    .returning(elements.c.idx, elements.c.input)
 )
 _RESULTS = select(elements).where(elements.c.fanout_id == bindparam("p_id")).order_by(elements.c.idx)
 
@@ -150,11 +142,10 @@ def write_counts(conn: Connection, fanout_id: int, c: Counts, joining: bool, now
 
 
 def start_elements(conn: Connection, fanout_id: int, first: int, end: int) -> list[tuple[int, JSON]]:
-    """Mark elements ``first`` to ``end - 1`` running; returns their (index, input)."""
+    """Mark elements ``first`` to ``end - 1`` running (one statement); returns their
+    (index, input) in index order."""
     params = {"p_id": fanout_id, "p_from": first, "p_to": end}
-    found = [(int(r.idx), r.input) for r in conn.execute(_NEXT_INPUTS, params)]
-    conn.execute(_MARK_RUNNING, params)
-    return found
+    return sorted((int(r.idx), r.input) for r in conn.execute(_START_ELEMENTS, params))
 
 
 def results(conn: Connection, fanout_id: int) -> Sequence[Row[Any]]:
