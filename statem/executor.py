@@ -492,9 +492,10 @@ def element_result(ex: Executor, task: Row[Any], run: InlineRun | None, ok: bool
 
 
 def _late(ex: Executor, task: Row[Any], run: InlineRun | None, ok: bool) -> None:
-    """An element's result after its fan-out was discarded (by a later step or a
-    join past the failure bound): dropped, and recorded in the history. A task only
-    reclaimed by another worker (it still exists) is merely stale."""
+    """An element's result whose task is gone: its fan-out was discarded (by a later
+    step, or a join past the failure bound), or another worker took the task over and
+    finished it. Dropped, and recorded in the history. A task reclaimed by another worker
+    but not finished yet (it still exists) is merely stale."""
     now = ex.rt.clock()
     with ex._transaction(run) as conn:
         row = store.lock_execution(conn, task.execution_id)
@@ -509,7 +510,8 @@ def _late(ex: Executor, task: Row[Any], run: InlineRun | None, ok: bool) -> None
                 input=None,
                 output={"element": task.payload.get("element"), "ok": ok, "task": task.id},
                 context=None,
-                error="its fan-out was discarded before it ended; the result was dropped",
+                error="the element was no longer armed (its fan-out was discarded, or another "
+                "worker took it over after its lease lapsed); this result was dropped",
             )
             steps.append_history(conn, row, [record], now)
     ex._stale(task)

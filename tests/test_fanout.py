@@ -244,6 +244,47 @@ def test_progress_in_pending_work_the_admin_view_and_show(fengine: Engine) -> No
     assert fengine.get(ex.id).state == "done"
 
 
+def test_timeouts_apply_per_element(fengine: Engine) -> None:
+    def work(input: dict[str, Any], *, idempotency_key: str) -> Any:
+        time.sleep(2 if input["i"] == 1 else 0)
+        return input["i"]
+
+    fengine.effects.register("work", work)
+    fengine.save_machine(fan_machine(timeout_seconds=0.3, tolerated_failures=1))
+    ex = fengine.start("fan", {"xs": [0, 0, 0]})
+    run_until_idle(fengine)
+    ex = fengine.get(ex.id)
+    assert ex.state == "done" and ex.output == [0, None, 2]
+    fengine.save_machine(fan_machine("strict", timeout_seconds=0.3))
+    ex = fengine.start("strict", {"xs": [0, 0]})
+    run_until_idle(fengine)
+    ex = fengine.get(ex.id)
+    assert ex.state == "bad" and ex.output["failed"][0]["error"]["type"] == "EffectTimeout"
+
+
+def test_a_zombie_elements_result_commits_nothing(fengine: Engine, clock: FakeClock) -> None:
+    calls: list[str] = []
+
+    @fengine.effect("work")
+    def work(input: dict[str, Any], *, idempotency_key: str) -> Any:
+        calls.append(idempotency_key)
+        return input["x"]
+
+    fengine.save_machine(fan_machine(max_concurrency=1))
+    ex = fengine.start("fan", {"xs": [7, 8]})
+    [zombie] = fengine._executor.claim("zombie", 1, 30)  # element 0, then the zombie stalls
+    clock.advance(31)  # its lease lapses; a live worker takes element 0 over
+    run_until_idle(fengine)
+    ex = fengine.get(ex.id)
+    assert ex.state == "done" and ex.output == [7, 8]
+    fengine._executor.run(zombie)  # the zombie wakes up and calls again, under the same key
+    assert calls[0] == calls[-1] and len(set(calls)) == 2
+    ex = fengine.get(ex.id)
+    assert ex.output == [7, 8]
+    history = fengine.history(ex.id)
+    assert [s.kind for s in history] == ["start", "invoke", "result", "late"]  # dropped, recorded
+
+
 # --------------------------------------------------------------------------- discards
 
 
@@ -271,7 +312,7 @@ def test_a_trigger_discards_a_running_fanout_and_late_results_are_recorded(fengi
         fengine._executor.run(task)
     late = [s for s in fengine.history(ex.id) if s.kind == "late"]
     assert sorted(s.output["element"] for s in late) == [2, 3, 4]
-    assert all("discarded" in (s.error or "") for s in late)
+    assert all("fan-out was discarded" in (s.error or "") for s in late)
     ex = fengine.get(ex.id)
     assert (ex.state, ex.status) == ("left", "finished")
     assert run_until_idle(fengine) == 0 and sorted(calls) == [0, 1, 2, 3, 4]
