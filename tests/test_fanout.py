@@ -541,6 +541,7 @@ def test_a_map_of_1000_elements(fengine: Engine) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # one commit per element on the fan-out's row: minutes on a busy PostgreSQL
 def test_a_map_of_10000_elements(fengine: Engine) -> None:
     run_wide(fengine, 10_000)
 
