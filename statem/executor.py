@@ -36,8 +36,8 @@ from sqlalchemy.exc import DBAPIError
 
 from . import dialects, fanout, semantics, steps, store
 from .definition import CompiledMachine
-from .effects import call_effect
-from .errors import ConcurrencyError, StatemError
+from .effects import default_retry, error_output, jittered, retryable
+from .errors import ConcurrencyError, StatemError, StoreError
 from .expressions import JSON
 from .kinds import FINAL_STATUSES, TaskKind
 from .leases import LeaseRenewer
@@ -277,18 +277,20 @@ class Executor:
             cm = self.rt.compiled(*payload["pin"]) if "pin" in payload else self.rt.compiled(*self._pin(task))
             inv = semantics.transition_at(cm, payload["transition"]).invoke
             assert inv is not None
-            policy, timeout = inv.retry, inv.timeout_seconds
-            fn = self.rt.effects.get(payload["effect"])
+            fn = self.rt.effects.get(payload["effect"], task)  # or a saved service's operation
+            policy, timeout = inv.retry or default_retry(fn), inv.timeout_seconds
             kept = self.leases.holding(task) if run is not None else nullcontext()
             with kept, span("statem.effect", effect=payload["effect"], idempotency_key=key):
-                output: JSON = call_effect(fn, payload.get("input"), key, timeout)
+                output: JSON = self.rt.effects.call(fn, payload.get("input"), key, timeout)
             ok = True
+        except StoreError:  # the database, not the effect: no attempt used; the claim lapses
+            raise
         except Exception as exc:
-            output, ok = _error(exc), False
+            output, ok = error_output(exc), False
             attempts = policy.max_attempts if policy is not None else 1
-            if task.attempts < attempts:
+            if task.attempts < attempts and retryable(exc):
                 assert policy is not None
-                self._retry(task, run, policy.delay(task.attempts), output)
+                self._retry(task, run, jittered(policy.delay(task.attempts)), output)
                 return
         if fanout.is_element(task):
             element_result(self, task, run, ok, output)
@@ -308,7 +310,7 @@ class Executor:
             raise StatemError(f"execution {task.execution_id!r} is gone")
         return row.machine_id, row.machine_version
 
-    def _retry(self, task: Row[Any], run: InlineRun | None, delay: float, error: dict[str, str]) -> None:
+    def _retry(self, task: Row[Any], run: InlineRun | None, delay: float, error: dict[str, Any]) -> None:
         now = self.rt.clock()
         due = now + dt.timedelta(seconds=delay)
         if fanout.is_element(task):
@@ -458,7 +460,7 @@ def _claim_for(ex: Executor, run: InlineRun | None, execution_id: str) -> store.
 
 
 def _retry_element(
-    ex: Executor, task: Row[Any], run: InlineRun | None, due: dt.datetime, error: dict[str, str]
+    ex: Executor, task: Row[Any], run: InlineRun | None, due: dt.datetime, error: dict[str, Any]
 ) -> None:
     """An element's failed attempt: its task only goes back, due after its backoff (the
     history keeps the invoke and the join, not one step per element attempt)."""

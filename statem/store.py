@@ -34,7 +34,7 @@ from sqlalchemy.engine import result_tuple
 from . import dialects
 from .errors import ConcurrencyError
 from .kinds import Status, TaskKind, TaskStatus
-from .schema import executions, machines, steps, tasks
+from .schema import executions, machines, services, steps, tasks
 from .semantics import StepRecord, TaskSpec
 
 # --------------------------------------------------------------------------- machines
@@ -79,6 +79,52 @@ def insert_machine(
 def list_machines(conn: Connection) -> Sequence[Row[Any]]:
     """Every saved machine version, by id then version."""
     return conn.execute(select(machines).order_by(machines.c.machine_id, machines.c.version)).all()
+
+
+# --------------------------------------------------------------------------- services
+
+
+def get_service(conn: Connection, service_id: str, version: int) -> Row[Any] | None:
+    """The service row for (id, version)."""
+    return conn.execute(
+        select(services).where(services.c.service_id == service_id, services.c.version == version)
+    ).first()
+
+
+def latest_service_version(
+    conn: Connection, service_id: str, saved_by: dt.datetime | None = None
+) -> int | None:
+    """The highest saved version of a service (saved at or before ``saved_by``), or None."""
+    query = select(func.max(services.c.version)).where(services.c.service_id == service_id)
+    if saved_by is not None:
+        query = query.where(services.c.created_at <= saved_by)
+    version: int | None = conn.execute(query).scalar()
+    return version
+
+
+def insert_service(
+    conn: Connection,
+    service_id: str,
+    version: int,
+    definition: dict[str, Any],
+    content_hash: str,
+    now: dt.datetime,
+) -> None:
+    """Store a new service version."""
+    conn.execute(
+        insert(services).values(
+            service_id=service_id,
+            version=version,
+            definition=definition,
+            content_hash=content_hash,
+            created_at=now,
+        )
+    )
+
+
+def list_services(conn: Connection) -> Sequence[Row[Any]]:
+    """Every saved service version, by id then version."""
+    return conn.execute(select(services).order_by(services.c.service_id, services.c.version)).all()
 
 
 # --------------------------------------------------------------------------- executions
@@ -236,9 +282,22 @@ def list_executions(
     updated_before: dt.datetime | None = None,
     limit: int = 100,
     offset: int = 0,
+    after: tuple[dt.datetime, str] | None = None,
 ) -> Sequence[Row[Any]]:
-    """Executions matching every given filter, newest first."""
+    """Executions matching every given filter, newest first.
+
+    ``after`` is a keyset cursor, the ``(created_at, id)`` of the last row of the previous
+    page: the page goes on right after it in the same order, so executions added meanwhile
+    never shift a page (an offset would).
+    """
     q = select(executions)
+    if after is not None:
+        created, eid = after
+        # "<=" bounds an index scan on created_at; the OR only sorts out ties at the edge
+        q = q.where(
+            executions.c.created_at <= created,
+            or_(executions.c.created_at < created, executions.c.id > eid),
+        )
     for col, value in (
         (executions.c.machine_id, machine_id),
         (executions.c.status, status),
@@ -251,6 +310,30 @@ def list_executions(
         q = q.where(executions.c.updated_at < updated_before)
     q = q.order_by(executions.c.created_at.desc(), executions.c.id).limit(limit).offset(offset)
     return conn.execute(q).all()
+
+
+def ping(conn: Connection) -> None:
+    """One round trip: raises when the database does not answer."""
+    conn.execute(select(literal_column("1"))).scalar()
+
+
+def count_states(conn: Connection, machine_id: str, states: Sequence[str], cap: int) -> dict[str, int]:
+    """How many executions of the machine are in each of ``states``, each counted up to ``cap + 1``.
+
+    Bounded on purpose (a page view must not count a million rows): a count above ``cap``
+    means "more than cap".
+    """
+    counts: dict[str, int] = {}
+    for state in states:
+        some = (
+            select(literal_column("1"))
+            .select_from(executions)
+            .where(executions.c.machine_id == machine_id, executions.c.state == state)
+            .limit(cap + 1)
+            .subquery()
+        )
+        counts[state] = conn.execute(select(func.count()).select_from(some)).scalar_one()
+    return counts
 
 
 def live_children(conn: Connection, execution_id: str) -> list[str]:

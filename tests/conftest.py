@@ -28,6 +28,7 @@ TABLES = (
     "statem_steps",
     "statem_executions",
     "statem_machines",
+    "statem_services",
 )
 
 
