@@ -8,7 +8,7 @@ document, and the join reads the results back in index order. The pending-work v
 gains a ``progress`` column (``12/30 done, 1 failed, 5 running`` on a fan-out's task).
 
 Revision ID: 0007
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-02
 """
 
@@ -20,7 +20,7 @@ from alembic import op
 from statem.schema import BigID, UTCDateTime
 
 revision = "0007"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
