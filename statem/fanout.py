@@ -113,11 +113,14 @@ def element_ended(
     next elements, or the join. ClaimLost if the fan-out is gone (joined or discarded),
     the task's claim is no longer current, or the element had already ended.
 
-    Locks are taken fan-out row first, then tasks, as a discarding step and the join
-    take them: ``finish`` deletes the (claimed) task here, after the fan-out row is
-    locked; else the caller took it already, under the execution's lock."""
+    Locks are taken in the order of every step: the execution row, the fan-out row, then
+    tasks. With ``finish`` (an effect's result, no execution lock held) the execution row
+    is key-shared first and the (claimed) task deleted here after the fan-out row is
+    locked; else the caller holds the execution's lock and took the task already."""
     payload = task.payload
     fanout_id, index = int(payload["fanout"]), int(payload["element"])
+    if finish and not sf.share_execution(conn, task.execution_id):
+        raise ClaimLost
     fan = sf.lock_fanout(conn, fanout_id)
     if fan is None:
         raise ClaimLost

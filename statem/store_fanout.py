@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Row, bindparam, delete, insert, select, updat
 from . import dialects
 from .expressions import JSON
 from .kinds import TaskKind, TaskStatus
-from .schema import elements, fanouts, tasks
+from .schema import elements, executions, fanouts, tasks
 from .semantics import Counts, ElementSpec
 
 #: Element rows inserted per statement when a fan-out is armed (bounds a statement's size).
@@ -108,6 +108,26 @@ def insert_fanout(
                 for e in batch
             ],
         )  # fmt: skip
+
+
+_SHARE_EXECUTION = (
+    select(executions.c.id)
+    .where(executions.c.id == bindparam("p_id"))
+    .with_for_update(read=True, key_share=True)
+)
+
+
+def share_execution(conn: Connection, execution_id: str) -> bool:
+    """PostgreSQL: take ``FOR KEY SHARE`` on the execution row (False if it is gone).
+
+    An element's end inserts tasks, whose foreign key takes this lock anyway; taking it
+    first keeps the lock order of every step (execution, fan-out, tasks), so an element's
+    end waits for a step holding the execution (and vice versa) instead of deadlocking
+    with it. Element ends do not block each other: the lock is shared. SQLite: nothing
+    to do (its writers are serialized)."""
+    if dialects.is_sqlite(conn):
+        return True
+    return conn.execute(_SHARE_EXECUTION, {"p_id": execution_id}).first() is not None
 
 
 def lock_fanout(conn: Connection, fanout_id: int) -> Row[Any] | None:
