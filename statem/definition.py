@@ -135,8 +135,43 @@ class Branch(Model):
     context: ContextUpdate | None = None
 
 
+#: ``tolerated_failures`` as a percentage of the elements: ``"10%"``, ``"2.5%"``.
+PERCENT_PATTERN = r"^\d+(\.\d+)?%$"
+_PERCENT_RE = re.compile(PERCENT_PATTERN)
+
+
+class Leg(Model):
+    """One named branch of ``invoke.all``: a child machine or an effect, with its input."""
+
+    machine: tuple[str] | tuple[str, StrictInt | None] | str | None = Field(
+        default=None, validation_alias=AliasChoices("machine", "state_machine", "state-machine")
+    )
+    effect: str | None = None
+    input: str | None = None
+
+    @property
+    def child(self) -> tuple[str, int | None] | None:
+        """The child machine as ``(id, version or None for latest)``, or None for an effect."""
+        return _child(self.machine)
+
+
+def _child(machine: tuple[str] | tuple[str, int | None] | str | None) -> tuple[str, int | None] | None:
+    if machine is None:
+        return None
+    if isinstance(machine, str):
+        return (machine, None)
+    if len(machine) == 1:
+        return (machine[0], None)
+    return (machine[0], machine[1])
+
+
 class Invoke(Model):
-    """Run a child machine or a registered effect; its result picks a branch."""
+    """Run a child machine or a registered effect; its result picks a branch.
+
+    A fan-out runs one per element of the list ``map`` yields (``item`` and ``index``
+    bound in ``input``), at most ``max_concurrency`` at once, or one per named branch of
+    ``all``; the results are joined in one step (DESIGN.md section 10).
+    """
 
     machine: tuple[str] | tuple[str, StrictInt | None] | str | None = Field(
         default=None, validation_alias=AliasChoices("machine", "state_machine", "state-machine")
@@ -148,17 +183,31 @@ class Invoke(Model):
     if_: str | None = Field(default=None, alias="if", validation_alias="if")
     retry: Retry | None = None
     timeout_seconds: Annotated[float, Field(gt=0, le=MAX_DURATION_SECONDS, allow_inf_nan=False)] | None = None
+    map: str | None = None
+    all: dict[str, Leg] | None = None
+    max_concurrency: Annotated[StrictInt, Field(ge=1, le=2**31 - 1)] | None = None
+    tolerated_failures: StrictInt | str | None = None
+
+    @field_validator("tolerated_failures")
+    @classmethod
+    def _count_or_percent(cls, value: int | str | None) -> int | str | None:
+        bad = isinstance(value, int) and value < 0
+        bad |= isinstance(value, str) and (not _PERCENT_RE.match(value) or float(value[:-1]) > 100)
+        if bad:
+            raise ValueError(f"{value!r}: give a count (an int >= 0) or a percentage from '0%' to '100%'")
+        return value
 
     @property
     def child(self) -> tuple[str, int | None] | None:
         """The child machine as ``(id, version or None for latest)``, or None for an effect."""
-        if self.machine is None:
-            return None
-        if isinstance(self.machine, str):
-            return (self.machine, None)
-        if len(self.machine) == 1:
-            return (self.machine[0], None)
-        return (self.machine[0], self.machine[1])
+        return _child(self.machine)
+
+    @property
+    def fanout(self) -> str | None:
+        """``"map"`` or ``"all"`` for a fan-out, None for a single effect or child."""
+        if self.map is not None:
+            return "map"
+        return "all" if self.all is not None else None
 
 
 class Transition(Model):
@@ -224,7 +273,9 @@ class Machine(Model):
 
 
 #: Fields whose type is a union: pydantic tags their errors with the member's type name.
-_UNION_FIELDS = frozenset({"context", "machine", "state_machine", "state-machine"})
+_UNION_FIELDS = frozenset(
+    {"context", "machine", "state_machine", "state-machine", "tolerated_failures", "tolerated-failures"}
+)
 _TYPE_TAG = re.compile(r"^[a-z-]+\[.*\]$")  # 'dict[str,str]', 'function-after[...]': never a name
 
 
@@ -382,13 +433,31 @@ def _expressions(m: Machine) -> Iterator[tuple[str, str]]:
             yield f"{path}.wait_for.until", t.wait_for.until
         if t.invoke is not None:
             inv = t.invoke
+            if inv.map is not None:
+                yield f"{path}.invoke.map", inv.map
             if inv.input is not None:
                 yield f"{path}.invoke.input", inv.input
+            for leg_name, leg in (inv.all or {}).items():
+                if leg.input is not None:
+                    yield f"{path}.invoke.all.{leg_name}.input", leg.input
             if inv.if_ is not None:
                 yield f"{path}.invoke.if", inv.if_
             for bname, branch in (("success", inv.success), ("error", inv.error)):
                 if branch is not None:
                     yield from ctx(f"{path}.invoke.{bname}.context", branch.context)
+
+
+#: The names bound per element in the input of ``invoke.map``.
+MAP_BINDINGS = frozenset({"item", "index"})
+
+
+def _bound(m: Machine) -> dict[str, frozenset[str]]:
+    """Expression paths evaluated with extra names bound: the input of each ``invoke.map``."""
+    return {
+        f"{path}.invoke.input": MAP_BINDINGS
+        for _, path, t in m.transitions()
+        if t.invoke is not None and t.invoke.map is not None
+    }
 
 
 def _targets(m: Machine) -> Iterator[tuple[str, str, str]]:
@@ -441,12 +510,7 @@ def check_machine(m: Machine) -> list[tuple[str, str]]:
                 problems.append((f"{path}.wait_for", "until cannot be combined with a duration"))
         if inv is None:
             continue
-        if (inv.machine is None) == (inv.effect is None):
-            which = "both" if inv.machine is not None else "neither"
-            problems.append((f"{path}.invoke", f"give exactly one of machine or effect, not {which}"))
-        child = inv.child
-        if child is not None and child[1] is not None and child[1] < 1:
-            problems.append((f"{path}.invoke.machine", "machine version must be a positive integer"))
+        problems += _invoke_shape(f"{path}.invoke", inv)
         if t.state is not None or t.context is not None:
             problems.append((path, "a transition with invoke takes its state and context from success/error"))
         if t.wait_for is not None:
@@ -455,6 +519,10 @@ def check_machine(m: Machine) -> list[tuple[str, str]]:
             problems.append((f"{path}.invoke", "invoke needs a success (then) branch"))
         if inv.retry is not None and inv.machine is not None:
             problems.append((f"{path}.invoke.retry", "retry applies to effects, not child machines"))
+        if inv.retry is not None and inv.all and all(leg.effect is None for leg in inv.all.values()):
+            problems.append(
+                (f"{path}.invoke.retry", "retry applies to effects; every branch of all is a machine")
+            )
 
     for _, path, target in _targets(m):
         if target not in m.states:
@@ -466,11 +534,55 @@ def check_machine(m: Machine) -> list[tuple[str, str]]:
             if sname not in reached:
                 problems.append((f"states.{sname}", f"state is unreachable from start_at {m.start_at!r}"))
 
+    bound = _bound(m)
     for path, src in _expressions(m):
         try:
-            compile_expression(src, path)
+            compile_expression(src, path, bound.get(path, frozenset()))
         except ExpressionError as exc:
             problems.append((path, problem_text(src, exc.reason)))
+    return problems
+
+
+def _invoke_shape(path: str, inv: Invoke) -> list[tuple[str, str]]:
+    """Exactly one of ``map`` + (``machine`` | ``effect``), ``all``, ``machine``, ``effect``;
+    the fan-out options only with a fan-out."""
+    problems: list[tuple[str, str]] = []
+    if inv.all is not None:
+        given = [k for k in ("machine", "effect", "map", "input") if getattr(inv, k) is not None]
+        if given:
+            problems.append(
+                (path, f"all takes its machines/effects and inputs per branch; drop {', '.join(given)}")
+            )
+        if not inv.all:
+            problems.append((f"{path}.all", "all needs at least one named branch"))
+        for name, leg in inv.all.items():
+            where = f"{path}.all.{name}"
+            if not _NAME_RE.match(name) or len(name) > MAX_NAME_LENGTH:
+                problems.append((where, f"a branch name must match {NAME_PATTERN}"))
+            problems += _one_target(where, leg.machine, leg.effect, leg.child)
+        for option in ("max_concurrency", "tolerated_failures"):
+            if getattr(inv, option) is not None:
+                problems.append(
+                    (f"{path}.{option}", f"{option} applies to map; all fails on the first failed branch")
+                )
+        return problems
+    problems += _one_target(path, inv.machine, inv.effect, inv.child)
+    if inv.map is None:
+        for option in ("max_concurrency", "tolerated_failures"):
+            if getattr(inv, option) is not None:
+                problems.append((f"{path}.{option}", f"{option} applies to a fan-out (map)"))
+    return problems
+
+
+def _one_target(
+    path: str, machine: object, effect: str | None, child: tuple[str, int | None] | None
+) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if (machine is None) == (effect is None):
+        which = "both" if machine is not None else "neither"
+        problems.append((path, f"give exactly one of machine or effect, not {which}"))
+    if child is not None and child[1] is not None and child[1] < 1:
+        problems.append((f"{path}.machine", "machine version must be a positive integer"))
     return problems
 
 
@@ -515,12 +627,13 @@ class CompiledMachine:
         return self.machine.states[name]
 
     def effects(self) -> set[str]:
-        """Names of every effect the machine invokes."""
-        return {
-            t.invoke.effect
-            for _, _, t in self.machine.transitions()
-            if t.invoke is not None and t.invoke.effect is not None
-        }
+        """Names of every effect the machine invokes (``all`` branches included)."""
+        names: set[str] = set()
+        for _, _, t in self.machine.transitions():
+            if t.invoke is not None:
+                legs: list[Invoke | Leg] = [t.invoke, *(t.invoke.all or {}).values()]
+                names.update(leg.effect for leg in legs if leg.effect is not None)
+        return names
 
 
 def compile_machine(machine: Machine, *, isolate: bool = False) -> CompiledMachine:
@@ -529,8 +642,10 @@ def compile_machine(machine: Machine, *, isolate: bool = False) -> CompiledMachi
     With ``isolate``, the expressions evaluate in a child process with CPU and memory
     limits (:mod:`statem.isolation`), for definitions from untrusted authors.
     """
+    bound = _bound(machine)
     exprs: dict[str, Expression] = {
-        path: compile_expression(src, path) for path, src in _expressions(machine)
+        path: compile_expression(src, path, bound.get(path, frozenset()))
+        for path, src in _expressions(machine)
     }
     if isolate:
         exprs = {path: IsolatedExpression.of(e) for path, e in exprs.items()}
@@ -545,7 +660,7 @@ def json_schema() -> dict[str, Any]:
     against ``machine.schema.json`` agree with :func:`load_definition`.
     """
     schema = Machine.model_json_schema(by_alias=True, mode="validation")
-    for cls in (Machine, State, Transition, Invoke, Branch, Retry, WaitFor):
+    for cls in (Machine, State, Transition, Invoke, Leg, Branch, Retry, WaitFor):
         node = schema if cls is Machine else schema["$defs"][cls.__name__]
         props = node["properties"]
         for field in cls.model_fields.values():

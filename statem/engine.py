@@ -21,14 +21,14 @@ from typing import Any
 from sqlalchemy import Row
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
 
-from . import dialects, migrate, retention, semantics, steps, store
+from . import dialects, migrate, retention, semantics, steps, store, store_fanout
 from .contracts import check_invokes
 from .definition import CompiledMachine, Machine, compile_machine, load_definition
 from .effects import Effect, ShapeSpec
 from .errors import DefinitionError, ExecutionNotFound, InputError, StatemError, StoreError
 from .executor import Executor
 from .expressions import JSON, check_json
-from .kinds import FINAL_STATUSES, Status
+from .kinds import FINAL_STATUSES, Status, TaskKind
 from .limits import check_execution_id, check_idempotency_key, check_text, check_value
 from .records import Execution, MachineInfo, Step, Task
 from .replays import replayed_start, same_trigger
@@ -325,7 +325,11 @@ class Engine:
             if store.get_execution(conn, execution_id) is None:
                 raise ExecutionNotFound(execution_id)
             rows = store.pending_tasks(conn, execution_id)
-        return [Task.from_row(r) for r in rows]
+            fans = store_fanout.get_fanouts(conn, (r.id for r in rows if r.kind == TaskKind.fanout))
+        return [
+            Task.from_row(r, store_fanout.counts(fans[r.id]).describe() if r.id in fans else None)
+            for r in rows
+        ]
 
     def allowed_actions(self, execution_id: str) -> list[str]:
         """The actions ``trigger`` accepts now (their guards aside); none once it is final."""

@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import Connection, Row
 from sqlalchemy.exc import DBAPIError
 
-from . import dialects, semantics, steps, store
+from . import dialects, fanout, semantics, steps, store
 from .definition import CompiledMachine
 from .dialects import is_outage
 from .effects import default_retry, error_output, jittered, retryable
@@ -242,6 +242,8 @@ class Executor:
             self._child(task, run)
         elif task.kind == TaskKind.resume:
             self._resume(task, run)
+        elif task.kind == TaskKind.joining:
+            join(self, task, run)
         else:
             log.error("task %s has unknown kind %r; left alone", task.id, task.kind)
 
@@ -382,6 +384,9 @@ class Executor:
                 assert policy is not None
                 _retry(self, task, run, jittered(policy.delay(task.attempts)), output)
                 return
+        if fanout.is_element(task):
+            element_result(self, task, run, ok, output)
+            return
         env = self.rt.env
         self._step(
             task,
@@ -407,6 +412,7 @@ class Executor:
         now = self.rt.clock()
         env = self.rt.env
         child_id = child_execution_id(task.execution_id, task.id)
+        after: Callable[[], None] | None = None
         with self._transaction(run) as conn:
             parent = store.lock_execution(conn, task.execution_id)
             if parent is None or parent.status in FINAL_STATUSES:
@@ -418,25 +424,15 @@ class Executor:
                 outcome = semantics.start(child_cm, child_id, payload.get("input"), env, now)
                 check_outcome(outcome, now)
             except StatemError as exc:
-                error = _error(exc)
                 if not store.finish_task(conn, task.id, task.claim):
                     return
-                outcome, failure = self._evaluate(
-                    conn,
-                    parent,
-                    "result",
-                    payload.get("name"),
-                    lambda cm, s, t: semantics.apply_result(cm, s, payload, False, error, env, t),
-                    now,
-                )
-                armed = steps.commit_locked(self.rt.metrics, conn, parent, outcome, now, run=run)
-                child_run = None
+                after = _result_step(self, conn, run, task, parent, task, False, _error(exc), now)
             else:
                 if not store.hold_task(conn, task.id, task.claim, child_id):
                     return
                 # a sync child runs in the caller: in this thread's run if it follows the
                 # parent, else in a run of its own (a worker took the parent's child task)
-                failure, child_run = None, None
+                child_run = None
                 if child_cm.machine.execution_mode == "sync":
                     child_run = run or self.new_run(child_id)
                     child_run.family.add(child_id)
@@ -444,9 +440,8 @@ class Executor:
                     self.rt.metrics, conn, child_cm, child_id, payload.get("input"), now, outcome,
                     parent=(parent.id, task.id), run=child_run,
                 )  # fmt: skip
-        if armed.row.id == parent.id:  # the child did not start: the parent took its error branch
-            _report(self.rt.metrics, task, parent, "result", outcome, failure)
-            self._committed(run, parent.id, armed)
+        if after is not None:  # the child did not start: its error is the parent's result
+            after()
             return
         log.info(
             "execution %s started child %s (%s v%s)",
@@ -463,10 +458,9 @@ class Executor:
 
     def _resume(self, task: Row[Any], run: InlineRun | None) -> None:
         """A child's result: consume our claim, take the parent's waiting child task,
-        apply the result as the parent's step."""
+        apply the result as the parent's step (or as its fan-out element's end)."""
         payload = task.payload
         now = self.rt.clock()
-        env = self.rt.env
         with self._transaction(run) as conn:
             row = store.lock_execution(conn, task.execution_id)
             if row is None or not store.finish_task(conn, task.id, task.claim):
@@ -476,18 +470,149 @@ class Executor:
             if waiting is None or row.status in FINAL_STATUSES:
                 log.info("child result for %s arrived stale; dropped", task.execution_id)
                 return
-            ok, output = bool(payload["ok"]), payload.get("output")
-            outcome, failure = self._evaluate(
+            after = _result_step(
+                self, conn, run, task, row, waiting, bool(payload["ok"]), payload.get("output"), now
+            )
+        after()
+
+
+def _result_step(
+    ex: Executor,
+    conn: Connection,
+    run: InlineRun | None,
+    task: Row[Any],
+    row: Row[Any],
+    invoked: Row[Any],
+    ok: bool,
+    output: JSON,
+    now: dt.datetime,
+) -> Callable[[], None]:
+    """Apply a child's result (or its failed start) on the locked ``row``: the parent's
+    step, or the end of the fan-out element ``invoked`` is. Returns what to do once the
+    transaction committed."""
+    if fanout.is_element(invoked):
+        claim = _claim_for(ex, run, row.id)
+        started = fanout.element_ended(conn, invoked, ok, output, now, claim, finish=False)
+        return lambda: _started(ex, run, started)
+    env, payload = ex.rt.env, invoked.payload
+    outcome, failure = ex._evaluate(
+        conn,
+        row,
+        "result",
+        payload.get("name"),
+        lambda cm, s, t: semantics.apply_result(cm, s, payload, ok, output, env, t),
+        now,
+    )
+    armed = steps.commit_locked(ex.rt.metrics, conn, row, outcome, now, run=run)
+
+    def after() -> None:
+        _report(ex.rt.metrics, task, row, "result", outcome, failure)
+        ex._committed(run, row.id, armed)
+
+    return after
+
+
+# --------------------------------------------------------------------------- fan-out
+# The executor's fan-out steps, as functions of the executor (its class stays small).
+def _claim_for(ex: Executor, run: InlineRun | None, execution_id: str) -> store.Claim | None:
+    """The claim an inline run takes ``execution_id``'s tasks under, if it follows it."""
+    if run is None or not run.covers(execution_id):
+        return None
+    return run.claim(ex.rt.clock())
+
+
+def _retry_element(
+    ex: Executor, task: Row[Any], run: InlineRun | None, due: dt.datetime, error: dict[str, Any]
+) -> None:
+    """An element's failed attempt: its task only goes back, due after its backoff (the
+    history keeps the invoke and the join, not one step per element attempt)."""
+    with ex._transaction(run) as conn:
+        retried = store.retry_task(conn, task.id, task.claim, due, error["message"])
+    if retried:
+        ex.rt.metrics.task("retry")
+        ex.rt.wake()
+
+
+def _started(ex: Executor, run: InlineRun | None, started: fanout.Started) -> None:
+    """Hand what an element's end armed to the inline run; wake workers if needed."""
+    if run is not None:
+        run.queue.extend(started.ready)
+    if started.for_workers:
+        ex.rt.wake()
+
+
+def element_result(ex: Executor, task: Row[Any], run: InlineRun | None, ok: bool, output: JSON) -> None:
+    """An element's effect result: one transaction on the element's rows, not the
+    execution's; a result whose fan-out was discarded is dropped and recorded."""
+    now = ex.rt.clock()
+    try:
+        with ex._transaction(run) as conn:
+            claim = _claim_for(ex, run, task.execution_id)
+            started = fanout.element_ended(conn, task, ok, output, now, claim, finish=True)
+    except ClaimLost:
+        _late(ex, task, run, ok)
+        return
+    _started(ex, run, started)
+
+
+def _late(ex: Executor, task: Row[Any], run: InlineRun | None, ok: bool) -> None:
+    """An element's result whose task is gone: its fan-out was discarded (by a later
+    step, or a join past the failure bound), or another worker took the task over and
+    finished it. Dropped, and recorded in the history. A task reclaimed by another worker
+    but not finished yet (it still exists) is merely stale."""
+    now = ex.rt.clock()
+    with ex._transaction(run) as conn:
+        row = store.lock_execution(conn, task.execution_id)
+        if row is not None and store.get_task(conn, task.id) is None:
+            if run is not None:
+                run.forget(task.execution_id)
+            record = StepRecord(
+                "late",
+                task.payload.get("name"),
+                row.state,
+                row.state,
+                input=None,
+                output={"element": task.payload.get("element"), "ok": ok, "task": task.id},
+                context=None,
+                error="the element was no longer armed (its fan-out was discarded, or another "
+                "worker took it over after its lease lapsed); this result was dropped",
+            )
+            steps.append_history(conn, row, [record], now)
+    ex._stale(task)
+
+
+def join(ex: Executor, task: Row[Any], run: InlineRun | None) -> None:
+    """A fan-out's join: one step under the execution's lock, with the results read
+    from the element rows in index order; stale if a later step discarded it."""
+    if run is not None:
+        run.forget(task.execution_id)
+    payload = task.payload
+    now = ex.rt.clock()
+    env = ex.rt.env
+    try:
+        with ex._transaction(run) as conn:
+            row = store.lock_execution(conn, task.execution_id)
+            if row is None:
+                raise ClaimLost
+            if row.status in FINAL_STATUSES:
+                steps.finish(conn, task)
+                return
+            kind, results, tolerated, dropped = steps.take_fanout(ex.rt.metrics, conn, row, task, now)
+            ok, output = semantics.join(kind, results, tolerated)
+            outcome, failure = ex._evaluate(
                 conn,
                 row,
                 "result",
-                waiting.payload.get("name"),
-                lambda cm, s, t: semantics.apply_result(cm, s, waiting.payload, ok, output, env, t),
+                payload.get("name"),
+                lambda cm, s, t: semantics.apply_result(cm, s, payload, ok, output, env, t),
                 now,
             )
-            armed = steps.commit_locked(self.rt.metrics, conn, row, outcome, now, run=run)
-        _report(self.rt.metrics, task, row, "result", outcome, failure)
-        self._committed(run, task.execution_id, armed)
+            armed = steps.commit_locked(ex.rt.metrics, conn, row, outcome, now, dropped=dropped, run=run)
+    except ClaimLost:
+        ex._stale(task)
+        return
+    _report(ex.rt.metrics, task, row, "result", outcome, failure)
+    ex._committed(run, task.execution_id, armed)
 
 
 def timer_rule(rt: Runtime, task: Row[Any]) -> Rule:
@@ -545,10 +670,13 @@ def run_timers(ex: Executor, tasks: Sequence[Row[Any]]) -> None:
 
 
 def _retry(ex: Executor, task: Row[Any], run: InlineRun | None, delay: float, error: dict[str, Any]) -> None:
-    if run is not None:
-        run.forget(task.execution_id)  # the retry step writes the row
     now = ex.rt.clock()
     due = now + dt.timedelta(seconds=delay)
+    if fanout.is_element(task):
+        _retry_element(ex, task, run, due, error)
+        return
+    if run is not None:
+        run.forget(task.execution_id)  # the retry step writes the row
     with ex._transaction(run) as conn:
         row = store.lock_execution(conn, task.execution_id)
         if row is None or not store.retry_task(conn, task.id, task.claim, due, error["message"]):

@@ -95,8 +95,9 @@ def _is_text(node: ast.expr) -> bool:
     return False
 
 
-def _check_tree(tree: ast.AST, source: str, path: str) -> None:
-    """Reject every construct outside the whitelist, with a message naming it."""
+def _check_tree(tree: ast.AST, source: str, path: str, bound: frozenset[str] = frozenset()) -> None:
+    """Reject every construct outside the whitelist, with a message naming it; ``bound``
+    names are bound besides the usual ones (``item`` and ``index`` in a map's input)."""
 
     def reject(msg: str) -> None:
         raise ExpressionError(msg, expression=source, path=path)
@@ -119,7 +120,7 @@ def _check_tree(tree: ast.AST, source: str, path: str) -> None:
         if isinstance(node, ast.Name):
             if node.id.startswith("_"):
                 reject(f"name {node.id!r} is not allowed (names may not start with '_')")
-            if node.id not in _KNOWN and node.id not in local:
+            if node.id not in _KNOWN and node.id not in local and node.id not in bound:
                 reject(f"name {node.id!r} is not defined")
         elif isinstance(node, ast.Attribute):
             if node.attr.startswith("_") or node.attr not in METHODS:
@@ -197,8 +198,11 @@ class Expression:
         return ExpressionError(message, expression=self.source, path=self.path)
 
 
-def compile_expression(source: str, path: str = "") -> Expression:
-    """Parse and check an expression; raises ExpressionError naming the path and the problem."""
+def compile_expression(source: str, path: str = "", bound: frozenset[str] = frozenset()) -> Expression:
+    """Parse and check an expression; raises ExpressionError naming the path and the problem.
+
+    ``bound``: names bound besides the usual ones where this expression is evaluated
+    (``item`` and ``index`` in the input of ``invoke.map``)."""
     if not isinstance(source, str):
         raise ExpressionError(f"an expression must be a string, not {type(source).__name__}", path=path)
     if len(source) > LIMITS.source_chars:
@@ -216,7 +220,7 @@ def compile_expression(source: str, path: str = "") -> Expression:
         ) from None
     if _depth(tree) > LIMITS.depth:
         raise ExpressionError(f"expression nests deeper than {LIMITS.depth}", expression=source, path=path)
-    _check_tree(tree, source, path)
+    _check_tree(tree, source, path, bound)
     return Expression(source, path, tree)
 
 

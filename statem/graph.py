@@ -20,7 +20,7 @@ from typing import Literal
 from .definition import Invoke, Machine, Transition, WaitFor
 from .records import Step
 
-__all__ = ["Edge", "Format", "edges", "render", "to_dot", "to_mermaid"]
+__all__ = ["Edge", "Format", "edges", "fanout_notes", "render", "to_dot", "to_mermaid"]
 
 Format = Literal["mermaid", "dot"]
 #: Step kinds that move an execution along an edge of the diagram.
@@ -73,11 +73,41 @@ def _timer(w: WaitFor) -> str:
     return "after " + (" ".join(parts) or "0s")
 
 
-def _invoked(inv: Invoke) -> str:
-    child = inv.child
+def _target(effect: str | None, child: tuple[str, int | None] | None) -> str:
     if child is None:
-        return f"effect {inv.effect}"
+        return f"effect {effect}"
     return f"machine {child[0]}" + (f" v{child[1]}" if child[1] is not None else "")
+
+
+def _invoked(inv: Invoke) -> str:
+    if inv.all is not None:
+        return "all(" + ", ".join(inv.all) + ")"
+    if inv.map is not None:
+        return f"map {_target(inv.effect, inv.child)}"
+    return _target(inv.effect, inv.child)
+
+
+def fanout_notes(machine: Machine) -> list[tuple[str, str]]:
+    """A note per fan-out, as ``(state, text)``: what runs per element or branch, how
+    many at once, how many failures are tolerated. Drawn beside the state."""
+    notes: list[tuple[str, str]] = []
+    for sname, st in machine.states.items():
+        for aname, t in [*((None, t) for t in st.always), *st.actions.items()]:
+            inv = t.invoke
+            if inv is None or inv.fanout is None:
+                continue
+            name = t.name or aname or "always"
+            if inv.all is not None:
+                legs = "; ".join(f"{b} = {_target(leg.effect, leg.child)}" for b, leg in inv.all.items())
+                notes.append((sname, f"fork/join {name}: all of {legs}; fails on the first failed branch"))
+                continue
+            at_once = f"{inv.max_concurrency} at once" if inv.max_concurrency else "all at once"
+            tolerated = inv.tolerated_failures or 0
+            notes.append(
+                (sname, f"fork/join {name}: {_target(inv.effect, inv.child)} per item of "
+                 f"{shorten(inv.map or '')}, {at_once}, {tolerated} failures tolerated")
+            )  # fmt: skip
+    return notes
 
 
 def _transition_edges(state: str, action: str | None, t: Transition) -> Iterable[Edge]:
@@ -151,6 +181,9 @@ def to_mermaid(machine: Machine, path: Sequence[Step] | None = None, current: st
     for e in edges(machine, path):
         lines.append(f"    {ids[e.src]} --> {ids[e.dst]} : {_mermaid_text(e.shown())}")
     lines += [f"    {ids[name]} --> [*]" for name, st in machine.states.items() if st.end]
+    lines += [
+        f"    note right of {ids[state]} : {_mermaid_text(note)}" for state, note in fanout_notes(machine)
+    ]
     visited = _visited(machine, path, current)
     if visited or current in ids:
         lines += [f"    classDef visited {VISITED_STYLE}", f"    classDef current {CURRENT_STYLE}"]
@@ -197,6 +230,11 @@ def to_dot(machine: Machine, path: Sequence[Step] | None = None, current: str | 
     for e in edges(machine, path):
         attrs = {"label": _q(e.shown())} | (taken if e.seqs else {})
         lines.append(f"    {_q(e.src)} -> {_q(e.dst)}{_attrs(attrs)};")
+    for i, (state, note) in enumerate(fanout_notes(machine)):
+        lines.append(
+            f'    {_q(f"[fan-out {i}]")} [shape=note, style=filled, fillcolor="#fff3bf", label={_q(note)}];'
+        )
+        lines.append(f"    {_q(f'[fan-out {i}]')} -> {_q(state)} [style=dashed, arrowhead=none];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

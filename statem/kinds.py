@@ -30,10 +30,12 @@ class TaskKind(StrEnum):
     effect = "effect"  #: a call of a registered effect
     child = "child"  #: the start of a child execution
     resume = "resume"  #: a finished child's result, handed to its parent
+    fanout = "fanout"  #: a map/all fan-out waiting for its elements (never claimed)
+    joining = "join"  #: a fan-out whose elements ended: its join step, ready to run
 
 
 #: The task kinds ``execution_mode: sync`` runs in the caller (timers always go to workers).
-INLINE_KINDS: frozenset[str] = frozenset({TaskKind.effect, TaskKind.child, TaskKind.resume})
+INLINE_KINDS: frozenset[str] = frozenset({TaskKind.effect, TaskKind.child, TaskKind.resume, TaskKind.joining})
 
 
 class TaskStatus(StrEnum):

@@ -132,10 +132,12 @@ class Task:
     lease_expires_at: dt.datetime | None
     last_error: str | None
     created_at: dt.datetime
+    #: a fan-out's progress (``12/30 done, 1 failed, 5 running``) on its ``fanout`` task
+    progress: str | None = None
 
     @classmethod
-    def from_row(cls, row: Row[Any]) -> Task:
-        """Build from a ``statem_tasks`` row."""
+    def from_row(cls, row: Row[Any], progress: str | None = None) -> Task:
+        """Build from a ``statem_tasks`` row (and a fan-out's progress)."""
         m = row._mapping
         payload = m["payload"] or {}
         return cls(
@@ -152,6 +154,7 @@ class Task:
             lease_expires_at=m["lease_expires_at"],
             last_error=m["last_error"],
             created_at=m["created_at"],
+            progress=progress,
         )
 
     def to_json(self) -> dict[str, Any]:

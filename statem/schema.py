@@ -9,6 +9,11 @@ Tables (all prefixed ``statem_`` so they can live beside an application's own):
   with due time, attempts and the owner/lease of the worker running it. A task row is
   deleted when its result is applied or when a later step discards it.
 * ``statem_services``   one row per (service_id, version) of an HTTP service, the definition as JSON.
+* ``statem_fanouts``    one row per running ``map``/``all`` fan-out (its id is its
+  ``fanout`` task's): the element counts and the template of its element tasks.
+* ``statem_elements``   one row per element of a fan-out: status, input, result. The
+  join reads the results from here in index order; both are deleted by the join or by
+  the step that discards the fan-out.
 
 All timestamps are UTC.
 """
@@ -184,4 +189,38 @@ tasks = Table(
     Index(None, "due_at"),  # the pending work, soonest first (migration 0005)
     # an id is half of an effect's idempotency key: SQLite must never hand one out again
     sqlite_autoincrement=True,
+)
+
+fanouts = Table(
+    "statem_fanouts",
+    metadata,
+    Column("id", BigID, primary_key=True, autoincrement=False, comment="the id of its fanout task"),
+    Column("execution_id", ID, nullable=False),
+    Column("kind", String(8), nullable=False, comment="map | all"),
+    Column("total", Integer, nullable=False),
+    Column("armed", Integer, nullable=False, comment="elements started so far (index order)"),
+    Column("running", Integer, nullable=False),
+    Column("done", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    Column("max_concurrency", Integer, nullable=True),
+    Column("tolerated", Integer, nullable=False, comment="failed elements tolerated"),
+    Column("joining", Boolean, nullable=False, comment="its join task is armed"),
+    Column("spec", JSON, nullable=False, comment="the element task payload, less input and index"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    ForeignKeyConstraint(["execution_id"], ["statem_executions.id"]),
+    Index(None, "execution_id"),
+)
+
+elements = Table(
+    "statem_elements",
+    metadata,
+    Column("fanout_id", BigID, nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("branch", String(200), nullable=True, comment="the branch name of an all"),
+    Column("status", String(16), nullable=False, comment="pending | running | done | failed"),
+    Column("input", JSON, nullable=True),
+    Column("output", JSON, nullable=True),
+    Column("error", JSON, nullable=True, comment="{type, message} of a failed element"),
+    PrimaryKeyConstraint("fanout_id", "idx"),
 )

@@ -21,11 +21,12 @@ Rules (DESIGN.md section 1):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
-from .definition import Branch, CompiledMachine, ContextUpdate, Transition
+from .definition import Branch, CompiledMachine, ContextUpdate, Invoke, Transition
 from .errors import ActionNotAllowed, ExpressionError, LoopError
 from .expressions import JSON, check_json
 from .kinds import FINAL_STATUSES, INLINE_KINDS, Status, TaskKind
@@ -69,6 +70,18 @@ class TaskSpec:
     payload: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ElementSpec:
+    """One element of a fan-out armed by a step: its index (and branch name for ``all``),
+    its input, and what runs it (an effect name, or a child machine ``[id, version]``)."""
+
+    index: int
+    branch: str | None
+    input: JSON
+    effect: str | None = None
+    machine: list[Any] | None = None
+
+
 @dataclass
 class Outcome:
     """The result of one step: what to write back to the execution row, and what to append."""
@@ -80,6 +93,8 @@ class Outcome:
     error: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
     tasks: list[TaskSpec] = field(default_factory=list)
+    #: the elements of the fan-out the step armed (its ``fanout`` task is in ``tasks``)
+    elements: list[ElementSpec] = field(default_factory=list)
 
 
 def transition_at(cm: CompiledMachine, path: str) -> Transition:
@@ -113,6 +128,7 @@ class _Chain:
         self.context = dict(snap.context)
         self.steps: list[StepRecord] = []
         self.tasks: list[TaskSpec] = []
+        self.elements: list[ElementSpec] = []
         self.result: JSON = None
         self.execution = {
             "id": snap.id,
@@ -121,18 +137,19 @@ class _Chain:
         }
 
     # ------------------------------------------------------------------ evaluation
+    def names(self) -> dict[str, Any]:
+        return {
+            "ctx": self.context,
+            "context": self.context,
+            "input": self.input,
+            "output": self.output,
+            "state": self.state,
+            "execution": self.execution,
+            "env": self.env,
+        }
+
     def eval(self, path: str) -> JSON:
-        return self.cm.expr(path).evaluate(
-            {
-                "ctx": self.context,
-                "context": self.context,
-                "input": self.input,
-                "output": self.output,
-                "state": self.state,
-                "execution": self.execution,
-                "env": self.env,
-            }
-        )
+        return self.cm.expr(path).evaluate(self.names())
 
     def holds(self, path: str, when: str | None) -> bool:
         return when is None or bool(self.eval(f"{path}.when"))
@@ -169,7 +186,7 @@ class _Chain:
         kw.setdefault("output", self.output)
         self.steps.append(StepRecord(kind, name, from_state, to_state, **kw))
 
-    def arm(self, name: str | None, path: str, t: Transition) -> Status:
+    def arm(self, name: str | None, path: str, t: Transition) -> Status | None:
         """Arm the timer or the task of a ``wait_for``/``invoke`` transition; the chain rests."""
         if t.wait_for is not None:
             due = self.due_at(path, t)
@@ -185,6 +202,8 @@ class _Chain:
             return Status.waiting
         assert t.invoke is not None
         inv = t.invoke
+        if inv.fanout is not None:
+            return self.arm_fanout(name, path, inv)
         task_input = self.eval(f"{path}.invoke.input") if inv.input is not None else {}
         payload: dict[str, Any] = {
             "transition": path,
@@ -207,6 +226,74 @@ class _Chain:
             target = f"machine {mid} v{version}" if version is not None else f"machine {mid} (latest)"
         self.record("invoke", name, self.state, self.state, output={"invoke": target, "input": task_input})
         return Status.running
+
+    def arm_fanout(self, name: str | None, path: str, inv: Invoke) -> Status | None:
+        """Arm a ``map``/``all`` fan-out: one ``fanout`` task (its join) and its elements.
+
+        Every element's input is evaluated here, against the context of this step (a
+        later one would discard the fan-out). An empty ``map`` joins at once: the chain
+        takes ``success`` with ``[]`` and goes on (None is returned).
+        """
+        elements = self.fanout_elements(path, inv)
+        total = len(elements)
+        info: dict[str, Any] = {"invoke": inv.fanout, "elements": total}
+        if inv.fanout == "map":
+            info["target"] = inv.effect or f"machine {inv.machine}"
+            info["max_concurrency"] = inv.max_concurrency
+            info["tolerated_failures"] = tolerated(inv.tolerated_failures, total)
+        else:
+            info["branches"] = [e.branch for e in elements]
+        self.record("invoke", name, self.state, self.state, output=info)
+        payload: dict[str, Any] = {
+            "transition": path,
+            "name": name,
+            "pin": [self.snap.machine_id, self.snap.machine_version],
+            "fanout": inv.fanout,
+            "total": total,
+            "max_concurrency": inv.max_concurrency,
+            "tolerated": tolerated(inv.tolerated_failures, total),
+        }
+        if total == 0:
+            self.output = []
+            branch, branch_path = inv.success, f"{path}.invoke.success"
+            if inv.if_ is not None and not bool(self.eval(f"{path}.invoke.if")):
+                branch, branch_path = inv.error, f"{path}.invoke.error"
+            if branch is None:
+                raise InvokeFailed(f"{path}.invoke: `if` is false and there is no else branch")
+            self.take("result", branch.name or name, branch_path, branch)
+            return None
+        self.tasks.append(TaskSpec(TaskKind.fanout, self.now, payload))
+        self.elements = elements
+        return Status.running
+
+    def fanout_elements(self, path: str, inv: Invoke) -> list[ElementSpec]:
+        """The elements of a fan-out with their inputs evaluated (``item``/``index`` bound)."""
+        if inv.all is not None:
+            return [
+                ElementSpec(
+                    i,
+                    bname,
+                    self.eval(f"{path}.invoke.all.{bname}.input") if leg.input is not None else {},
+                    leg.effect,
+                    list(leg.child) if leg.child is not None else None,
+                )
+                for i, (bname, leg) in enumerate(inv.all.items())
+            ]
+        items = self.eval(f"{path}.invoke.map")
+        if not isinstance(items, list):
+            raise ExpressionError(
+                f"map must yield a list, not {type(items).__name__}",
+                expression=inv.map or "",
+                path=f"{path}.invoke.map",
+            )
+        machine = list(inv.child) if inv.child is not None else None
+        expr = self.cm.expr(f"{path}.invoke.input") if inv.input is not None else None
+        names = self.names()
+        out = []
+        for index, item in enumerate(items):
+            value = expr.evaluate({**names, "item": item, "index": index}) if expr is not None else item
+            out.append(ElementSpec(index, None, value, inv.effect, machine))
+        return out
 
     def due_at(self, path: str, t: Transition) -> dt.datetime:
         assert t.wait_for is not None
@@ -245,7 +332,13 @@ class _Chain:
                 if not self.holds(path, t.when):
                     continue
                 if t.wait_for is not None or t.invoke is not None:
-                    return self.arm(t.name, path, t)
+                    status = self.arm(t.name, path, t)
+                    if status is not None:
+                        return status
+                    if len(taken) >= MAX_ALWAYS_CHAIN:  # an empty map joined at once: go on
+                        raise _loop_error(taken)
+                    taken.append(path)
+                    break
                 if len(taken) >= MAX_ALWAYS_CHAIN:
                     raise _loop_error(taken)
                 taken.append(path)
@@ -263,6 +356,7 @@ class _Chain:
             output=self.result,
             steps=self.steps,
             tasks=self.tasks,
+            elements=self.elements,
         )
 
 
@@ -321,7 +415,8 @@ def action(
         raise ActionNotAllowed(snap.id, name, snap.state, allowed, f"its guard is false: {t.when}")
     step_name = t.name or name
     if t.wait_for is not None or t.invoke is not None:
-        return chain.outcome(chain.arm(step_name, path, t))
+        status = chain.arm(step_name, path, t)
+        return chain.outcome(status if status is not None else chain.settle())
     chain.take("action", step_name, path, t)
     return chain.outcome(chain.settle())
 
@@ -387,3 +482,101 @@ def failure(snap: Snapshot, kind: str, name: str | None, error: str, input: JSON
     """The outcome of a step the executor could not apply: failed, state and context unchanged."""
     step = StepRecord(kind, name, snap.state, snap.state, input=input, context=snap.context, error=error)
     return Outcome(snap.state, Status.failed, snap.context, error=error, steps=[step])
+
+
+# --------------------------------------------------------------------------- fan-out rules
+
+
+def tolerated(spec: int | str | None, total: int) -> int:
+    """How many failed elements a map tolerates: a count, or a percentage of ``total``
+    rounded down (``"10%"`` of 25 is 2); none when not given."""
+    if spec is None:
+        return 0
+    if isinstance(spec, int):
+        return spec
+    return int(Fraction(spec[:-1]) * total // 100)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """A fan-out's progress: elements in all, armed so far, running, succeeded, failed."""
+
+    total: int
+    armed: int
+    running: int
+    done: int
+    failed: int
+
+    def describe(self) -> str:
+        """``12/30 done, 1 failed, 5 running``."""
+        return f"{self.done}/{self.total} done, {self.failed} failed, {self.running} running"
+
+
+def exceeded(counts: Counts, tolerated_failures: int) -> bool:
+    """True once the failures are more than the fan-out tolerates: it joins on ``error``."""
+    return counts.failed > tolerated_failures
+
+
+def next_move(counts: Counts, tolerated_failures: int, max_concurrency: int | None) -> tuple[int, bool]:
+    """After an element ended: how many more elements to start now, and whether to join.
+
+    The join comes when every element has ended, or as soon as the failures exceed the
+    bound (then nothing more starts: the join discards the rest). Otherwise unstarted
+    elements start while fewer than ``max_concurrency`` run.
+    """
+    if exceeded(counts, tolerated_failures) or counts.done + counts.failed >= counts.total:
+        return 0, True
+    room = counts.total - counts.armed
+    if max_concurrency is not None:
+        room = min(room, max_concurrency - counts.running)
+    return max(room, 0), False
+
+
+def initial_batch(total: int, max_concurrency: int | None) -> int:
+    """How many elements a fan-out starts with."""
+    return total if max_concurrency is None else min(total, max_concurrency)
+
+
+@dataclass(frozen=True)
+class ElementResult:
+    """How an element ended: ``ok`` with its ``output``, failed with its ``error``
+    (``{'type', 'message'}``), or not at all (``ended`` False: discarded by the join)."""
+
+    index: int
+    branch: str | None
+    ended: bool
+    ok: bool = False
+    output: JSON = None
+    error: JSON = None
+
+
+def join(kind: str, elements: Sequence[ElementResult], tolerated_failures: int) -> tuple[bool, JSON]:
+    """The join of a fan-out: ``(ok, output)`` for the invoke's success/error branch.
+
+    ``map``: ``ok`` with the results in input order (failed elements ``None``) when every
+    element ended and the failures are within the bound; else a ``MapFailed`` error with
+    ``failed: [{'index', 'error'}]`` and the results. ``all``: the results by branch
+    name; any failed branch makes it a ``MapFailed`` with ``failed: [{'branch', 'error'}]``.
+    """
+    ordered = sorted(elements, key=lambda e: e.index)
+    results_list = [e.output if e.ended and e.ok else None for e in ordered]
+    failed_elements = [e for e in ordered if e.ended and not e.ok]
+    unended = sum(1 for e in ordered if not e.ended)
+    if kind == "all":
+        results: JSON = {e.branch: r for e, r in zip(ordered, results_list, strict=True)}
+        failed: list[JSON] = [{"branch": e.branch, "error": e.error} for e in failed_elements]
+        ok = not failed and not unended
+        what = "branches"
+    else:
+        results = results_list
+        failed = [{"index": e.index, "error": e.error} for e in failed_elements]
+        ok = len(failed) <= tolerated_failures and not unended
+        what = "elements"
+    if ok:
+        return True, results
+    message = f"{len(failed)} of {len(ordered)} {what} failed"
+    if kind == "map":
+        message += f" ({tolerated_failures} tolerated)"
+    if unended:
+        message += f"; {unended} not run to their end (discarded)"
+    return False, {"type": "MapFailed", "message": message, "failed": failed, "results": results}

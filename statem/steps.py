@@ -33,13 +33,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Row
 
-from . import dialects, store
+from . import dialects, fanout, store
+from . import store_fanout as sf
 from .definition import CompiledMachine
 from .errors import ExecutionNotFound
 from .expressions import JSON
 from .kinds import FINAL_STATUSES, INLINE_KINDS, Status, TaskKind, TaskStatus
 from .limits import check_outcome, clean_text
-from .semantics import Outcome, Snapshot, StepRecord, TaskSpec
+from .semantics import Counts, ElementResult, Outcome, Snapshot, StepRecord, TaskSpec
 from .store import ClaimLost
 from .telemetry import Metrics
 
@@ -55,6 +56,7 @@ __all__ = [
     "finish",
     "snapshot",
     "take_armed",
+    "take_fanout",
 ]
 
 
@@ -131,6 +133,38 @@ def take_armed(conn: Connection, row: Row[Any], task: Row[Any]) -> list[Row[Any]
     if not any(t.id == task.id and t.claim == task.claim and t.status == TaskStatus.claimed for t in taken):
         raise ClaimLost
     return [t for t in taken if t.id != task.id]
+
+
+def take_fanout(
+    metrics: Metrics, conn: Connection, row: Row[Any], task: Row[Any], now: dt.datetime
+) -> tuple[str, list[ElementResult], int, list[Row[Any]]]:
+    """The join of a fan-out: take its ``join`` ``task`` (claimed) on the locked
+    execution ``row`` with every other armed task; the fan-out's own (its ``fanout``
+    task, elements still running after the failures exceeded the bound) are consumed
+    here, children among them canceled. Returns the fan-out's kind, its elements' results
+    in index order, the failures it tolerates, and the tasks the join step discards
+    (none, in a consistent database). ClaimLost if the join task is gone (discarded)."""
+    fanout_id = int(task.payload["fanout"])
+    fan = sf.lock_fanout(conn, fanout_id)  # before the tasks, as an element's end locks them
+    if fan is None:
+        raise ClaimLost
+    others = take_armed(conn, row, task)
+    kind, tolerated = str(fan.kind), int(fan.tolerated)
+    ended = {
+        r.idx: ElementResult(
+            r.idx, r.branch, r.status in ("done", "failed"), r.status == "done", r.output, r.error
+        )
+        for r in sf.results(conn, fanout_id)
+    }
+    own = [
+        t for t in others if t.id == fanout_id or (fanout.is_element(t) and t.payload["fanout"] == fanout_id)
+    ]
+    for t in own:
+        if t.kind == TaskKind.child and t.child_id:
+            _abandon(metrics, conn, t.child_id, f"fan-out of {row.id!r} joined without it", now)
+    fanout.discard(conn, own)
+    taken = {t.id for t in own}
+    return kind, [ended[i] for i in sorted(ended)], tolerated, [t for t in others if t.id not in taken]
 
 
 def finish(conn: Connection, task: Row[Any]) -> None:
@@ -290,13 +324,19 @@ def _commit(
     run: InlineRun | None,
 ) -> Armed:
     records = list(outcome.steps)
-    if dropped is None:
-        dropped = store.discard_tasks(conn, row.id) if row.armed else ()
+    progress: dict[int, Counts] = {}
+    if dropped is None and row.armed:
+        progress = fanout.discard_all(conn, row.id)  # fan-outs first: see discard_all
+        dropped = store.discard_tasks(conn, row.id)
+    dropped = dropped or ()
+    progress |= fanout.discard(conn, dropped)
     for task in dropped:
-        records.insert(1, _discard_record(task, outcome.steps[0].from_state or row.state))
-        metrics.step("discard")
         if task.kind == TaskKind.child and task.child_id:
             _abandon(metrics, conn, task.child_id, f"parent {row.id!r} moved on", now)
+        if fanout.is_element(task) or task.kind == TaskKind.joining:
+            continue  # recorded once, with its fan-out's progress
+        records.insert(1, _discard_record(task, outcome.steps[0].from_state or row.state, progress))
+        metrics.step("discard")
     written = _record(conn, row, outcome, records, now, idempotency_key)
     return _arm(metrics, conn, written, outcome, now, parent, run)
 
@@ -356,7 +396,11 @@ def _arm(
     mine: list[TaskSpec] = []
     theirs: list[TaskSpec] = []
     here = run is not None and run.covers(eid)
+    fans: list[TaskSpec] = []
     for spec in outcome.tasks:
+        if spec.kind == TaskKind.fanout:
+            fans.append(spec)
+            continue
         (mine if here and run is not None and _runs_inline(conn, spec, run) else theirs).append(spec)
     ready: list[Row[Any]] = []
     if done is not None:
@@ -368,6 +412,10 @@ def _arm(
     if claim is not None:
         ready += store.insert_claimed_tasks(conn, eid, mine, now, claim)
     for_workers = bool(theirs)
+    for spec in fans:
+        started = fanout.arm(conn, eid, spec, outcome.elements, now, claim if here else None)
+        ready += started.ready
+        for_workers |= started.for_workers
     if outcome.status in FINAL_STATUSES and parent is not None:
         parent_id, parent_task_id = parent
         ok = outcome.status == Status.finished
@@ -397,10 +445,14 @@ def _runs_inline(conn: Connection, spec: TaskSpec, run: InlineRun) -> bool:
     return bool(dot and service and operation) and store.latest_service_version(conn, service) is not None
 
 
-def _discard_record(task: Row[Any], state: str) -> StepRecord:
+def _discard_record(task: Row[Any], state: str, progress: dict[int, Counts]) -> StepRecord:
     what = {"task": task.kind, "armed_at": task.created_at.isoformat()}
     payload = task.payload or {}
-    if task.kind == TaskKind.timer:
+    if task.kind == TaskKind.fanout:
+        what["fanout"] = payload.get("fanout")
+        if task.id in progress:
+            what["progress"] = progress[task.id].describe()
+    elif task.kind == TaskKind.timer:
         what["due_at"] = task.due_at.isoformat()
     elif task.kind == TaskKind.effect:
         what["effect"] = payload.get("effect")

@@ -69,7 +69,7 @@ def test_schema_describes_the_definition_model() -> None:
         "title": "Version",
         "type": "integer",
     }
-    assert set(schema["$defs"]) == {"Branch", "Invoke", "Retry", "State", "Transition", "WaitFor"}
+    assert set(schema["$defs"]) == {"Branch", "Invoke", "Leg", "Retry", "State", "Transition", "WaitFor"}
     # python-side field names never leak: the JSON spellings are used
     assert "if" in schema["$defs"]["Invoke"]["properties"]
     assert "return" in schema["$defs"]["State"]["properties"]

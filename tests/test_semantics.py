@@ -214,4 +214,4 @@ def test_semantics_is_pure_the_same_event_gives_the_same_outcome() -> None:
 def test_statuses_and_kinds_are_their_stored_strings() -> None:
     assert Status.finished == "finished" and f"{Status.waiting}" == "waiting"
     assert {"finished", "failed", "canceled"} == FINAL_STATUSES
-    assert {"effect", "child", "resume"} == INLINE_KINDS and TaskKind.timer not in INLINE_KINDS
+    assert {"effect", "child", "resume", "join"} == INLINE_KINDS and TaskKind.timer not in INLINE_KINDS

@@ -142,6 +142,8 @@ def pending_table(tasks: Sequence[Task], now: dt.datetime) -> Table:
             what = f"{task.name or ''} {task.effect or ''}".strip()
         elif task.kind == "child":
             what = f"{task.name or ''} → {task.child_id}" if task.child_id else task.name or ""
+        elif task.progress:  # a running map/all: 12/30 done, 1 failed, 5 running
+            what = f"{task.name or ''}: {task.progress}"
         else:
             what = task.name or ""
         left = (task.due_at - now).total_seconds()
