@@ -20,7 +20,7 @@ from alembic import op
 from statem.schema import BigID, UTCDateTime
 
 revision = "0007"
-down_revision = "0004"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
