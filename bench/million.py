@@ -48,7 +48,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from statem import Engine
+from statem import Engine, store_stats
 
 from .common import (
     ROOT,
@@ -359,14 +359,13 @@ def timed(
 
 def without_0005(engine: Engine) -> None:
     """Drop the indexes of migration 0005 and have stats() count exactly: the "before"."""
-    from statem import store
 
     with engine.db.begin() as conn:
         for name in INDEXES_0005:
             conn.execute(sa.text(f"DROP INDEX {name}"))
     with engine.db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("ANALYZE"))
-    store.STATS_EXACT_ROWS = 1 << 62
+    store_stats.STATS_EXACT_ROWS = 1 << 62
 
 
 #: Purged at the end: the executions finished before this many days ago (about a sixth).
@@ -408,12 +407,11 @@ def show(times: dict[str, list[float]]) -> None:
 def bench(kind: str, count: int, rounds: int, show_plans: bool, compare: bool = False) -> list[Result]:
     """Fill one database of ``kind`` and time the reads on it (then, with ``compare``,
     again without the indexes of migration 0005 and with exact counts in stats())."""
-    from statem import store
 
     say(f"  {kind}: {count:,} executions, {count * STEPS_EACH:,} history rows")
     plans = show_plans and kind == "postgresql"
     passes: dict[str, dict[str, list[float]]] = {}
-    exact = store.STATS_EXACT_ROWS
+    exact = store_stats.STATS_EXACT_ROWS
     with scratch(kind, "million") as url:
         engine = new_engine(url)
         raw = raw_engine(url)
@@ -430,7 +428,7 @@ def bench(kind: str, count: int, rounds: int, show_plans: bool, compare: bool = 
                 show(passes[" (without 0005)"])
             purged = purge(engine)
         finally:
-            store.STATS_EXACT_ROWS = exact
+            store_stats.STATS_EXACT_ROWS = exact
             engine.close()
             raw.dispose()
     results = [purged]

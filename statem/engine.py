@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Row
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
 
-from . import dialects, migrate, retention, semantics, steps, store, store_fanout
+from . import dialects, migrate, retention, semantics, steps, store, store_fanout, store_stats
 from .contracts import check_invokes
 from .definition import CompiledMachine, Machine, compile_machine, load_definition
 from .effects import Effect, ShapeSpec
@@ -373,12 +373,12 @@ class Engine:
     def ping(self) -> None:
         """Raise StoreError unless the database answers (health checks)."""
         with self._runtime.transaction(write=False) as conn:
-            store.ping(conn)
+            store_stats.ping(conn)
 
     def state_counts(self, machine_id: str, states: Sequence[str], cap: int = 1000) -> dict[str, int]:
         """Executions of the machine per state in ``states``, each count bounded by ``cap + 1``."""
         with self._runtime.transaction(write=False) as conn:
-            return store.count_states(conn, machine_id, states, cap)
+            return store_stats.count_states(conn, machine_id, states, cap)
 
     def is_at_rest(self, execution_id: str) -> bool:
         """True when only an action can move the execution: final, or waiting with no armed work."""
@@ -417,8 +417,8 @@ class Engine:
         now = self.clock()
         patience = dt.timedelta(seconds=UNCLAIMED_EFFECT_LEASES * self.worker_settings.lease_seconds)
         with self._runtime.transaction(write=False) as conn:
-            db = store.stats(conn, now)
-            db.update(_unclaimed(store.unclaimed_effects(conn, now - patience), now))
+            db = store_stats.stats(conn, now)
+            db.update(_unclaimed(store_stats.unclaimed_effects(conn, now - patience), now))
         return {"database": db, "process": self._runtime.process_stats()}
 
     def purge(
