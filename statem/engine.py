@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Row
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
-from . import dialects, semantics, store
+from . import dialects, operations, semantics, store
 from .definition import CompiledMachine, Machine, compile_machine, load_definition
 from .effects import Effect, EffectRegistry
 from .errors import (
@@ -372,6 +372,9 @@ class Engine:
                 raise ExecutionNotFound(execution_id)
             if idempotency_key is not None and store.has_idempotency_key(conn, execution_id, idempotency_key):
                 return Execution.from_row(row)
+            if operations.must_keep_trigger(conn, row):  # paused: kept, applied in order after resume
+                operations.keep_trigger(conn, row, action, data, idempotency_key, now)
+                return Execution.from_row(row)
             cm = self.compiled(row.machine_id, row.machine_version, conn)
             outcome = semantics.action(cm, snapshot(row), action, data, self.env, now)
             if cm.machine.execution_mode == "sync":
@@ -559,8 +562,10 @@ class Engine:
         row = store.lock_execution(conn, execution_id)
         if row is None:
             raise ExecutionNotFound(execution_id)
-        if row.status in FINAL_STATUSES:
+        if row.status in operations.CLOSED_STATUSES:
             return
+        if row.status == "paused" and store.has_kept_trigger(conn, row.id):  # rejected by the drain
+            store.insert_tasks(conn, row.id, [TaskSpec("drain", now, {})], now)
         step = StepRecord("cancel", None, row.state, row.state, context=row.context, error=reason)
         outcome = Outcome(row.state, "canceled", row.context, error=reason, steps=[step])
         for child_id in store.live_children(conn, row.id):
@@ -568,6 +573,38 @@ class Engine:
                 conn, child_id, f"parent {row.id!r} canceled: {reason}", now, notify_parent=False
             )
         self.commit_step(conn, row, outcome, now, report_to_parent=notify_parent)
+
+    # ------------------------------------------------------------------ operations
+    def pause(self, execution_id: str, reason: str | None = None) -> Execution:
+        """Pause a running or waiting execution and its unfinished children: nothing moves
+        it until :meth:`resume`; timers, results and triggers that arrive meanwhile are kept
+        (in the database) and applied after resume in order of arrival. A no-op on a paused
+        one; OperationNotAllowed (an ActionNotAllowed) on any other status."""
+        return operations.pause(self, execution_id, reason)
+
+    def resume(self, execution_id: str, reason: str | None = None) -> Execution:
+        """Resume a paused execution (and its paused children); the executor then applies
+        the kept events, each as its own step. OperationNotAllowed if it is not paused."""
+        return operations.resume(self, execution_id, reason)
+
+    def retry(self, execution_id: str, reason: str | None = None) -> Execution:
+        """Re-run what failed a ``failed`` execution (the failed invoke, under the same
+        idempotency key for an effect, or the failed step with the same event), on the
+        version it is pinned to now. OperationNotAllowed unless it is failed."""
+        return operations.retry(self, execution_id, reason)
+
+    def move(
+        self,
+        execution_id: str,
+        state: str,
+        context: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> Execution:
+        """Operator override: put an unfinished execution in ``state`` of its version, merge
+        ``context`` (JSON values), discard its armed work (children are canceled) and enter
+        the state as a transition does. StateNotFound for a state the version lacks;
+        OperationNotAllowed on a finished or canceled execution."""
+        return operations.move(self, execution_id, state, context, reason)
 
     # ------------------------------------------------------------------ reading
     def _find(self, execution_id: str) -> Execution | None:
@@ -638,7 +675,7 @@ class Engine:
             row = store.get_execution(conn, execution_id)
             if row is None:
                 raise ExecutionNotFound(execution_id)
-            if row.status in FINAL_STATUSES:
+            if row.status in FINAL_STATUSES or row.status == "paused":
                 return True
             return row.status == "waiting" and not store.execution_has_tasks(conn, execution_id)
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Row
 from sqlalchemy.exc import DBAPIError
 
-from . import semantics, store
+from . import operations, semantics, store
 from .effects import call_effect
 from .engine import snapshot, store_error
 from .errors import ConcurrencyError, StatemError
@@ -245,13 +245,17 @@ class Executor:
                 self.engine.metrics.timer_fired((self.engine.clock() - task.due_at).total_seconds())
                 self._step(
                     task,
-                    lambda cm, snap, now: semantics.fire_timer(cm, snap, task.payload, self.engine.env, now),
+                    lambda cm, snap, now: semantics.fire_timer(
+                        cm, snap, task.payload, self.engine.env, now, task_id=task.id
+                    ),
                     "timer",
                 )
             elif task.kind == "child":
                 self._child(task)
             elif task.kind == "resume":
                 self._resume(task)
+            elif task.kind == "drain":
+                operations.drain(self.engine, task)
             else:
                 log.error("task %s has unknown kind %r; left alone", task.id, task.kind)
         except StatemError as exc:  # database trouble: the claim lapses and the task comes back
@@ -269,7 +273,7 @@ class Executor:
             return None
         return row
 
-    def _step(self, task: Row[Any], make: Any, kind: str) -> None:
+    def _step(self, task: Row[Any], make: Any, kind: str, result: dict[str, Any] | None = None) -> None:
         """Apply a task's step in one fenced transaction; a failing step fails the execution.
 
         The execution is locked, then all its armed tasks are taken in one
@@ -289,6 +293,10 @@ class Executor:
                     raise store.ClaimLost
                 if row.status in FINAL_STATUSES:
                     if not store.finish_task(conn, task.id, task.claim):
+                        raise store.ClaimLost
+                    return
+                if row.status == "paused":  # kept, applied after resume (``result``: an effect's)
+                    if not operations.keep_task(conn, task, now, result):
                         raise store.ClaimLost
                     return
                 taken = store.discard_tasks(conn, row.id)
@@ -365,7 +373,7 @@ class Executor:
             cm = self.engine.compiled(row.machine_id, row.machine_version, conn)
             outcome: Outcome = make(cm, snap, now)
         except (StatemError, InvokeFailed) as exc:
-            return semantics.failure(snap, kind, name, str(exc)), exc
+            return semantics.failure(snap, kind, name, str(exc), event=semantics.event_of(exc)), exc
         return outcome, None
 
     def _failed(self, row: Row[Any], kind: str, exc: Exception) -> None:
@@ -418,8 +426,11 @@ class Executor:
                 return
         self._step(
             task,
-            lambda cm, snap, now: semantics.apply_result(cm, snap, payload, ok, output, self.engine.env, now),
+            lambda cm, snap, now: semantics.apply_result(
+                cm, snap, payload, ok, output, self.engine.env, now, task_id=task.id
+            ),
             "result",
+            {"ok": ok, "output": output},
         )
 
     def _pin(self, task: Row[Any]) -> tuple[str, int]:
@@ -439,6 +450,8 @@ class Executor:
             row = store.lock_execution(conn, task.execution_id)
             if row is None or not store.retry_task(conn, task.id, task.claim, due, error["message"]):
                 return
+            if row.status == "paused":  # the next attempt waits for resume
+                store.hold_pending_task(conn, task.id)
             record = StepRecord(
                 "retry",
                 task.payload.get("name"),
@@ -472,6 +485,9 @@ class Executor:
             if parent is None or parent.status in FINAL_STATUSES:
                 store.finish_task(conn, task.id, task.claim)
                 return
+            if parent.status == "paused":  # started on resume
+                operations.keep_task(conn, task, now, None)
+                return
             try:
                 child_cm = self.engine.compiled(machine_id, version, conn)
                 outcome = semantics.start(child_cm, child_id, payload.get("input"), self.engine.env, now)
@@ -483,7 +499,7 @@ class Executor:
                     conn,
                     parent,
                     lambda cm, snap, t: semantics.apply_result(
-                        cm, snap, payload, False, error, self.engine.env, t
+                        cm, snap, payload, False, error, self.engine.env, t, task_id=task.id
                     ),
                     "result",
                     payload.get("name"),
@@ -525,6 +541,10 @@ class Executor:
         now = self.engine.clock()
         inline = self.current_run(task.execution_id)
         with self.engine.transaction(on=self._conn(inline)) as conn:
+            locked = store.lock_execution(conn, task.execution_id)
+            if locked is not None and locked.status == "paused":  # kept, applied after resume
+                operations.keep_task(conn, task, now, None)
+                return
             row = self._locked(conn, task)
             if row is None:
                 return
@@ -543,6 +563,7 @@ class Executor:
                     payload.get("output"),
                     self.engine.env,
                     t,
+                    task_id=waiting.id,
                 ),
                 "result",
                 waiting.payload.get("name"),

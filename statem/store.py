@@ -153,7 +153,14 @@ _INSERT_CLAIMED_MANY = insert(tasks).returning(tasks.c.id, sort_by_parameter_ord
 _HAS_KEY = select(steps.c.seq).where(
     steps.c.execution_id == bindparam("p_id"), steps.c.idempotency_key == bindparam("p_key")
 )
-_DISCARD_TASKS = delete(tasks).where(tasks.c.execution_id == bindparam("p_id")).returning(*tasks.c)
+#: Kinds a step never discards: a trigger kept while the execution was paused, and the
+#: task that applies the kept events one by one after ``resume`` (statem.operations).
+INBOX_KINDS = ("trigger", "drain")
+_DISCARD_TASKS = (
+    delete(tasks)
+    .where(tasks.c.execution_id == bindparam("p_id"), tasks.c.kind.not_in(INBOX_KINDS))
+    .returning(*tasks.c)
+)
 _FINISH_TASK = delete(tasks).where(
     tasks.c.id == bindparam("p_task"), tasks.c.claim == bindparam("p_claim"), tasks.c.status == "claimed"
 )
@@ -258,7 +265,7 @@ def live_children(conn: Connection, execution_id: str) -> list[str]:
     rows = conn.execute(
         select(executions.c.id).where(
             executions.c.parent_id == execution_id,
-            executions.c.status.in_(("running", "waiting")),
+            executions.c.status.in_(("running", "waiting", "paused", "failed")),
         )
     )
     return [r.id for r in rows]
@@ -277,7 +284,8 @@ def _step_rows(
     return [
         {"execution_id": execution_id, "seq": first_seq + i, "at": at, "kind": r.kind, "name": r.name,
          "from_state": r.from_state, "to_state": r.to_state, "input": r.input, "output": r.output,
-         "context": r.context, "error": r.error, "idempotency_key": idempotency_key if i == 0 else None}
+         "context": r.context, "error": r.error, "idempotency_key": idempotency_key if i == 0 else None,
+         "event": r.event}
         for i, r in enumerate(records)
     ]  # fmt: skip
 
@@ -604,3 +612,174 @@ def stats(conn: Connection, now: dt.datetime) -> dict[str, Any]:
         "oldest_overdue_seconds": (now - oldest).total_seconds() if oldest is not None else None,
         "steps": conn.execute(select(func.count()).select_from(steps)).scalar(),
     }
+
+
+# --------------------------------------------------------------------------- operations
+# Pause, resume, retry, move and upgrade (statem.operations, statem.upgrade). Task
+# statuses beyond pending/claimed/waiting: ``held`` (armed work of a paused execution, not
+# claimable) and ``kept`` (an event that arrived while it was paused, applied after resume
+# in order of arrival: ``due_at`` is when it arrived, a timer's due time for a timer).
+
+#: Kinds of work in flight (an effect call, a child execution, a child's result to apply,
+#: kept events to apply): an execution holding any is ``running``, not ``waiting``.
+IN_FLIGHT_KINDS = ("effect", "child", "resume", "drain", "trigger", "enter")
+
+
+def hold_tasks(conn: Connection, execution_id: str) -> None:
+    """Pause: the execution's pending tasks become ``held`` (workers skip them); a pending
+    kept-event drain is dropped (resume arms a new one)."""
+    conn.execute(delete(tasks).where(tasks.c.execution_id == execution_id, tasks.c.kind == "drain"))
+    conn.execute(
+        update(tasks)
+        .where(tasks.c.execution_id == execution_id, tasks.c.status == "pending")
+        .values(status="held")
+    )
+
+
+def hold_claimed_task(conn: Connection, task_id: int, claim: str) -> bool:
+    """Fenced: put a claimed task of a paused execution back, held (not run, no attempt used)."""
+    return _unclaim(conn, task_id, claim, status="held", attempts=tasks.c.attempts - 1)
+
+
+def hold_pending_task(conn: Connection, task_id: int) -> None:
+    """A task put back as pending (an effect's next attempt) while paused: hold it."""
+    conn.execute(
+        update(tasks).where(tasks.c.id == task_id, tasks.c.status == "pending").values(status="held")
+    )
+
+
+def keep_task(
+    conn: Connection, task: Row[Any], arrived_at: dt.datetime, result: dict[str, Any] | None
+) -> bool:
+    """Fenced: a claimed task whose event arrived while its execution is paused becomes
+    ``kept`` (``result``: the effect's ``{ok, output}``, kept with it). False if the claim
+    is no longer ours."""
+    payload = dict(task.payload) if result is None else {**task.payload, "result": result}
+    return _unclaim(conn, task.id, task.claim, status="kept", due_at=arrived_at, payload=payload)
+
+
+def release_held(conn: Connection, execution_id: str, now: dt.datetime) -> None:
+    """Resume: held timers already due become kept events (arriving at their due time);
+    every other held task is pending again."""
+    conn.execute(
+        update(tasks)
+        .where(
+            tasks.c.execution_id == execution_id,
+            tasks.c.status == "held",
+            tasks.c.kind == "timer",
+            tasks.c.due_at <= now,
+        )
+        .values(status="kept")
+    )
+    conn.execute(
+        update(tasks)
+        .where(tasks.c.execution_id == execution_id, tasks.c.status == "held")
+        .values(status="pending")
+    )
+
+
+def insert_kept(
+    conn: Connection, execution_id: str, kind: str, payload: dict[str, Any], arrived_at: dt.datetime
+) -> None:
+    """Keep an event (a trigger, a state to enter) for after resume."""
+    conn.execute(
+        insert(tasks).values(
+            execution_id=execution_id, kind=kind, status="kept", due_at=arrived_at, payload=payload,
+            attempts=0, created_at=arrived_at,
+        )
+    )  # fmt: skip
+
+
+def kept_triggers(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
+    """The triggers kept for an execution, in order of arrival."""
+    return conn.execute(
+        select(tasks)
+        .where(tasks.c.execution_id == execution_id, tasks.c.kind == "trigger")
+        .order_by(tasks.c.due_at, tasks.c.id)
+    ).all()
+
+
+_HAS_KEPT_TRIGGER = (
+    select(tasks.c.id).where(tasks.c.execution_id == bindparam("p_id"), tasks.c.kind == "trigger").limit(1)
+)
+
+
+def has_kept_trigger(conn: Connection, execution_id: str) -> bool:
+    """True while triggers kept for an execution wait to be applied."""
+    return conn.execute(_HAS_KEPT_TRIGGER, {"p_id": execution_id}).first() is not None
+
+
+def next_kept(conn: Connection, execution_id: str) -> Row[Any] | None:
+    """The execution's earliest kept event (by arrival, then by id)."""
+    return conn.execute(
+        select(tasks)
+        .where(tasks.c.execution_id == execution_id, tasks.c.status == "kept")
+        .order_by(tasks.c.due_at, tasks.c.id)
+        .limit(1)
+    ).first()
+
+
+def has_kept(conn: Connection, execution_id: str) -> bool:
+    """True if the execution has kept events left to apply."""
+    q = select(tasks.c.id).where(tasks.c.execution_id == execution_id, tasks.c.status == "kept").limit(1)
+    return conn.execute(q).first() is not None
+
+
+def has_work_in_flight(conn: Connection, execution_id: str) -> bool:
+    """True if the execution has an effect, a child, a result or kept events pending."""
+    q = (
+        select(tasks.c.id)
+        .where(tasks.c.execution_id == execution_id, tasks.c.kind.in_(IN_FLIGHT_KINDS))
+        .limit(1)
+    )
+    return conn.execute(q).first() is not None
+
+
+def delete_task(conn: Connection, task_id: int) -> None:
+    """Delete a task row (a kept event being applied)."""
+    conn.execute(delete(tasks).where(tasks.c.id == task_id))
+
+
+def insert_task_with_id(
+    conn: Connection, task_id: int, execution_id: str, spec: TaskSpec, now: dt.datetime
+) -> None:
+    """Arm a task under a given id: an effect retried by an operator keeps its id, and so
+    its idempotency key (``<execution_id>:<task_id>``)."""
+    conn.execute(insert(tasks).values(id=task_id, **_task_rows(execution_id, [spec], now, None)[0]))
+
+
+def set_armed(conn: Connection, execution_id: str) -> None:
+    """Mark an execution as possibly having tasks (after inserting one beside a step)."""
+    conn.execute(update(executions).where(executions.c.id == execution_id).values(armed=True))
+
+
+def children_with_status(conn: Connection, execution_id: str, statuses: Sequence[str]) -> list[str]:
+    """Ids of an execution's children in one of ``statuses``."""
+    rows = conn.execute(
+        select(executions.c.id).where(
+            executions.c.parent_id == execution_id, executions.c.status.in_(statuses)
+        )
+    )
+    return [r.id for r in rows]
+
+
+def last_failure(conn: Connection, execution_id: str) -> Row[Any] | None:
+    """The latest step that failed applying an event (a timer or a result), with its event."""
+    return conn.execute(
+        select(steps)
+        .where(
+            steps.c.execution_id == execution_id,
+            steps.c.kind.in_(("timer", "result")),
+            steps.c.error.is_not(None),
+        )
+        .order_by(steps.c.seq.desc())
+        .limit(1)
+    ).first()
+
+
+def events(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
+    """The steps of an execution that began a chain (they carry its event), by seq, plus
+    every step's seq and to_state so a replay can compare where each chain ended."""
+    cols = [steps.c.seq, steps.c.kind, steps.c.name, steps.c.to_state, steps.c.error, steps.c.event]
+    q = select(*cols).where(steps.c.execution_id == execution_id).order_by(steps.c.seq)
+    return conn.execute(q).all()

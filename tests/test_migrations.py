@@ -41,7 +41,14 @@ BIN = Path(sys.executable).parent
 PG_ADMIN_URL = os.environ.get("STATEM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 DATA_TABLES = {"statem_machines", "statem_executions", "statem_steps", "statem_tasks"}
-VIEWS = {"statem_active", "statem_failures", "statem_path", "statem_counts", "statem_pending_work"}
+VIEWS = {
+    "statem_active",
+    "statem_failures",
+    "statem_path",
+    "statem_counts",
+    "statem_pending_work",
+    "statem_operations",
+}
 VERSION_TABLE = statem.schema.VERSION_TABLE
 COMPARE_OPTS: dict[str, Any] = {
     "compare_type": True,

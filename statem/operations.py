@@ -1,0 +1,435 @@
+"""Operating live executions: pause, resume, retry and move (DESIGN.md section 8).
+
+Each operation is one transaction on a locked execution, recorded as a history step
+whose kind is the operation's name and whose ``input`` is ``{"reason": ..., ...details}``.
+When it does not apply it raises (``ExecutionNotFound``, ``OperationNotAllowed`` naming
+the status, ``StateNotFound``) and changes nothing.
+
+While an execution is ``paused`` nothing moves it. Its pending tasks are ``held`` (the
+claim query only takes ``pending`` ones, so workers never poll them); a task a worker had
+already claimed finishes, and its event (a due timer, an effect's result, a child's
+result) is ``kept``; triggers are kept too, as task rows of kind ``trigger``. ``resume``
+turns due held timers into kept events (arriving at their due time), makes the other
+held tasks pending again, and arms one ``drain`` task: the executor then applies the kept
+events one per transaction, in order of arrival (:func:`drain`). Until every kept trigger
+is applied, a new trigger is kept behind them, so triggers are applied in the order they
+arrived. Steps never discard kept triggers nor the drain; kept results and timers are
+armed work like any other, discarded by a step that moves the execution first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Row
+
+from . import dialects, semantics, store
+from .definition import CompiledMachine
+from .errors import (
+    ExecutionNotFound,
+    InputError,
+    OperationNotAllowed,
+    StatemError,
+    StateNotFound,
+)
+from .expressions import JSON, check_json
+from .records import Execution
+from .semantics import InvokeFailed, Outcome, Snapshot, StepRecord, TaskSpec
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("statem.operations")
+
+#: Statuses no operation changes (``failed`` is not final: retry, move or upgrade it).
+CLOSED_STATUSES: frozenset[str] = frozenset({"finished", "canceled"})
+#: Statuses ``pause`` applies to.
+PAUSABLE_STATUSES: tuple[str, ...] = ("running", "waiting")
+#: A kept ``enter`` (a move while paused) sorts before every other kept event: the moved
+#: state's always-transitions are tried first on resume.
+FIRST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _snapshot(row: Row[Any]) -> Snapshot:
+    return Snapshot(row.id, row.machine_id, row.machine_version, row.state, row.status, row.context)
+
+
+def _lock(conn: Connection, execution_id: str) -> Row[Any]:
+    row = store.lock_execution(conn, execution_id)
+    if row is None:
+        raise ExecutionNotFound(execution_id)
+    return row
+
+
+def _input(reason: str | None, **details: Any) -> dict[str, Any]:
+    return {"reason": reason, **details}
+
+
+def _write(
+    conn: Connection, row: Row[Any], records: list[StepRecord], now: dt.datetime, **changes: Any
+) -> None:
+    """Record ``records`` and write the execution with ``changes`` (else as it is), fenced."""
+    values = {
+        "state": row.state, "status": row.status, "context": row.context, "output": row.output,
+        "error": row.error, "armed": row.armed,
+    }  # fmt: skip
+    values.update(changes)
+    store.record_step(conn, row, records, now, **values)
+
+
+# --------------------------------------------------------------------------- pause / resume
+
+
+def pause(engine: Engine, execution_id: str, reason: str | None = None) -> Execution:
+    """Pause a running or waiting execution and its unfinished children (one transaction).
+
+    A paused one is returned as it is (no step); any other status raises OperationNotAllowed.
+    """
+    now = engine.clock()
+    with engine.transaction() as conn:
+        row = _lock(conn, execution_id)
+        if row.status == "paused":
+            return Execution.from_row(row)
+        if row.status not in PAUSABLE_STATUSES:
+            raise OperationNotAllowed(
+                execution_id, "pause", row.state, row.status, f"it is {row.status}; only running or "
+                "waiting executions can be paused"
+            )  # fmt: skip
+        _pause_locked(conn, row, _input(reason), now)
+    engine.metrics.step("pause")
+    return engine.get(execution_id)
+
+
+def _pause_locked(conn: Connection, row: Row[Any], input: dict[str, Any], now: dt.datetime) -> None:
+    store.hold_tasks(conn, row.id)
+    record = StepRecord("pause", None, row.state, row.state, input=input, output={"status": row.status})
+    _write(conn, row, [record], now, status="paused")
+    for child_id in store.children_with_status(conn, row.id, PAUSABLE_STATUSES):
+        child = _lock(conn, child_id)
+        if child.status in PAUSABLE_STATUSES:
+            _pause_locked(conn, child, {"reason": input.get("reason"), "parent": row.id}, now)
+
+
+def resume(engine: Engine, execution_id: str, reason: str | None = None) -> Execution:
+    """Resume a paused execution and its paused children: status back to ``running`` or
+    ``waiting``; the executor then applies the kept events in order of arrival."""
+    now = engine.clock()
+    with engine.transaction() as conn:
+        row = _lock(conn, execution_id)
+        if row.status != "paused":
+            raise OperationNotAllowed(
+                execution_id, "resume", row.state, row.status, f"it is {row.status}, not paused"
+            )
+        _resume_locked(conn, row, _input(reason), now)
+        dialects.notify(conn)
+    engine.metrics.step("resume")
+    engine._wake()
+    return engine.get(execution_id)
+
+
+def _resume_locked(conn: Connection, row: Row[Any], input: dict[str, Any], now: dt.datetime) -> None:
+    store.release_held(conn, row.id, now)
+    kept = store.has_kept(conn, row.id)
+    if kept:
+        store.insert_tasks(conn, row.id, [TaskSpec("drain", now, {})], now)
+    status = "running" if store.has_work_in_flight(conn, row.id) else "waiting"
+    record = StepRecord("resume", None, row.state, row.state, input=input, output={"status": status})
+    _write(conn, row, [record], now, status=status, armed=row.armed or kept)
+    for child_id in store.children_with_status(conn, row.id, ("paused",)):
+        child = _lock(conn, child_id)
+        if child.status == "paused":
+            _resume_locked(conn, child, {"reason": input.get("reason"), "parent": row.id}, now)
+
+
+# --------------------------------------------------------------------------- kept events
+
+
+def keep_trigger(
+    conn: Connection,
+    row: Row[Any],
+    action: str,
+    input: JSON,
+    idempotency_key: str | None,
+    now: dt.datetime,
+) -> None:
+    """Keep a trigger that arrived while the execution is paused (or while earlier kept
+    triggers still wait), to be applied in order of arrival. A repeated idempotency key
+    (already applied or already kept) is dropped."""
+    if idempotency_key is not None:
+        for kept in store.kept_triggers(conn, row.id):
+            if kept.payload.get("idempotency_key") == idempotency_key:
+                return
+    payload = {"action": action, "input": input, "idempotency_key": idempotency_key}
+    store.insert_kept(conn, row.id, "trigger", payload, now)
+    if not row.armed:
+        store.set_armed(conn, row.id)
+
+
+def must_keep_trigger(conn: Connection, row: Row[Any]) -> bool:
+    """True if a trigger on this (locked) execution must be kept rather than applied now:
+    it is paused, or triggers kept earlier have not all been applied yet."""
+    return bool(row.status == "paused" or (row.armed and store.has_kept_trigger(conn, row.id)))
+
+
+def keep_task(conn: Connection, task: Row[Any], now: dt.datetime, result: dict[str, Any] | None) -> bool:
+    """A claimed task whose execution is paused: a timer or a result is kept (applied after
+    resume, in order of arrival); a child not yet started is held. False if stale."""
+    if task.kind == "child":
+        return store.hold_claimed_task(conn, task.id, task.claim)
+    arrived = task.due_at if task.kind == "timer" else now
+    return store.keep_task(conn, task, arrived, result)
+
+
+def drain(engine: Engine, task: Row[Any]) -> None:
+    """Apply the earliest kept event of the task's execution as its own step, then arm the
+    drain again if more are kept. A kept trigger the state does not allow (or whose
+    expressions fail) is recorded as a ``rejected`` step that changes nothing else."""
+    now = engine.clock()
+    with engine.transaction() as conn:
+        row = store.lock_execution(conn, task.execution_id)
+        if row is None or not store.finish_task(conn, task.id, task.claim):
+            return
+        if row.status == "paused":  # paused again: resume arms a new drain
+            return
+        event = store.next_kept(conn, row.id)
+        if event is None:
+            return
+        store.delete_task(conn, event.id)
+        outcome, key, rejected = _kept_outcome(engine, conn, row, event, now)
+        if rejected:
+            more = store.has_kept(conn, row.id)
+            _finish_drain(conn, row, outcome, more, now)
+            _write(conn, row, outcome.steps, now, status=outcome.status, armed=True)
+            store.insert_tasks(conn, row.id, outcome.tasks, now)
+            if more:
+                dialects.notify(conn)
+        else:
+            dropped = store.discard_tasks(conn, row.id) if row.armed else ()
+            more = store.has_kept(conn, row.id)
+            _finish_drain(conn, row, outcome, more, now)
+            engine.commit_step(conn, row, outcome, now, idempotency_key=key, dropped=dropped)
+    engine._wake()
+
+
+def _finish_drain(conn: Connection, row: Row[Any], outcome: Outcome, more: bool, now: dt.datetime) -> None:
+    """Arm the drain again when more events are kept; while it runs the execution is running."""
+    if more:
+        outcome.tasks.append(TaskSpec("drain", now, {}))
+        if outcome.status == "waiting":
+            outcome.status = "running"
+    elif outcome.status in ("running", "waiting") and not outcome.tasks:
+        outcome.status = "running" if store.has_work_in_flight(conn, row.id) else "waiting"
+
+
+def _kept_outcome(
+    engine: Engine, conn: Connection, row: Row[Any], event: Row[Any], now: dt.datetime
+) -> tuple[Outcome, str | None, bool]:
+    """(the step a kept event makes, its idempotency key, whether it is a rejection)."""
+    snap = _snapshot(row)
+    payload = event.payload
+    if event.kind == "trigger":
+        action, data, key = payload["action"], payload.get("input"), payload.get("idempotency_key")
+        if key is not None and store.has_idempotency_key(conn, row.id, key):
+            return Outcome(row.state, row.status, row.context, row.output, row.error), None, True
+        try:
+            cm = engine.compiled(row.machine_id, row.machine_version, conn)
+            return semantics.action(cm, snap, action, data, engine.env, now), key, False
+        except StatemError as exc:
+            record = StepRecord(
+                "rejected", action, row.state, row.state, input=data, output=None, context=None,
+                error=str(exc), event={"type": "action", "version": row.machine_version, "action": action,
+                                       "input": data},
+            )  # fmt: skip
+            status = row.status
+            return Outcome(row.state, status, row.context, row.output, row.error, steps=[record]), None, True
+    try:
+        cm = engine.compiled(row.machine_id, row.machine_version, conn)
+        if event.kind == "enter":
+            outcome = semantics.enter_state(cm, snap, row.state, {}, engine.env, now, kind=None)
+            return outcome, None, False
+        if event.kind == "timer":
+            return semantics.fire_timer(cm, snap, payload, engine.env, now, task_id=event.id), None, False
+        if event.kind == "effect":
+            result = payload["result"]
+            out = semantics.apply_result(cm, snap, payload, bool(result["ok"]), result.get("output"),
+                                         engine.env, now, task_id=event.id)  # fmt: skip
+            return out, None, False
+        if event.kind == "resume":
+            waiting = store.take_waiting_task(conn, int(payload["task"]))
+            if waiting is None:  # its invoke was discarded: the result is stale
+                return Outcome(row.state, row.status, row.context, row.output, row.error), None, True
+            ok, output = bool(payload["ok"]), payload.get("output")
+            out = semantics.apply_result(
+                cm, snap, waiting.payload, ok, output, engine.env, now, task_id=waiting.id
+            )
+            return out, None, False
+        raise StatemError(f"kept event {event.id} has unknown kind {event.kind!r}")
+    except (StatemError, InvokeFailed) as exc:
+        name = payload.get("name")
+        kind = "timer" if event.kind == "timer" else "result"
+        return semantics.failure(snap, kind, name, str(exc), event=semantics.event_of(exc)), None, False
+
+
+# --------------------------------------------------------------------------- retry
+
+
+def retry(engine: Engine, execution_id: str, reason: str | None = None) -> Execution:
+    """Re-run what failed a ``failed`` execution, on the version it is pinned to now.
+
+    A failed invoke (an effect that raised after its retries, or a child that failed, with
+    no error branch) is invoked again: an effect under the same task id, hence the same
+    idempotency key. A step that failed evaluating an expression (a timer, a result, an
+    always-chain) is evaluated again with the same event. If it fails again, the execution
+    is failed again, with the new error.
+    """
+    now = engine.clock()
+    with engine.transaction() as conn:
+        row = _lock(conn, execution_id)
+        if row.status != "failed":
+            raise OperationNotAllowed(
+                execution_id, "retry", row.state, row.status, f"it is {row.status}, not failed"
+            )
+        failed = store.last_failure(conn, execution_id)
+        event = failed.event if failed is not None else None
+        if not isinstance(event, dict):
+            raise OperationNotAllowed(
+                execution_id, "retry", row.state, row.status,
+                "its history records no event to re-run (failed before statem recorded events); "
+                "move it instead",
+            )  # fmt: skip
+        cm = engine.compiled(row.machine_id, row.machine_version, conn)
+        path = _resolve(cm, row, event)
+        details = _input(reason, event=event["type"], seq=failed.seq if failed is not None else None)
+        step = StepRecord("retry", event.get("name"), row.state, row.state, input=details, output=None)
+        outcome = _retry_outcome(engine, cm, row, event, path, now)
+        outcome.steps.insert(0, step)
+        reinvoke = event.get("reinvoke") and isinstance(event.get("task"), dict)
+        if reinvoke and "effect" in event["task"]["payload"]:
+            spec = outcome.tasks.pop()
+            task_id = event["task"]["id"]
+            step.output = {"task": task_id, "effect": spec.payload["effect"]}
+            engine.commit_step(conn, row, outcome, now)
+            store.insert_task_with_id(conn, int(task_id), row.id, spec, now)
+            store.set_armed(conn, row.id)
+            dialects.notify(conn)
+        else:
+            engine.commit_step(conn, row, outcome, now)
+    engine.metrics.step("retry")
+    engine._wake()
+    return engine.get(execution_id)
+
+
+def _resolve(cm: CompiledMachine, row: Row[Any], event: dict[str, Any]) -> str:
+    """The transition the event refers to, in the execution's version now: its own path
+    when the version is the one that recorded it, else the transition of the same name in
+    the current state (an always or an action) of the same kind (a timer; an invoke of the
+    same effect or child machine)."""
+    path = str(event.get("transition") or "")
+    state = cm.state(row.state)
+    candidates: list[tuple[str, Any]] = [
+        (f"states.{row.state}.always[{i}]", t) for i, t in enumerate(state.always)
+    ]
+    candidates += [(f"states.{row.state}.actions.{a}", t) for a, t in state.actions.items()]
+    if event.get("version") == row.machine_version:
+        try:
+            semantics.transition_at(cm, path)
+            return path
+        except (KeyError, IndexError, ValueError, StatemError):
+            pass
+    task = event.get("task") or {}
+    payload = task.get("payload") or {}
+    for where, t in candidates:
+        name = t.name or (where.rsplit(".", 1)[1] if ".actions." in where else None)
+        if name != event.get("name"):
+            continue
+        if event["type"] == "timer" and t.wait_for is not None:
+            return where
+        if event["type"] == "result" and t.invoke is not None:
+            if "effect" in payload and t.invoke.effect == payload["effect"]:
+                return where
+            if (
+                "machine" in payload
+                and t.invoke.child is not None
+                and t.invoke.child[0] == payload["machine"][0]
+            ):
+                return where
+    raise OperationNotAllowed(
+        row.id, "retry", row.state, row.status,
+        f"version {row.machine_version} has no transition {event.get('name')!r} in state {row.state!r} "
+        f"matching the failed {event['type']} (recorded on version {event.get('version')})",
+    )  # fmt: skip
+
+
+def _retry_outcome(
+    engine: Engine, cm: CompiledMachine, row: Row[Any], event: dict[str, Any], path: str, now: dt.datetime
+) -> Outcome:
+    snap = _snapshot(row)
+    task = event.get("task") or {}
+    payload = {**(task.get("payload") or {}), "transition": path, "name": event.get("name")}
+    if event.get("reinvoke"):
+        payload["pin"] = [row.machine_id, row.machine_version]
+        spec = TaskSpec("effect" if "effect" in payload else "child", now, payload)
+        return Outcome(row.state, "running", row.context, tasks=[spec])
+    try:
+        if event["type"] == "timer":
+            return semantics.fire_timer(cm, snap, payload, engine.env, now, task_id=task.get("id"))
+        ok, output = bool(event.get("ok")), event.get("output")
+        return semantics.apply_result(cm, snap, payload, ok, output, engine.env, now, task_id=task.get("id"))
+    except (StatemError, InvokeFailed) as exc:
+        kind = "timer" if event["type"] == "timer" else "result"
+        return semantics.failure(snap, kind, event.get("name"), str(exc), event=semantics.event_of(exc))
+
+
+# --------------------------------------------------------------------------- move
+
+
+def move(
+    engine: Engine,
+    execution_id: str,
+    state: str,
+    context: dict[str, Any] | None = None,
+    reason: str | None = None,
+) -> Execution:
+    """Put an unfinished execution in ``state`` of its version, merging ``context`` (JSON
+    values), discarding its armed work (children are canceled), then entering the state as
+    a transition does. A paused one stays paused; its state's always are tried on resume."""
+    changes = _context_changes(context)
+    now = engine.clock()
+    with engine.transaction() as conn:
+        row = _lock(conn, execution_id)
+        if row.status in CLOSED_STATUSES:
+            raise OperationNotAllowed(execution_id, "move", row.state, row.status, f"it is {row.status}")
+        cm = engine.compiled(row.machine_id, row.machine_version, conn)
+        if state not in cm.machine.states:
+            raise StateNotFound(row.machine_id, row.machine_version, state, list(cm.machine.states))
+        paused = row.status == "paused"
+        details = _input(reason, state=state, context=changes)
+        outcome = semantics.enter_state(
+            cm, _snapshot(row), state, changes, engine.env, now, kind="move", input=details, settle=not paused
+        )
+        if paused:
+            outcome.status = "paused"
+        engine.commit_step(conn, row, outcome, now)
+        if paused:
+            store.insert_kept(conn, row.id, "enter", {"state": state}, FIRST)
+            store.set_armed(conn, row.id)
+    engine.metrics.step("move")
+    engine._wake()
+    return engine.get(execution_id)
+
+
+def _context_changes(context: dict[str, Any] | None) -> dict[str, Any]:
+    if context is None:
+        return {}
+    if not isinstance(context, dict):
+        raise InputError(f"move: context must be a mapping of JSON values, not {type(context).__name__}")
+    try:
+        checked = check_json(context, "context")
+    except InputError:
+        raise
+    except StatemError as exc:
+        raise InputError(str(exc)) from None
+    assert isinstance(checked, dict)
+    return checked
