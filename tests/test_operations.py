@@ -390,7 +390,7 @@ def test_retry_evaluates_a_failed_timer_step_again_with_the_same_event(db_url: s
                         "context": {"where": "env['region']"},
                     }
                 ]
-            },  # fmt: skip
+            },
             "done": {"end": True, "return": "ctx['where']"},
         },
     }
@@ -450,7 +450,7 @@ def test_move_merges_context_discards_armed_work_and_enters_the_state(fengine: E
     assert ex.context == {"notes": ["moved"], "extra": {"a": 1}}
     assert fengine.pending("e1") == []
     steps = fengine.history("e1")
-    move = [s for s in steps if s.kind == "move"][0]
+    move = next(s for s in steps if s.kind == "move")
     assert move.input == {
         "reason": "ops ticket 9",
         "state": "c",
