@@ -42,6 +42,7 @@ from .telemetry import Metrics
 
 if TYPE_CHECKING:
     from .executor import Executor, InlineRun
+    from .upgrade import UpgradeItem, UpgradeReport
     from .worker import Worker
 
 log = logging.getLogger("statem")
@@ -605,6 +606,40 @@ class Engine:
         the state as a transition does. StateNotFound for a state the version lacks;
         OperationNotAllowed on a finished or canceled execution."""
         return operations.move(self, execution_id, state, context, reason)
+
+    def upgrade(
+        self,
+        machine_id: str,
+        to_version: int,
+        from_version: int | None = None,
+        states: Mapping[str, str] | None = None,
+        context: str | None = None,
+        execution_ids: Sequence[str] | None = None,
+        apply: bool = False,
+        only_if_replays: bool = False,
+        reason: str | None = None,
+        *,
+        progress: Callable[[UpgradeItem], None] | None = None,
+    ) -> UpgradeReport:
+        """Move unfinished executions of a machine to version ``to_version`` (DESIGN.md §9).
+
+        A dry run by default (``apply=False``: nothing is written). ``states`` maps old
+        state names to new ones; ``context`` is an expression over ``ctx``/``execution``
+        yielding a mapping merged into the context. Each execution is upgraded or refused
+        on its own, in its own transaction; refused and skipped ones are left exactly as
+        they were. Every item carries the replay check (``same``/``diverges``/
+        ``not_replayable``) in a dry run, and when ``only_if_replays`` (then only the
+        ``same`` ones are upgraded). ``progress`` is called with each item as it is done.
+        Executions are read in keyset batches; :func:`statem.upgrade.run` streams the
+        items without collecting them.
+        """
+        from . import upgrade as upgrading
+
+        return upgrading.upgrade(
+            self, machine_id, to_version, from_version=from_version, states=states, context=context,
+            execution_ids=execution_ids, apply=apply, only_if_replays=only_if_replays, reason=reason,
+            progress=progress,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ reading
     def _find(self, execution_id: str) -> Execution | None:

@@ -780,6 +780,64 @@ def last_failure(conn: Connection, execution_id: str) -> Row[Any] | None:
 def events(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
     """The steps of an execution that began a chain (they carry its event), by seq, plus
     every step's seq and to_state so a replay can compare where each chain ended."""
-    cols = [steps.c.seq, steps.c.kind, steps.c.name, steps.c.to_state, steps.c.error, steps.c.event]
+    cols = [
+        steps.c.seq,
+        steps.c.kind,
+        steps.c.name,
+        steps.c.to_state,
+        steps.c.error,
+        steps.c.event,
+        steps.c.input,
+    ]
     q = select(*cols).where(steps.c.execution_id == execution_id).order_by(steps.c.seq)
     return conn.execute(q).all()
+
+
+_UNFINISHED = ("running", "waiting", "paused", "failed")
+
+
+def _candidates(machine_id: str, to_version: int, from_version: int | None) -> Any:
+    q = select(executions.c.id).where(
+        executions.c.machine_id == machine_id,
+        executions.c.status.in_(_UNFINISHED),
+        executions.c.machine_version != to_version,
+    )
+    if from_version is not None:
+        q = q.where(executions.c.machine_version == from_version)
+    return q
+
+
+def upgrade_candidates(
+    conn: Connection, machine_id: str, to_version: int, from_version: int | None, after: str, limit: int
+) -> list[str]:
+    """The next ``limit`` ids (keyset: ids after ``after``) of the machine's unfinished
+    executions not on ``to_version`` (only those on ``from_version`` when given)."""
+    q = _candidates(machine_id, to_version, from_version).where(executions.c.id > after)
+    return [r.id for r in conn.execute(q.order_by(executions.c.id).limit(limit))]
+
+
+def count_upgrade_candidates(
+    conn: Connection, machine_id: str, to_version: int, from_version: int | None
+) -> int:
+    """How many executions :func:`upgrade_candidates` will list."""
+    n: int = conn.execute(
+        select(func.count()).select_from(_candidates(machine_id, to_version, from_version).subquery())
+    ).scalar_one()
+    return n
+
+
+def delete_tasks(conn: Connection, task_ids: Sequence[int]) -> Sequence[Row[Any]]:
+    """Delete tasks by id; returns the rows deleted."""
+    if not task_ids:
+        return []
+    return conn.execute(delete(tasks).where(tasks.c.id.in_(task_ids)).returning(*tasks.c)).all()
+
+
+def set_task_payload(conn: Connection, task_id: int, payload: dict[str, Any]) -> None:
+    """Re-point a task (an upgrade keeps it for the new version's transition)."""
+    conn.execute(update(tasks).where(tasks.c.id == task_id).values(payload=payload))
+
+
+def set_machine_version(conn: Connection, execution_id: str, version: int) -> None:
+    """Pin an execution to another version of its machine (inside its upgrade step)."""
+    conn.execute(update(executions).where(executions.c.id == execution_id).values(machine_version=version))
