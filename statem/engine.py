@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Row
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
-from . import dialects, operations, semantics, store
+from . import dialects, operations, semantics, store, store_ops
 from .definition import CompiledMachine, Machine, compile_machine, load_definition
 from .effects import Effect, EffectRegistry
 from .errors import (
@@ -565,7 +565,7 @@ class Engine:
             raise ExecutionNotFound(execution_id)
         if row.status in operations.CLOSED_STATUSES:
             return
-        if row.status == "paused" and store.has_kept_trigger(conn, row.id):  # rejected by the drain
+        if row.status == "paused" and store_ops.has_kept_trigger(conn, row.id):  # rejected by the drain
             store.insert_tasks(conn, row.id, [TaskSpec("drain", now, {})], now)
         step = StepRecord("cancel", None, row.state, row.state, context=row.context, error=reason)
         outcome = Outcome(row.state, "canceled", row.context, error=reason, steps=[step])

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Row
 from sqlalchemy.exc import DBAPIError
 
-from . import operations, semantics, store
+from . import operations, semantics, store, store_ops
 from .effects import call_effect
 from .engine import snapshot, store_error
 from .errors import ConcurrencyError, StatemError
@@ -451,7 +451,7 @@ class Executor:
             if row is None or not store.retry_task(conn, task.id, task.claim, due, error["message"]):
                 return
             if row.status == "paused":  # the next attempt waits for resume
-                store.hold_pending_task(conn, task.id)
+                store_ops.hold_pending_task(conn, task.id)
             record = StepRecord(
                 "retry",
                 task.payload.get("name"),

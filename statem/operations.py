@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Row
 
-from . import dialects, semantics, store
+from . import dialects, semantics, store, store_ops
 from .definition import CompiledMachine
 from .errors import (
     ExecutionNotFound,
@@ -103,10 +103,10 @@ def pause(engine: Engine, execution_id: str, reason: str | None = None) -> Execu
 
 
 def _pause_locked(conn: Connection, row: Row[Any], input: dict[str, Any], now: dt.datetime) -> None:
-    store.hold_tasks(conn, row.id)
+    store_ops.hold_tasks(conn, row.id)
     record = StepRecord("pause", None, row.state, row.state, input=input, output={"status": row.status})
     _write(conn, row, [record], now, status="paused")
-    for child_id in store.children_with_status(conn, row.id, PAUSABLE_STATUSES):
+    for child_id in store_ops.children_with_status(conn, row.id, PAUSABLE_STATUSES):
         child = _lock(conn, child_id)
         if child.status in PAUSABLE_STATUSES:
             _pause_locked(conn, child, {"reason": input.get("reason"), "parent": row.id}, now)
@@ -130,14 +130,14 @@ def resume(engine: Engine, execution_id: str, reason: str | None = None) -> Exec
 
 
 def _resume_locked(conn: Connection, row: Row[Any], input: dict[str, Any], now: dt.datetime) -> None:
-    store.release_held(conn, row.id, now)
-    kept = store.has_kept(conn, row.id)
+    store_ops.release_held(conn, row.id, now)
+    kept = store_ops.has_kept(conn, row.id)
     if kept:
         store.insert_tasks(conn, row.id, [TaskSpec("drain", now, {})], now)
-    status = "running" if store.has_work_in_flight(conn, row.id) else "waiting"
+    status = "running" if store_ops.has_work_in_flight(conn, row.id) else "waiting"
     record = StepRecord("resume", None, row.state, row.state, input=input, output={"status": status})
     _write(conn, row, [record], now, status=status, armed=row.armed or kept)
-    for child_id in store.children_with_status(conn, row.id, ("paused",)):
+    for child_id in store_ops.children_with_status(conn, row.id, ("paused",)):
         child = _lock(conn, child_id)
         if child.status == "paused":
             _resume_locked(conn, child, {"reason": input.get("reason"), "parent": row.id}, now)
@@ -158,28 +158,28 @@ def keep_trigger(
     triggers still wait), to be applied in order of arrival. A repeated idempotency key
     (already applied or already kept) is dropped."""
     if idempotency_key is not None:
-        for kept in store.kept_triggers(conn, row.id):
+        for kept in store_ops.kept_triggers(conn, row.id):
             if kept.payload.get("idempotency_key") == idempotency_key:
                 return
     payload = {"action": action, "input": input, "idempotency_key": idempotency_key}
-    store.insert_kept(conn, row.id, "trigger", payload, now)
+    store_ops.insert_kept(conn, row.id, "trigger", payload, now)
     if not row.armed:
-        store.set_armed(conn, row.id)
+        store_ops.set_armed(conn, row.id)
 
 
 def must_keep_trigger(conn: Connection, row: Row[Any]) -> bool:
     """True if a trigger on this (locked) execution must be kept rather than applied now:
     it is paused, or triggers kept earlier have not all been applied yet."""
-    return bool(row.status == "paused" or (row.armed and store.has_kept_trigger(conn, row.id)))
+    return bool(row.status == "paused" or (row.armed and store_ops.has_kept_trigger(conn, row.id)))
 
 
 def keep_task(conn: Connection, task: Row[Any], now: dt.datetime, result: dict[str, Any] | None) -> bool:
     """A claimed task whose execution is paused: a timer or a result is kept (applied after
     resume, in order of arrival); a child not yet started is held. False if stale."""
     if task.kind == "child":
-        return store.hold_claimed_task(conn, task.id, task.claim)
+        return store_ops.hold_claimed_task(conn, task.id, task.claim)
     arrived = task.due_at if task.kind == "timer" else now
-    return store.keep_task(conn, task, arrived, result)
+    return store_ops.keep_task(conn, task, arrived, result)
 
 
 def drain(engine: Engine, task: Row[Any]) -> None:
@@ -193,13 +193,13 @@ def drain(engine: Engine, task: Row[Any]) -> None:
             return
         if row.status == "paused":  # paused again: resume arms a new drain
             return
-        event = store.next_kept(conn, row.id)
+        event = store_ops.next_kept(conn, row.id)
         if event is None:
             return
-        store.delete_task(conn, event.id)
+        store_ops.delete_task(conn, event.id)
         outcome, key, rejected = _kept_outcome(engine, conn, row, event, now)
         if rejected:
-            more = store.has_kept(conn, row.id)
+            more = store_ops.has_kept(conn, row.id)
             _finish_drain(conn, row, outcome, more, now)
             _write(conn, row, outcome.steps, now, status=outcome.status, armed=True)
             store.insert_tasks(conn, row.id, outcome.tasks, now)
@@ -207,7 +207,7 @@ def drain(engine: Engine, task: Row[Any]) -> None:
                 dialects.notify(conn)
         else:
             dropped = store.discard_tasks(conn, row.id) if row.armed else ()
-            more = store.has_kept(conn, row.id)
+            more = store_ops.has_kept(conn, row.id)
             _finish_drain(conn, row, outcome, more, now)
             engine.commit_step(conn, row, outcome, now, idempotency_key=key, dropped=dropped)
     engine._wake()
@@ -220,7 +220,7 @@ def _finish_drain(conn: Connection, row: Row[Any], outcome: Outcome, more: bool,
         if outcome.status == "waiting":
             outcome.status = "running"
     elif outcome.status in ("running", "waiting") and not outcome.tasks:
-        outcome.status = "running" if store.has_work_in_flight(conn, row.id) else "waiting"
+        outcome.status = "running" if store_ops.has_work_in_flight(conn, row.id) else "waiting"
 
 
 def _kept_outcome(
@@ -291,7 +291,7 @@ def retry(engine: Engine, execution_id: str, reason: str | None = None) -> Execu
             raise OperationNotAllowed(
                 execution_id, "retry", row.state, row.status, f"it is {row.status}, not failed"
             )
-        failed = store.last_failure(conn, execution_id)
+        failed = store_ops.last_failure(conn, execution_id)
         event = failed.event if failed is not None else None
         if not isinstance(event, dict):
             raise OperationNotAllowed(
@@ -311,8 +311,8 @@ def retry(engine: Engine, execution_id: str, reason: str | None = None) -> Execu
             task_id = event["task"]["id"]
             step.output = {"task": task_id, "effect": spec.payload["effect"]}
             engine.commit_step(conn, row, outcome, now)
-            store.insert_task_with_id(conn, int(task_id), row.id, spec, now)
-            store.set_armed(conn, row.id)
+            store_ops.insert_task_with_id(conn, int(task_id), row.id, spec, now)
+            store_ops.set_armed(conn, row.id)
             dialects.notify(conn)
         else:
             engine.commit_step(conn, row, outcome, now)
@@ -413,8 +413,8 @@ def move(
             outcome.status = "paused"
         engine.commit_step(conn, row, outcome, now)
         if paused:
-            store.insert_kept(conn, row.id, "enter", {"state": state}, FIRST)
-            store.set_armed(conn, row.id)
+            store_ops.insert_kept(conn, row.id, "enter", {"state": state}, FIRST)
+            store_ops.set_armed(conn, row.id)
     engine.metrics.step("move")
     engine._wake()
     return engine.get(execution_id)

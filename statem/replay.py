@@ -276,3 +276,39 @@ def _chains(steps: Sequence[RecordedStep]) -> list[tuple[RecordedStep, str | Non
 def _legacy_head(s: RecordedStep, head: RecordedStep | None) -> bool:
     """A step recorded before events were kept that must have begun a chain."""
     return s.kind in ("start", "action", "timer", "result") or head is None
+
+
+def versions_of(steps: Sequence[Any], current_version: int) -> list[int]:
+    """The machine version each step of a history was recorded on (``steps``: records with
+    ``kind`` and ``input``, by seq): the ``from_version`` of the first upgrade before it,
+    switching to each upgrade's ``to_version`` from that upgrade step on."""
+    upgrades = [s for s in steps if s.kind == "upgrade" and isinstance(s.input, dict)]
+    version = int(upgrades[0].input.get("from_version", current_version)) if upgrades else current_version
+    out: list[int] = []
+    for s in steps:
+        if s.kind == "upgrade" and isinstance(s.input, dict):
+            version = int(s.input.get("to_version", version))
+        out.append(version)
+    return out
+
+
+def path_on_version(steps: Sequence[Any], current_version: int, version: int) -> list[Any]:
+    """The steps of a history to draw on ``version``: on the current version, every step,
+    the states recorded before an upgrade renamed through its state map (the upgrade step
+    itself is left out: it follows no edge of the machine); on an older one, the steps
+    recorded while the execution was on it."""
+    import dataclasses
+
+    versions = versions_of(steps, current_version)
+    if version != current_version:
+        return [s for s, v in zip(steps, versions, strict=True) if v == version and s.kind != "upgrade"]
+    records = [RecordedStep(s.seq, s.kind, s.name, s.to_state, None, None, s.input) for s in steps]
+    mapped = state_mapper(records, None)
+    out = []
+    for s in steps:
+        if s.kind == "upgrade":
+            continue
+        out.append(
+            dataclasses.replace(s, from_state=mapped(s.seq, s.from_state), to_state=mapped(s.seq, s.to_state))
+        )
+    return out

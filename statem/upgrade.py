@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Connection, Row
 
-from . import semantics, store
+from . import semantics, store, store_ops
 from .definition import CompiledMachine
 from .errors import InputError, StatemError, StateNotFound
 from .expressions import Expression, check_json, compile_expression
@@ -243,7 +243,7 @@ def count(engine: Engine, req: Request) -> int:
     if req.execution_ids is not None:
         return len(req.execution_ids)
     with engine.transaction(write=False) as conn:
-        return store.count_upgrade_candidates(
+        return store_ops.count_upgrade_candidates(
             conn, req.machine_id, req.target.machine.version, req.from_version
         )
 
@@ -264,7 +264,7 @@ def _batches(engine: Engine, req: Request) -> Iterator[list[str]]:
     after = ""
     while True:
         with engine.transaction(write=False) as conn:
-            ids = store.upgrade_candidates(
+            ids = store_ops.upgrade_candidates(
                 conn, req.machine_id, req.target.machine.version, req.from_version, after, BATCH
             )
         if not ids:
@@ -336,7 +336,7 @@ def replay_execution(
     """The replay check of one execution against the target version."""
     recorded = [
         RecordedStep(r.seq, r.kind, r.name, r.to_state, r.error, r.event, r.input)
-        for r in store.events(conn, row.id)
+        for r in store_ops.events(conn, row.id)
     ]
     work = [Work(t.kind, t.payload.get("name")) for t in tasks if t.kind in ("timer", "effect", "child")]
     try:
@@ -354,10 +354,10 @@ def _write(engine: Engine, req: Request, conn: Connection, row: Row[Any], p: Pla
     now = engine.clock()
     to_v = req.target.machine.version
     records: list[StepRecord] = []
-    for task in store.delete_tasks(conn, p.discarded):
+    for task in store_ops.delete_tasks(conn, p.discarded):
         records.append(_discard_record(task, row.state))
     for task_id, payload in p.kept.items():
-        store.set_task_payload(conn, task_id, payload)
+        store_ops.set_task_payload(conn, task_id, payload)
     details = {
         "reason": req.reason, "from_version": row.machine_version, "to_version": to_v, "states": req.states,
         "context": req.context_source, "kept": sorted(p.kept), "discarded": sorted(p.discarded),
@@ -377,7 +377,7 @@ def _write(engine: Engine, req: Request, conn: Connection, row: Row[Any], p: Pla
         conn, row, records, now, state=state, status=status, context=context, output=output, error=row.error,
         armed=armed,
     )  # fmt: skip
-    store.set_machine_version(conn, row.id, to_v)
+    store_ops.set_machine_version(conn, row.id, to_v)
     if tasks:
         store.insert_tasks(conn, row.id, tasks, now)
     engine.metrics.step("upgrade")

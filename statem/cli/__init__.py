@@ -19,6 +19,7 @@ import click
 
 from ..errors import DefinitionError, StatemError
 from . import commands as commands
+from . import operations as operations
 from .base import cli
 
 __all__ = ["cli", "main"]
