@@ -20,6 +20,8 @@ from .errors import (
     InputError,
     LoopError,
     MachineNotFound,
+    OperationNotAllowed,
+    StateNotFound,
     StatemError,
     StoreError,
 )
@@ -42,6 +44,8 @@ __all__ = [
     "Machine",
     "MachineInfo",
     "MachineNotFound",
+    "OperationNotAllowed",
+    "StateNotFound",
     "StatemError",
     "Step",
     "StoreError",

@@ -8,6 +8,9 @@
   on steps that begin no chain.
 * ``statem_active`` also lists ``paused`` executions (status ``paused`` is new; task
   statuses ``held`` and ``kept`` are new values of the existing column).
+* ``statem_failures`` names the step that failed the execution (the latest timer or
+  result step with an error), not its last step: an upgrade or a rejected trigger may
+  follow it now.
 * ``statem_operations``: the operator steps (pause, resume, retry, move, upgrade) with
   their reason, for the README cookbook ("who paused what, and why").
 
@@ -63,8 +66,29 @@ def _operations(dialect: str) -> str:
                OR (s.kind = 'retry' AND s.input IS NOT NULL)"""
 
 
+def _failures(dialect: str, latest_failure: bool) -> str:
+    age = AGE[dialect].format
+    # since 0006 steps may follow the one that failed it (an upgrade, a rejected trigger):
+    # the failing step is the latest timer or result step with an error
+    seq = (
+        "(SELECT MAX(x.seq) FROM statem_steps x WHERE x.execution_id = e.id AND x.error IS NOT NULL"
+        " AND x.kind IN ('timer', 'result'))"
+        if latest_failure
+        else "e.seq"
+    )
+    return f"""
+            SELECT e.id, e.machine_id, e.machine_version, e.state, e.error, e.updated_at AS failed_at,
+                   s.seq AS failed_seq, s.kind AS failed_kind, s.name AS failed_step,
+                   {age(col="e.updated_at")} AS age_seconds
+            FROM statem_executions e
+            JOIN statem_steps s ON s.execution_id = e.id AND s.seq = {seq}
+            WHERE e.status = 'failed'"""
+
+
 def upgrade() -> None:
     dialect = op.get_bind().dialect.name
+    op.execute("DROP VIEW IF EXISTS statem_failures")
+    op.execute("CREATE VIEW statem_failures AS " + _failures(dialect, latest_failure=True))
     op.add_column("statem_steps", sa.Column(
             "event",
             sa.JSON(),
@@ -81,6 +105,8 @@ def downgrade() -> None:
     op.execute("DROP VIEW IF EXISTS statem_operations")
     op.execute("DROP VIEW IF EXISTS statem_active")
     op.execute("CREATE VIEW statem_active AS " + _active(dialect, "'running', 'waiting'"))
+    op.execute("DROP VIEW IF EXISTS statem_failures")
+    op.execute("CREATE VIEW statem_failures AS " + _failures(dialect, latest_failure=False))
     sqlite = dialect == "sqlite"
     if sqlite:  # the admin views name statem_steps: SQLite leaves them be while it is rebuilt
         op.execute("PRAGMA legacy_alter_table=ON")
