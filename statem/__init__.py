@@ -21,8 +21,8 @@ from .errors import (
     LoopError,
     MachineNotFound,
     OperationNotAllowed,
-    StateNotFound,
     StatemError,
+    StateNotFound,
     StoreError,
 )
 from .records import Execution, MachineInfo, Step, Task
