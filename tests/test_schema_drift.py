@@ -193,6 +193,8 @@ PUBLIC = {
     "Machine",
     "MachineInfo",
     "MachineNotFound",
+    "OperationNotAllowed",
+    "StateNotFound",
     "StatemError",
     "Step",
     "StoreError",
@@ -211,6 +213,8 @@ ERRORS = {
     "InputError",
     "LoopError",
     "MachineNotFound",
+    "OperationNotAllowed",
+    "StateNotFound",
     "StoreError",
 }
 
