@@ -169,8 +169,10 @@ def keep_trigger(
 
 def must_keep_trigger(conn: Connection, row: Row[Any]) -> bool:
     """True if a trigger on this (locked) execution must be kept rather than applied now:
-    it is paused, or triggers kept earlier have not all been applied yet."""
-    return bool(row.status == "paused" or (row.armed and store_ops.has_kept_trigger(conn, row.id)))
+    it is paused, or triggers kept earlier have not all been applied yet (the row's
+    ``armed`` flag cannot tell: a step that arms nothing clears it while kept triggers
+    wait, so this asks the tasks table, through its execution_id index)."""
+    return bool(row.status == "paused" or store_ops.has_kept_trigger(conn, row.id))
 
 
 def keep_task(conn: Connection, task: Row[Any], now: dt.datetime, result: dict[str, Any] | None) -> bool:
