@@ -1,4 +1,4 @@
-"""Pause and resume racing real worker threads: triggers, timers and effects neither lost nor applied twice."""
+"""Pause and resume racing real worker threads: triggers, timers, effects neither lost nor doubled."""
 
 from __future__ import annotations
 
