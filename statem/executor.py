@@ -57,6 +57,11 @@ def _error(exc: BaseException) -> dict[str, str]:
     return {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
 
 
+def _with_payload(make: Any, payload: Any) -> Any:
+    """A step maker ``(cm, snap, now, payload)`` bound to ``payload``."""
+    return lambda cm, snap, now: make(cm, snap, now, payload)
+
+
 def _is_claim(row: Row[Any], task: Row[Any]) -> bool:
     """True if ``row`` is ``task`` still held under its claim."""
     return bool(row.id == task.id and row.claim == task.claim and row.status == "claimed")
@@ -245,8 +250,8 @@ class Executor:
                 self.engine.metrics.timer_fired((self.engine.clock() - task.due_at).total_seconds())
                 self._step(
                     task,
-                    lambda cm, snap, now: semantics.fire_timer(
-                        cm, snap, task.payload, self.engine.env, now, task_id=task.id
+                    lambda cm, snap, now, payload: semantics.fire_timer(
+                        cm, snap, payload, self.engine.env, now, task_id=task.id
                     ),
                     "timer",
                 )
@@ -283,7 +288,12 @@ class Executor:
         """
         inline = self.current_run(task.execution_id)
         known = inline.rows.pop(task.execution_id, None) if inline is not None else None
-        if inline is not None and known is not None and self._step_unread(task, make, kind, inline, known):
+        as_claimed = _with_payload(make, task.payload)
+        if (
+            inline is not None
+            and known is not None
+            and self._step_unread(task, as_claimed, kind, inline, known)
+        ):
             return
         now = self.engine.clock()
         try:
@@ -303,7 +313,11 @@ class Executor:
                 if not any(_is_claim(t, task) for t in taken):
                     raise store.ClaimLost
                 others = [t for t in taken if t.id != task.id]
-                outcome = self._outcome(conn, row, make, kind, task.payload.get("name"), now)
+                # the payload as stored now: an upgrade may have re-pointed it at its new version
+                stored = next(t.payload for t in taken if t.id == task.id)
+                outcome = self._outcome(
+                    conn, row, _with_payload(make, stored), kind, task.payload.get("name"), now
+                )
                 armed = self.engine.commit_step(conn, row, outcome, now, dropped=others, inline=inline)
                 self._log(task, outcome)
         except store.ClaimLost:
@@ -426,8 +440,8 @@ class Executor:
                 return
         self._step(
             task,
-            lambda cm, snap, now: semantics.apply_result(
-                cm, snap, payload, ok, output, self.engine.env, now, task_id=task.id
+            lambda cm, snap, now, stored: semantics.apply_result(
+                cm, snap, stored, ok, output, self.engine.env, now, task_id=task.id
             ),
             "result",
             {"ok": ok, "output": output},
