@@ -177,20 +177,27 @@ def last_failure(conn: Connection, execution_id: str) -> Row[Any] | None:
     ).first()
 
 
+_EVENTS: Any = (
+    select(
+        steps.c.seq, steps.c.kind, steps.c.name, steps.c.to_state, steps.c.error, steps.c.event, steps.c.input
+    )
+    .where(steps.c.execution_id == bindparam("p_id"))
+    .order_by(steps.c.seq)
+)
+
+
 def events(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
-    """The steps of an execution that began a chain (they carry its event), by seq, plus
-    every step's seq and to_state so a replay can compare where each chain ended."""
-    cols = [
-        steps.c.seq,
-        steps.c.kind,
-        steps.c.name,
-        steps.c.to_state,
-        steps.c.error,
-        steps.c.event,
-        steps.c.input,
-    ]
-    q = select(*cols).where(steps.c.execution_id == execution_id).order_by(steps.c.seq)
-    return conn.execute(q).all()
+    """An execution's steps as a replay reads them (seq, kind, name, to_state, error,
+    event, input), by seq: the steps that began a chain carry its event."""
+    return conn.execute(_EVENTS, {"p_id": execution_id}).all()
+
+
+_TASKS_OF = select(tasks).where(tasks.c.execution_id == bindparam("p_id")).order_by(tasks.c.id)
+
+
+def tasks_of(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
+    """Every task row of an execution, by id."""
+    return conn.execute(_TASKS_OF, {"p_id": execution_id}).all()
 
 
 _UNFINISHED = ("running", "waiting", "paused", "failed")
@@ -233,11 +240,25 @@ def delete_tasks(conn: Connection, task_ids: Sequence[int]) -> Sequence[Row[Any]
     return conn.execute(delete(tasks).where(tasks.c.id.in_(task_ids)).returning(*tasks.c)).all()
 
 
+_SET_PAYLOAD = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("p_task"))
+    .values(payload=bindparam("p_payload", type_=tasks.c.payload.type))
+)
+
+
 def set_task_payload(conn: Connection, task_id: int, payload: dict[str, Any]) -> None:
     """Re-point a task (an upgrade keeps it for the new version's transition)."""
-    conn.execute(update(tasks).where(tasks.c.id == task_id).values(payload=payload))
+    conn.execute(_SET_PAYLOAD, {"p_task": task_id, "p_payload": payload})
+
+
+_SET_VERSION = (
+    update(executions)
+    .where(executions.c.id == bindparam("p_id"))
+    .values(machine_version=bindparam("p_version"))
+)
 
 
 def set_machine_version(conn: Connection, execution_id: str, version: int) -> None:
     """Pin an execution to another version of its machine (inside its upgrade step)."""
-    conn.execute(update(executions).where(executions.c.id == execution_id).values(machine_version=version))
+    conn.execute(_SET_VERSION, {"p_id": execution_id, "p_version": version})

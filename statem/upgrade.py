@@ -105,6 +105,8 @@ class Plan:
     kept: dict[int, dict[str, Any]]
     #: timers the target has no counterpart for
     discarded: list[int]
+    #: how many tasks the execution keeps (of any kind)
+    left: int = 0
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ def plan(
         check_json(context, "the context")
     except StatemError as exc:
         return Refusal(f"the new context is not valid: {exc}", to_state)
-    return Plan(to_state, context, kept, discarded)
+    return Plan(to_state, context, kept, discarded, len(tasks) - len(discarded))
 
 
 def counterpart(target: CompiledMachine, state: str, task: TaskView) -> str | None:
@@ -309,7 +311,7 @@ def _assess(
         reason = f"on version {row.machine_version}, not {req.from_version}"
         return UpgradeItem(execution_id, row.machine_version, row.state, None, "skipped", reason), None
     snap = Snapshot(row.id, row.machine_id, row.machine_version, row.state, row.status, row.context)
-    tasks = [TaskView(t.id, t.kind, t.status, t.payload) for t in store.pending_tasks(conn, row.id)]
+    tasks = [TaskView(t.id, t.kind, t.status, t.payload) for t in store_ops.tasks_of(conn, row.id)]
     decided = plan(req, snap, tasks, engine.env)
     verdict: ReplayResult | None = None
     if not req.apply or req.only_if_replays:
@@ -366,7 +368,7 @@ def _write(engine: Engine, req: Request, conn: Connection, row: Row[Any], p: Pla
     state, status, context, output = p.to_state, row.status, p.context, row.output
     armed = row.armed
     tasks: list[semantics.TaskSpec] = []
-    if row.status == "waiting" and not store.execution_has_tasks(conn, row.id):
+    if row.status == "waiting" and p.left == 0:
         snap = Snapshot(row.id, row.machine_id, to_v, p.to_state, row.status, p.context)
         entered = semantics.enter_state(req.target, snap, p.to_state, {}, engine.env, now, kind=None)
         records += entered.steps
