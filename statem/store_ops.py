@@ -192,6 +192,26 @@ def events(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
     return conn.execute(_EVENTS, {"p_id": execution_id}).all()
 
 
+def events_of_many(conn: Connection, execution_ids: Sequence[str]) -> Sequence[Row[Any]]:
+    """:func:`events` (with ``execution_id``) of several executions, by execution then seq."""
+    cols = [steps.c.execution_id, steps.c.seq, steps.c.kind, steps.c.name, steps.c.to_state, steps.c.error,
+            steps.c.event, steps.c.input]  # fmt: skip
+    q = select(*cols).where(steps.c.execution_id.in_(execution_ids))
+    return conn.execute(q.order_by(steps.c.execution_id, steps.c.seq)).all()
+
+
+def tasks_of_many(conn: Connection, execution_ids: Sequence[str]) -> Sequence[Row[Any]]:
+    """Every task row of several executions, by id."""
+    return conn.execute(
+        select(tasks).where(tasks.c.execution_id.in_(execution_ids)).order_by(tasks.c.id)
+    ).all()
+
+
+def executions_by_id(conn: Connection, execution_ids: Sequence[str]) -> Sequence[Row[Any]]:
+    """The execution rows with these ids (those that exist)."""
+    return conn.execute(select(executions).where(executions.c.id.in_(execution_ids))).all()
+
+
 _TASKS_OF = select(tasks).where(tasks.c.execution_id == bindparam("p_id")).order_by(tasks.c.id)
 
 

@@ -251,11 +251,37 @@ def count(engine: Engine, req: Request) -> int:
 
 
 def run(engine: Engine, req: Request) -> Iterator[UpgradeItem]:
-    """Upgrade (or, in a dry run, assess) each execution in its own transaction; yields
-    one item per execution, in id order, holding one batch of ids at a time."""
+    """Upgrade each execution in its own transaction (a dry run reads a batch of
+    executions, their tasks and their histories in one read transaction); yields one item
+    per execution, in id order, holding one batch at a time."""
     for batch in _batches(engine, req):
-        for eid in batch:
-            yield one(engine, req, eid)
+        if req.apply:
+            for eid in batch:
+                yield one(engine, req, eid)
+        else:
+            yield from _dry_batch(engine, req, batch)
+
+
+def _dry_batch(engine: Engine, req: Request, ids: list[str]) -> Iterator[UpgradeItem]:
+    """Assess a batch: three reads for all of it, then each execution on its own."""
+    try:
+        with engine.transaction(write=False) as conn:
+            rows = {r.id: r for r in store_ops.executions_by_id(conn, ids)}
+            tasks: dict[str, list[Row[Any]]] = {}
+            for t in store_ops.tasks_of_many(conn, ids):
+                tasks.setdefault(t.execution_id, []).append(t)
+            history: dict[str, list[Row[Any]]] = {}
+            for h in store_ops.events_of_many(conn, ids):
+                history.setdefault(h.execution_id, []).append(h)
+    except StatemError as exc:
+        log.warning("upgrade dry run of %d executions failed: %s", len(ids), exc)
+        for eid in ids:
+            yield UpgradeItem(eid, None, None, None, "refused", f"not read: {exc}")
+        return
+    for eid in ids:
+        yield _assess(engine, req, rows.get(eid), eid, tasks.get(eid, []), lambda e=eid: history.get(e, []))[
+            0
+        ]
 
 
 def _batches(engine: Engine, req: Request) -> Iterator[list[str]]:
@@ -284,7 +310,10 @@ def one(engine: Engine, req: Request, execution_id: str) -> UpgradeItem:
                 if req.apply
                 else store.get_execution(conn, execution_id)
             )
-            item, write = _assess(engine, req, conn, row, execution_id)
+            tasks = store_ops.tasks_of(conn, execution_id) if row is not None else []
+            item, write = _assess(
+                engine, req, row, execution_id, tasks, lambda: store_ops.events(conn, execution_id)
+            )
             if write is not None and row is not None:
                 _write(engine, req, conn, row, write)
             return item
@@ -294,7 +323,12 @@ def one(engine: Engine, req: Request, execution_id: str) -> UpgradeItem:
 
 
 def _assess(
-    engine: Engine, req: Request, conn: Connection, row: Row[Any] | None, execution_id: str
+    engine: Engine,
+    req: Request,
+    row: Row[Any] | None,
+    execution_id: str,
+    task_rows: Sequence[Row[Any]],
+    history: Callable[[], Sequence[Row[Any]]],
 ) -> tuple[UpgradeItem, Plan | None]:
     to_v = req.target.machine.version
     if row is None or row.machine_id != req.machine_id:
@@ -311,11 +345,11 @@ def _assess(
         reason = f"on version {row.machine_version}, not {req.from_version}"
         return UpgradeItem(execution_id, row.machine_version, row.state, None, "skipped", reason), None
     snap = Snapshot(row.id, row.machine_id, row.machine_version, row.state, row.status, row.context)
-    tasks = [TaskView(t.id, t.kind, t.status, t.payload) for t in store_ops.tasks_of(conn, row.id)]
+    tasks = [TaskView(t.id, t.kind, t.status, t.payload) for t in task_rows]
     decided = plan(req, snap, tasks, engine.env)
     verdict: ReplayResult | None = None
     if not req.apply or req.only_if_replays:
-        verdict = replay_execution(engine, req, conn, row, tasks)
+        verdict = replay_execution(engine, req, row, tasks, history())
 
     def item(outcome: Outcome, to_state: str | None, reason: str | None = None) -> UpgradeItem:
         return UpgradeItem(
@@ -333,13 +367,11 @@ def _assess(
 
 
 def replay_execution(
-    engine: Engine, req: Request, conn: Connection, row: Row[Any], tasks: Sequence[TaskView]
+    engine: Engine, req: Request, row: Row[Any], tasks: Sequence[TaskView], history: Sequence[Row[Any]]
 ) -> ReplayResult:
-    """The replay check of one execution against the target version."""
-    recorded = [
-        RecordedStep(r.seq, r.kind, r.name, r.to_state, r.error, r.event, r.input)
-        for r in store_ops.events(conn, row.id)
-    ]
+    """The replay check of one execution (``history``: its steps by seq, as
+    :func:`statem.store_ops.events` reads them) against the target version."""
+    recorded = [RecordedStep(r.seq, r.kind, r.name, r.to_state, r.error, r.event, r.input) for r in history]
     work = [Work(t.kind, t.payload.get("name")) for t in tasks if t.kind in ("timer", "effect", "child")]
     try:
         return replay(
