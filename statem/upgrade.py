@@ -279,9 +279,12 @@ def _dry_batch(engine: Engine, req: Request, ids: list[str]) -> Iterator[Upgrade
             yield UpgradeItem(eid, None, None, None, "refused", f"not read: {exc}")
         return
     for eid in ids:
-        yield _assess(engine, req, rows.get(eid), eid, tasks.get(eid, []), lambda e=eid: history.get(e, []))[
-            0
-        ]
+        yield _assess(engine, req, rows.get(eid), eid, tasks.get(eid, []), _given(history.get(eid, [])))[0]
+
+
+def _given(rows: Sequence[Row[Any]]) -> Callable[[], Sequence[Row[Any]]]:
+    """A loader of rows already read."""
+    return lambda: rows
 
 
 def _batches(engine: Engine, req: Request) -> Iterator[list[str]]:

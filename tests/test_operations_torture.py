@@ -21,7 +21,7 @@ from .apps.torture_app import MACHINE
 from .conftest import ROOT
 from .test_faults import STATEM, check, drive, reference
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def version(n: int) -> dict[str, Any]:
@@ -130,9 +130,9 @@ def _one(engine: Engine, i: int) -> str:
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_operator_torture_two_workers_postgresql(db_url: str, tmp_path: Path) -> None:
-    torture_with_operator(db_url, tmp_path, workers=2, n=40, seconds=90)
+    torture_with_operator(db_url, tmp_path, workers=2, n=30, seconds=120)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_operator_torture_one_worker_sqlite(db_url: str, tmp_path: Path) -> None:
-    torture_with_operator(db_url, tmp_path, workers=1, n=25, seconds=90)
+    torture_with_operator(db_url, tmp_path, workers=1, n=20, seconds=120)
