@@ -18,12 +18,15 @@ what SQLite does in two.)
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 
+from .errors import StoreError
 from .settings import DB_TIMEOUT_SECONDS, PING_IDLE_SECONDS
 
 #: The PostgreSQL channel workers LISTEN on for new tasks.
@@ -106,3 +109,52 @@ def _sqlite_engine(url: str, **kw: Any) -> Engine:
         conn.connection.driver_connection.execute(_BEGIN[mode])  # type: ignore[union-attr]
 
     return engine
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+@contextmanager
+def transaction(db: Engine, *, write: bool = True) -> Iterator[Connection]:
+    """One transaction on a connection from ``db``'s pool; database failures surface as
+    StoreError (an IntegrityError passes through: callers resolve races with it).
+
+    A read-only one (``write=False``) on SQLite begins DEFERRED, so it takes no write lock.
+    """
+    try:
+        with db.connect() as conn:
+            if not write and is_sqlite(conn):
+                conn = conn.execution_options(sqlite_begin="DEFERRED")
+            with conn.begin():
+                yield conn
+    except IntegrityError:
+        raise
+    except DBAPIError as exc:
+        raise store_error(exc) from exc
+
+
+@contextmanager
+def transaction_on(conn: Connection) -> Iterator[Connection]:
+    """One transaction on a connection the caller holds (an inline run keeps one for all
+    its steps); failures surface as in :func:`transaction`."""
+    try:
+        with conn.begin():
+            yield conn
+    except IntegrityError:
+        raise
+    except DBAPIError as exc:
+        raise store_error(exc) from exc
+
+
+def store_error(exc: DBAPIError) -> StoreError:
+    """A database error as a one-line StoreError, with a hint when the schema is missing."""
+    msg = first_line(exc.orig or exc)
+    if "no such table: statem_" in msg or ('relation "statem_' in msg and "does not exist" in msg):
+        return StoreError(f"the database has no statem tables ({msg}); run `statem db upgrade` first")
+    return StoreError(f"database error: {msg}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

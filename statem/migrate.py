@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-if TYPE_CHECKING:
-    from .engine import Engine
+from .dialects import store_error
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -35,22 +34,21 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """``alembic upgrade`` on the engine's database; database failures raise StoreError."""
-    _run(engine, command.upgrade, revision)
+def upgrade(db: Engine, revision: str = "head") -> None:
+    """``alembic upgrade`` on the database ``db`` connects to (a SQLAlchemy engine, e.g.
+    ``statem.Engine(...).db``); database failures raise StoreError."""
+    _run(db, command.upgrade, revision)
 
 
-def downgrade(engine: Engine, revision: str) -> None:
-    """``alembic downgrade`` on the engine's database."""
-    _run(engine, command.downgrade, revision)
+def downgrade(db: Engine, revision: str) -> None:
+    """``alembic downgrade`` on the database ``db`` connects to."""
+    _run(db, command.downgrade, revision)
 
 
-def _run(engine: Engine, action: Callable[[Config, str], None], revision: str) -> None:
-    from .engine import store_error
-
-    cfg = alembic_config(str(engine.db.url.render_as_string(hide_password=False)))
+def _run(db: Engine, action: Callable[[Config, str], None], revision: str) -> None:
+    cfg = alembic_config(str(db.url.render_as_string(hide_password=False)))
     try:
-        with engine.db.connect() as conn:
+        with db.connect() as conn:
             cfg.attributes["connection"] = conn
             action(cfg, revision)
             conn.commit()

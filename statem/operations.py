@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, Row
 
-from . import dialects, semantics, store, store_ops
+from . import dialects, semantics, steps, store, store_ops
 from .definition import CompiledMachine
 from .errors import (
     ExecutionNotFound,
@@ -35,18 +35,16 @@ from .errors import (
     StateNotFound,
 )
 from .expressions import JSON, check_json
+from .kinds import CLOSED_STATUSES, Status, TaskKind
 from .records import Execution
+from .runtime import Runtime
 from .semantics import InvokeFailed, Outcome, Snapshot, StepRecord, TaskSpec
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .telemetry import Metrics
 
 log = logging.getLogger("statem.operations")
 
-#: Statuses no operation changes (``failed`` is not final: retry, move or upgrade it).
-CLOSED_STATUSES: frozenset[str] = frozenset({"finished", "canceled"})
 #: Statuses ``pause`` applies to.
-PAUSABLE_STATUSES: tuple[str, ...] = ("running", "waiting")
+PAUSABLE_STATUSES: tuple[str, ...] = (Status.running, Status.waiting)
 #: A kept ``enter`` (a move while paused) sorts before every other kept event: the moved
 #: state's always-transitions are tried first on resume.
 FIRST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -67,80 +65,78 @@ def _input(reason: str | None, **details: Any) -> dict[str, Any]:
     return {"reason": reason, **details}
 
 
-def _write(
-    conn: Connection, row: Row[Any], records: list[StepRecord], now: dt.datetime, **changes: Any
-) -> None:
-    """Record ``records`` and write the execution with ``changes`` (else as it is), fenced."""
-    values = {
-        "state": row.state, "status": row.status, "context": row.context, "output": row.output,
-        "error": row.error, "armed": row.armed,
-    }  # fmt: skip
-    values.update(changes)
-    store.record_step(conn, row, records, now, **values)
+def _get(rt: Runtime, execution_id: str) -> Execution:
+    with rt.transaction(write=False) as conn:
+        row = store.get_execution(conn, execution_id)
+    if row is None:
+        raise ExecutionNotFound(execution_id)
+    return Execution.from_row(row)
 
 
 # --------------------------------------------------------------------------- pause / resume
 
 
-def pause(engine: Engine, execution_id: str, reason: str | None = None) -> Execution:
+def pause(rt: Runtime, execution_id: str, reason: str | None = None) -> Execution:
     """Pause a running or waiting execution and its unfinished children (one transaction).
 
     A paused one is returned as it is (no step); any other status raises OperationNotAllowed.
     """
-    now = engine.clock()
-    with engine.transaction() as conn:
+    now = rt.clock()
+    with rt.transaction() as conn:
         row = _lock(conn, execution_id)
-        if row.status == "paused":
+        if row.status == Status.paused:
             return Execution.from_row(row)
         if row.status not in PAUSABLE_STATUSES:
             raise OperationNotAllowed(
                 execution_id, "pause", row.state, row.status, f"it is {row.status}; only running or "
                 "waiting executions can be paused"
             )  # fmt: skip
-        _pause_locked(conn, row, _input(reason), now)
-    engine.metrics.step("pause")
-    return engine.get(execution_id)
+        _pause_locked(rt.metrics, conn, row, _input(reason), now)
+    return _get(rt, execution_id)
 
 
-def _pause_locked(conn: Connection, row: Row[Any], input: dict[str, Any], now: dt.datetime) -> None:
+def _pause_locked(
+    metrics: Metrics, conn: Connection, row: Row[Any], input: dict[str, Any], now: dt.datetime
+) -> None:
     store_ops.hold_tasks(conn, row.id)
     record = StepRecord("pause", None, row.state, row.state, input=input, output={"status": row.status})
-    _write(conn, row, [record], now, status="paused")
+    steps.write_in_place(metrics, conn, row, [record], now, status=Status.paused)
     for child_id in store_ops.children_with_status(conn, row.id, PAUSABLE_STATUSES):
         child = _lock(conn, child_id)
         if child.status in PAUSABLE_STATUSES:
-            _pause_locked(conn, child, {"reason": input.get("reason"), "parent": row.id}, now)
+            _pause_locked(metrics, conn, child, {"reason": input.get("reason"), "parent": row.id}, now)
 
 
-def resume(engine: Engine, execution_id: str, reason: str | None = None) -> Execution:
+def resume(rt: Runtime, execution_id: str, reason: str | None = None) -> Execution:
     """Resume a paused execution and its paused children: status back to ``running`` or
     ``waiting``; the executor then applies the kept events in order of arrival."""
-    now = engine.clock()
-    with engine.transaction() as conn:
+    now = rt.clock()
+    with rt.transaction() as conn:
         row = _lock(conn, execution_id)
-        if row.status != "paused":
+        if row.status != Status.paused:
             raise OperationNotAllowed(
                 execution_id, "resume", row.state, row.status, f"it is {row.status}, not paused"
             )
-        _resume_locked(conn, row, _input(reason), now)
+        _resume_locked(rt.metrics, conn, row, _input(reason), now)
         dialects.notify(conn)
-    engine.metrics.step("resume")
-    engine._wake()
-    return engine.get(execution_id)
+    rt.wake()
+    return _get(rt, execution_id)
 
 
-def _resume_locked(conn: Connection, row: Row[Any], input: dict[str, Any], now: dt.datetime) -> None:
+def _resume_locked(
+    metrics: Metrics, conn: Connection, row: Row[Any], input: dict[str, Any], now: dt.datetime
+) -> None:
     store_ops.release_held(conn, row.id, now)
     kept = store_ops.has_kept(conn, row.id)
     if kept:
-        store.insert_tasks(conn, row.id, [TaskSpec("drain", now, {})], now)
-    status = "running" if store_ops.has_work_in_flight(conn, row.id) else "waiting"
+        store.insert_tasks(conn, row.id, [TaskSpec(TaskKind.drain, now, {})], now)
+    status = Status.running if store_ops.has_work_in_flight(conn, row.id) else Status.waiting
     record = StepRecord("resume", None, row.state, row.state, input=input, output={"status": status})
-    _write(conn, row, [record], now, status=status, armed=row.armed or kept)
-    for child_id in store_ops.children_with_status(conn, row.id, ("paused",)):
+    steps.write_in_place(metrics, conn, row, [record], now, status=status, armed=row.armed or kept)
+    for child_id in store_ops.children_with_status(conn, row.id, (Status.paused,)):
         child = _lock(conn, child_id)
-        if child.status == "paused":
-            _resume_locked(conn, child, {"reason": input.get("reason"), "parent": row.id}, now)
+        if child.status == Status.paused:
+            _resume_locked(metrics, conn, child, {"reason": input.get("reason"), "parent": row.id}, now)
 
 
 # --------------------------------------------------------------------------- kept events
@@ -172,7 +168,20 @@ def must_keep_trigger(conn: Connection, row: Row[Any]) -> bool:
     it is paused, or triggers kept earlier have not all been applied yet (the row's
     ``armed`` flag cannot tell: a step that arms nothing clears it while kept triggers
     wait, so this asks the tasks table, through its execution_id index)."""
-    return bool(row.status == "paused" or store_ops.has_kept_trigger(conn, row.id))
+    return bool(row.status == Status.paused or store_ops.has_kept_trigger(conn, row.id))
+
+
+def kept_while_paused(
+    conn: Connection, row: Row[Any], task: Row[Any], now: dt.datetime, result: dict[str, Any] | None
+) -> bool:
+    """For the executor, on the locked execution ``row`` of a claimed ``task``: False if
+    it is not paused (run the task as usual); else keep the task's event (:func:`keep_task`)
+    and return True. ClaimLost if the claim is no longer ours."""
+    if row.status != Status.paused:
+        return False
+    if not keep_task(conn, task, now, result):
+        raise store.ClaimLost
+    return True
 
 
 def keep_task(conn: Connection, task: Row[Any], now: dt.datetime, result: dict[str, Any] | None) -> bool:
@@ -184,49 +193,49 @@ def keep_task(conn: Connection, task: Row[Any], now: dt.datetime, result: dict[s
     return store_ops.keep_task(conn, task, arrived, result)
 
 
-def drain(engine: Engine, task: Row[Any]) -> None:
+def drain(rt: Runtime, task: Row[Any]) -> None:
     """Apply the earliest kept event of the task's execution as its own step, then arm the
     drain again if more are kept. A kept trigger the state does not allow (or whose
     expressions fail) is recorded as a ``rejected`` step that changes nothing else."""
-    now = engine.clock()
-    with engine.transaction() as conn:
+    now = rt.clock()
+    with rt.transaction() as conn:
         row = store.lock_execution(conn, task.execution_id)
         if row is None or not store.finish_task(conn, task.id, task.claim):
             return
-        if row.status == "paused":  # paused again: resume arms a new drain
+        if row.status == Status.paused:  # paused again: resume arms a new drain
             return
         event = store_ops.next_kept(conn, row.id)
         if event is None:
             return
         store_ops.delete_task(conn, event.id)
-        outcome, key, rejected = _kept_outcome(engine, conn, row, event, now)
+        outcome, key, rejected = _kept_outcome(rt, conn, row, event, now)
         if rejected:
             more = store_ops.has_kept(conn, row.id)
             _finish_drain(conn, row, outcome, more, now)
-            _write(conn, row, outcome.steps, now, status=outcome.status, armed=True)
-            store.insert_tasks(conn, row.id, outcome.tasks, now)
-            if more:
-                dialects.notify(conn)
+            metrics, records, tasks = rt.metrics, outcome.steps, outcome.tasks
+            steps.write_in_place(
+                metrics, conn, row, records, now, tasks=tasks, status=outcome.status, armed=True
+            )
         else:
             dropped = store.discard_tasks(conn, row.id) if row.armed else ()
             more = store_ops.has_kept(conn, row.id)
             _finish_drain(conn, row, outcome, more, now)
-            engine.commit_step(conn, row, outcome, now, idempotency_key=key, dropped=dropped)
-    engine._wake()
+            steps.commit_locked(rt.metrics, conn, row, outcome, now, idempotency_key=key, dropped=dropped)
+    rt.wake()
 
 
 def _finish_drain(conn: Connection, row: Row[Any], outcome: Outcome, more: bool, now: dt.datetime) -> None:
     """Arm the drain again when more events are kept; while it runs the execution is running."""
     if more:
-        outcome.tasks.append(TaskSpec("drain", now, {}))
-        if outcome.status == "waiting":
-            outcome.status = "running"
-    elif outcome.status in ("running", "waiting") and not outcome.tasks:
-        outcome.status = "running" if store_ops.has_work_in_flight(conn, row.id) else "waiting"
+        outcome.tasks.append(TaskSpec(TaskKind.drain, now, {}))
+        if outcome.status == Status.waiting:
+            outcome.status = Status.running
+    elif outcome.status in PAUSABLE_STATUSES and not outcome.tasks:
+        outcome.status = Status.running if store_ops.has_work_in_flight(conn, row.id) else Status.waiting
 
 
 def _kept_outcome(
-    engine: Engine, conn: Connection, row: Row[Any], event: Row[Any], now: dt.datetime
+    rt: Runtime, conn: Connection, row: Row[Any], event: Row[Any], now: dt.datetime
 ) -> tuple[Outcome, str | None, bool]:
     """(the step a kept event makes, its idempotency key, whether it is a rejection)."""
     snap = _snapshot(row)
@@ -236,8 +245,8 @@ def _kept_outcome(
         if key is not None and store.has_idempotency_key(conn, row.id, key):
             return Outcome(row.state, row.status, row.context, row.output, row.error), None, True
         try:
-            cm = engine.compiled(row.machine_id, row.machine_version, conn)
-            return semantics.action(cm, snap, action, data, engine.env, now), key, False
+            cm = rt.compiled(row.machine_id, row.machine_version, conn)
+            return semantics.action(cm, snap, action, data, rt.env, now), key, False
         except StatemError as exc:
             record = StepRecord(
                 "rejected", action, row.state, row.state, input=data, output=None, context=None,
@@ -247,16 +256,16 @@ def _kept_outcome(
             status = row.status
             return Outcome(row.state, status, row.context, row.output, row.error, steps=[record]), None, True
     try:
-        cm = engine.compiled(row.machine_id, row.machine_version, conn)
+        cm = rt.compiled(row.machine_id, row.machine_version, conn)
         if event.kind == "enter":
-            outcome = semantics.enter_state(cm, snap, row.state, {}, engine.env, now, kind=None)
+            outcome = semantics.enter_state(cm, snap, row.state, {}, rt.env, now, kind=None)
             return outcome, None, False
         if event.kind == "timer":
-            return semantics.fire_timer(cm, snap, payload, engine.env, now, task_id=event.id), None, False
+            return semantics.fire_timer(cm, snap, payload, rt.env, now, task_id=event.id), None, False
         if event.kind == "effect":
             result = payload["result"]
             out = semantics.apply_result(cm, snap, payload, bool(result["ok"]), result.get("output"),
-                                         engine.env, now, task_id=event.id)  # fmt: skip
+                                         rt.env, now, task_id=event.id)  # fmt: skip
             return out, None, False
         if event.kind == "resume":
             waiting = store.take_waiting_task(conn, int(payload["task"]))
@@ -264,7 +273,7 @@ def _kept_outcome(
                 return Outcome(row.state, row.status, row.context, row.output, row.error), None, True
             ok, output = bool(payload["ok"]), payload.get("output")
             out = semantics.apply_result(
-                cm, snap, waiting.payload, ok, output, engine.env, now, task_id=waiting.id
+                cm, snap, waiting.payload, ok, output, rt.env, now, task_id=waiting.id
             )
             return out, None, False
         raise StatemError(f"kept event {event.id} has unknown kind {event.kind!r}")
@@ -277,7 +286,7 @@ def _kept_outcome(
 # --------------------------------------------------------------------------- retry
 
 
-def retry(engine: Engine, execution_id: str, reason: str | None = None) -> Execution:
+def retry(rt: Runtime, execution_id: str, reason: str | None = None) -> Execution:
     """Re-run what failed a ``failed`` execution, on the version it is pinned to now.
 
     A failed invoke (an effect that raised after its retries, or a child that failed, with
@@ -286,8 +295,8 @@ def retry(engine: Engine, execution_id: str, reason: str | None = None) -> Execu
     always-chain) is evaluated again with the same event. If it fails again, the execution
     is failed again, with the new error.
     """
-    now = engine.clock()
-    with engine.transaction() as conn:
+    now = rt.clock()
+    with rt.transaction() as conn:
         row = _lock(conn, execution_id)
         if row.status != "failed":
             raise OperationNotAllowed(
@@ -301,26 +310,25 @@ def retry(engine: Engine, execution_id: str, reason: str | None = None) -> Execu
                 "its history records no event to re-run (failed before statem recorded events); "
                 "move it instead",
             )  # fmt: skip
-        cm = engine.compiled(row.machine_id, row.machine_version, conn)
+        cm = rt.compiled(row.machine_id, row.machine_version, conn)
         path = _resolve(cm, row, event)
         details = _input(reason, event=event["type"], seq=failed.seq if failed is not None else None)
         step = StepRecord("retry", event.get("name"), row.state, row.state, input=details, output=None)
-        outcome = _retry_outcome(engine, cm, row, event, path, now)
+        outcome = _retry_outcome(rt, cm, row, event, path, now)
         outcome.steps.insert(0, step)
         reinvoke = event.get("reinvoke") and isinstance(event.get("task"), dict)
         if reinvoke and "effect" in event["task"]["payload"]:
             spec = outcome.tasks.pop()
             task_id = event["task"]["id"]
             step.output = {"task": task_id, "effect": spec.payload["effect"]}
-            engine.commit_step(conn, row, outcome, now)
+            steps.commit_locked(rt.metrics, conn, row, outcome, now)
             store_ops.insert_task_with_id(conn, int(task_id), row.id, spec, now)
             store_ops.set_armed(conn, row.id)
             dialects.notify(conn)
         else:
-            engine.commit_step(conn, row, outcome, now)
-    engine.metrics.step("retry")
-    engine._wake()
-    return engine.get(execution_id)
+            steps.commit_locked(rt.metrics, conn, row, outcome, now)
+    rt.wake()
+    return _get(rt, execution_id)
 
 
 def _resolve(cm: CompiledMachine, row: Row[Any], event: dict[str, Any]) -> str:
@@ -365,20 +373,20 @@ def _resolve(cm: CompiledMachine, row: Row[Any], event: dict[str, Any]) -> str:
 
 
 def _retry_outcome(
-    engine: Engine, cm: CompiledMachine, row: Row[Any], event: dict[str, Any], path: str, now: dt.datetime
+    rt: Runtime, cm: CompiledMachine, row: Row[Any], event: dict[str, Any], path: str, now: dt.datetime
 ) -> Outcome:
     snap = _snapshot(row)
     task = event.get("task") or {}
     payload = {**(task.get("payload") or {}), "transition": path, "name": event.get("name")}
     if event.get("reinvoke"):
         payload["pin"] = [row.machine_id, row.machine_version]
-        spec = TaskSpec("effect" if "effect" in payload else "child", now, payload)
-        return Outcome(row.state, "running", row.context, tasks=[spec])
+        spec = TaskSpec(TaskKind.effect if "effect" in payload else TaskKind.child, now, payload)
+        return Outcome(row.state, Status.running, row.context, tasks=[spec])
     try:
         if event["type"] == "timer":
-            return semantics.fire_timer(cm, snap, payload, engine.env, now, task_id=task.get("id"))
+            return semantics.fire_timer(cm, snap, payload, rt.env, now, task_id=task.get("id"))
         ok, output = bool(event.get("ok")), event.get("output")
-        return semantics.apply_result(cm, snap, payload, ok, output, engine.env, now, task_id=task.get("id"))
+        return semantics.apply_result(cm, snap, payload, ok, output, rt.env, now, task_id=task.get("id"))
     except (StatemError, InvokeFailed) as exc:
         kind = "timer" if event["type"] == "timer" else "result"
         return semantics.failure(snap, kind, event.get("name"), str(exc), event=semantics.event_of(exc))
@@ -388,7 +396,7 @@ def _retry_outcome(
 
 
 def move(
-    engine: Engine,
+    rt: Runtime,
     execution_id: str,
     state: str,
     context: dict[str, Any] | None = None,
@@ -398,28 +406,27 @@ def move(
     values), discarding its armed work (children are canceled), then entering the state as
     a transition does. A paused one stays paused; its state's always are tried on resume."""
     changes = _context_changes(context)
-    now = engine.clock()
-    with engine.transaction() as conn:
+    now = rt.clock()
+    with rt.transaction() as conn:
         row = _lock(conn, execution_id)
         if row.status in CLOSED_STATUSES:
             raise OperationNotAllowed(execution_id, "move", row.state, row.status, f"it is {row.status}")
-        cm = engine.compiled(row.machine_id, row.machine_version, conn)
+        cm = rt.compiled(row.machine_id, row.machine_version, conn)
         if state not in cm.machine.states:
             raise StateNotFound(row.machine_id, row.machine_version, state, list(cm.machine.states))
-        paused = row.status == "paused"
+        paused = row.status == Status.paused
         details = _input(reason, state=state, context=changes)
         outcome = semantics.enter_state(
-            cm, _snapshot(row), state, changes, engine.env, now, kind="move", input=details, settle=not paused
+            cm, _snapshot(row), state, changes, rt.env, now, kind="move", input=details, settle=not paused
         )
         if paused:
-            outcome.status = "paused"
-        engine.commit_step(conn, row, outcome, now)
+            outcome.status = Status.paused
+        steps.commit_locked(rt.metrics, conn, row, outcome, now)
         if paused:
             store_ops.insert_kept(conn, row.id, "enter", {"state": state}, FIRST)
             store_ops.set_armed(conn, row.id)
-    engine.metrics.step("move")
-    engine._wake()
-    return engine.get(execution_id)
+    rt.wake()
+    return _get(rt, execution_id)
 
 
 def _context_changes(context: dict[str, Any] | None) -> dict[str, Any]:

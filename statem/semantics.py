@@ -24,17 +24,15 @@ import datetime as dt
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from .definition import Branch, CompiledMachine, ContextUpdate, Transition
 from .errors import ActionNotAllowed, ExpressionError, LoopError, StatemError
 from .expressions import JSON, check_json
+from .kinds import FINAL_STATUSES, INLINE_KINDS, Status, TaskKind
 from .settings import MAX_ALWAYS_CHAIN
 
-Status = Literal["running", "waiting", "paused", "finished", "failed", "canceled"]
-FINAL_STATUSES: frozenset[str] = frozenset({"finished", "failed", "canceled"})
-#: Task kinds ``execution_mode: sync`` runs in the caller (timers always go to workers).
-INLINE_KINDS: frozenset[str] = frozenset({"effect", "child", "resume"})
+__all__ = ["FINAL_STATUSES", "INLINE_KINDS", "Status", "TaskKind"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ class StepRecord:
 class TaskSpec:
     """A task to arm with the step: a timer, an effect call, a child start or a child's result."""
 
-    kind: Literal["timer", "effect", "child", "resume", "drain"]
+    kind: TaskKind
     due_at: dt.datetime
     payload: dict[str, Any]
 
@@ -178,7 +176,7 @@ class _Chain:
         """Arm the timer or the task of a ``wait_for``/``invoke`` transition; the chain rests."""
         if t.wait_for is not None:
             due = self.due_at(path, t)
-            self.tasks.append(TaskSpec("timer", due, {"transition": path, "name": name}))
+            self.tasks.append(TaskSpec(TaskKind.timer, due, {"transition": path, "name": name}))
             target = t.state or self.state
             self.record(
                 "wait",
@@ -187,7 +185,7 @@ class _Chain:
                 self.state,
                 output={"due_at": due.isoformat(), "target": target},
             )
-            return "waiting"
+            return Status.waiting
         assert t.invoke is not None
         inv = t.invoke
         task_input = self.eval(f"{path}.invoke.input") if inv.input is not None else {}
@@ -199,19 +197,19 @@ class _Chain:
         }
         if inv.effect is not None:
             payload["effect"] = inv.effect
-            self.tasks.append(TaskSpec("effect", self.now, payload))
+            self.tasks.append(TaskSpec(TaskKind.effect, self.now, payload))
         else:
             child = inv.child
             assert child is not None
             payload["machine"] = list(child)
-            self.tasks.append(TaskSpec("child", self.now, payload))
+            self.tasks.append(TaskSpec(TaskKind.child, self.now, payload))
         if inv.effect is not None:
             target = inv.effect
         else:
             mid, version = inv.child or ("?", None)
             target = f"machine {mid} v{version}" if version is not None else f"machine {mid} (latest)"
         self.record("invoke", name, self.state, self.state, output={"invoke": target, "input": task_input})
-        return "running"
+        return Status.running
 
     def due_at(self, path: str, t: Transition) -> dt.datetime:
         assert t.wait_for is not None
@@ -244,7 +242,7 @@ class _Chain:
             st = self.cm.state(self.state)
             if st.end:
                 self.result = self.eval(f"states.{self.state}.return") if st.return_ else None
-                return "finished"
+                return Status.finished
             for i, t in enumerate(st.always):
                 path = f"states.{self.state}.always[{i}]"
                 if not self.holds(path, t.when):
@@ -257,7 +255,7 @@ class _Chain:
                 self.take("always", t.name, path, t)
                 break
             else:
-                return "waiting"
+                return Status.waiting
 
     def outcome(self, status: Status) -> Outcome:
         check_json(self.context, "the context")  # each value is JSON already: this bounds the size
@@ -293,7 +291,7 @@ def start(
 ) -> Outcome:
     """Begin an execution: evaluate the initial context, enter ``start_at``, run the chain."""
     m = cm.machine
-    snap = Snapshot(execution_id, m.id, m.version, m.start_at, "running", {})
+    snap = Snapshot(execution_id, m.id, m.version, m.start_at, Status.running, {})
     chain = _Chain(cm, snap, env, now, input)
     chain.context = chain.updated_context("", m.context) if m.context is not None else {}
     chain.record(
@@ -434,7 +432,7 @@ def failure(
     step = StepRecord(
         kind, name, snap.state, snap.state, input=input, context=snap.context, error=error, event=event
     )
-    return Outcome(snap.state, "failed", snap.context, error=error, steps=[step])
+    return Outcome(snap.state, Status.failed, snap.context, error=error, steps=[step])
 
 
 def event_of(exc: BaseException) -> JSON:
@@ -480,5 +478,5 @@ def enter_state(
     if kind is not None:
         chain.record(kind, None, from_state, state, input=input, output=None)
     if not settle:
-        return chain.outcome("waiting")
+        return chain.outcome(Status.waiting)
     return chain.outcome(chain.settle())

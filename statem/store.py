@@ -33,6 +33,7 @@ from sqlalchemy.engine import result_tuple
 
 from . import dialects
 from .errors import ConcurrencyError
+from .kinds import Status, TaskKind, TaskStatus
 from .schema import executions, machines, steps, tasks
 from .semantics import StepRecord, TaskSpec
 
@@ -93,10 +94,10 @@ _EXECUTION_INDEX = {c.name: i for i, c in enumerate(executions.c)}
 _task_row = result_tuple([c.name for c in tasks.c])
 
 
-def insert_execution(conn: Connection, *, returning: bool = False, **values: Any) -> Row[Any] | None:
-    """Create an execution row; with ``returning``, return it as stored."""
+def insert_execution(conn: Connection, **values: Any) -> Row[Any]:
+    """Create an execution row; returns it as stored (built here: no read)."""
     conn.execute(_INSERT_EXECUTION, values)
-    return _execution_row(values[c.name] for c in executions.c) if returning else None
+    return _execution_row(values[c.name] for c in executions.c)
 
 
 # The statements of the hot path (one step) are built once: building a SQLAlchemy
@@ -162,7 +163,9 @@ _DISCARD_TASKS = (
     .returning(*tasks.c)
 )
 _FINISH_TASK = delete(tasks).where(
-    tasks.c.id == bindparam("p_task"), tasks.c.claim == bindparam("p_claim"), tasks.c.status == "claimed"
+    tasks.c.id == bindparam("p_task"),
+    tasks.c.claim == bindparam("p_claim"),
+    tasks.c.status == TaskStatus.claimed,
 )
 
 
@@ -192,13 +195,12 @@ def write_step(
     seq: int,
     armed: bool,
     now: dt.datetime,
-    returning: bool = False,
     history: list[dict[str, Any]] | None = None,
-) -> Row[Any] | None:
+) -> Row[Any]:
     """Write back an execution after a step, fenced by its optimistic version.
 
     Raises ConcurrencyError, changing nothing, when ``row.version`` is no longer the
-    stored one. With ``returning``, returns the row as written. ``history`` (PostgreSQL
+    stored one. Returns the row as written (built here: no read). ``history`` (PostgreSQL
     only; see :func:`record_step`) is inserted by the same statement.
     """
     params = {
@@ -212,8 +214,6 @@ def write_step(
     else:
         matched = conn.execute(_WRITE_STEP, params).rowcount
     _fenced(conn, row, matched)
-    if not returning:
-        return None
     written = list(row)
     for name, value in (("state", state), ("status", status), ("context", context), ("output", output),
                         ("error", error), ("seq", seq), ("armed", armed), ("version", row.version + 1),
@@ -265,7 +265,7 @@ def live_children(conn: Connection, execution_id: str) -> list[str]:
     rows = conn.execute(
         select(executions.c.id).where(
             executions.c.parent_id == execution_id,
-            executions.c.status.in_(("running", "waiting", "paused", "failed")),
+            executions.c.status.in_((Status.running, Status.waiting, Status.paused, Status.failed)),
         )
     )
     return [r.id for r in rows]
@@ -318,18 +318,17 @@ def record_step(
     output: Any,
     error: str | None,
     armed: bool,
-    returning: bool = False,
-) -> Row[Any] | None:
+) -> Row[Any]:
     """Append a step's history rows after ``row.seq`` and write back the execution, fenced
     by its version (ConcurrencyError, with nothing written, if it moved).
 
     On PostgreSQL this is one statement (the history INSERT rides in a ``WITH`` on the
-    UPDATE, its rows passed as one JSON array): one round trip instead of two. With
-    ``returning``, returns the execution row as written.
+    UPDATE, its rows passed as one JSON array): one round trip instead of two. Returns the
+    execution row as written.
     """
     seq = row.seq + len(records)
     fields = {"state": state, "status": status, "context": context, "output": output, "error": error,
-              "seq": seq, "armed": armed, "now": now, "returning": returning}  # fmt: skip
+              "seq": seq, "armed": armed, "now": now}  # fmt: skip
     if not records or dialects.is_sqlite(conn):
         written = write_step(conn, row, **fields)  # first: the fence, before any history row
         insert_steps(conn, row.id, row.seq + 1, records, now, idempotency_key)
@@ -364,10 +363,10 @@ def _task_rows(
     execution_id: str, specs: Iterable[TaskSpec], now: dt.datetime, claim: Claim | None
 ) -> list[dict[str, Any]]:
     held = (
-        {"status": "claimed", "claim": claim.token, "owner": claim.owner,
+        {"status": TaskStatus.claimed, "claim": claim.token, "owner": claim.owner,
          "lease_expires_at": claim.lease_until, "attempts": 1}
         if claim is not None
-        else {"status": "pending", "attempts": 0}
+        else {"status": TaskStatus.pending, "attempts": 0}
     )  # fmt: skip
     return [
         {"execution_id": execution_id, "kind": s.kind, "due_at": s.due_at, "payload": s.payload,
@@ -413,7 +412,7 @@ def _as_task_row(task_id: int, values: dict[str, Any]) -> Row[Any]:
 def resume_spec(parent_task_id: int, ok: bool, output: Any, now: dt.datetime) -> TaskSpec:
     """A child's result for its parent: a ``resume`` task, ready now, naming the parent's
     waiting child task."""
-    return TaskSpec("resume", now, {"task": parent_task_id, "ok": ok, "output": output})
+    return TaskSpec(TaskKind.resume, now, {"task": parent_task_id, "ok": ok, "output": output})
 
 
 def discard_tasks(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
@@ -440,13 +439,16 @@ def get_task(conn: Connection, task_id: int) -> Row[Any] | None:
 
 
 _READY = or_(
-    and_(tasks.c.status == "pending", tasks.c.due_at <= bindparam("p_now", type_=tasks.c.due_at.type)),
     and_(
-        tasks.c.status == "claimed", tasks.c.lease_expires_at < bindparam("p_now", type_=tasks.c.due_at.type)
+        tasks.c.status == TaskStatus.pending, tasks.c.due_at <= bindparam("p_now", type_=tasks.c.due_at.type)
+    ),
+    and_(
+        tasks.c.status == TaskStatus.claimed,
+        tasks.c.lease_expires_at < bindparam("p_now", type_=tasks.c.due_at.type),
     ),
 )
 _CLAIM_VALUES = {
-    "status": "claimed",
+    "status": TaskStatus.claimed,
     "claim": bindparam("p_claim"),
     "owner": bindparam("p_owner"),
     "lease_expires_at": bindparam("p_lease", type_=tasks.c.lease_expires_at.type),
@@ -493,7 +495,7 @@ def renew_leases(conn: Connection, claims: Iterable[tuple[int, str]], lease_unti
     for task_id, claim in claims:
         conn.execute(
             update(tasks)
-            .where(tasks.c.id == task_id, tasks.c.claim == claim, tasks.c.status == "claimed")
+            .where(tasks.c.id == task_id, tasks.c.claim == claim, tasks.c.status == TaskStatus.claimed)
             .values(lease_expires_at=lease_until)
         )
 
@@ -551,7 +553,7 @@ def _unclaim(conn: Connection, task_id: int, claim: str, **values: Any) -> bool:
     """Fenced: drop our claim on a task and set ``values``; False if the claim is no longer ours."""
     res = conn.execute(
         update(tasks)
-        .where(tasks.c.id == task_id, tasks.c.claim == claim, tasks.c.status == "claimed")
+        .where(tasks.c.id == task_id, tasks.c.claim == claim, tasks.c.status == TaskStatus.claimed)
         .values(claim=None, owner=None, lease_expires_at=None, **values)
     )
     return res.rowcount == 1
@@ -559,22 +561,24 @@ def _unclaim(conn: Connection, task_id: int, claim: str, **values: Any) -> bool:
 
 def hold_task(conn: Connection, task_id: int, claim: str, child_id: str) -> bool:
     """Fenced: mark a child task as waiting for its child's result."""
-    return _unclaim(conn, task_id, claim, status="waiting", child_id=child_id)
+    return _unclaim(conn, task_id, claim, status=TaskStatus.waiting, child_id=child_id)
 
 
 def retry_task(conn: Connection, task_id: int, claim: str, due_at: dt.datetime, error: str) -> bool:
     """Fenced: put a failed attempt back as pending, due after its backoff."""
-    return _unclaim(conn, task_id, claim, status="pending", due_at=due_at, last_error=error)
+    return _unclaim(conn, task_id, claim, status=TaskStatus.pending, due_at=due_at, last_error=error)
 
 
 def release_task(conn: Connection, task_id: int, claim: str) -> None:
     """Give a claimed task back unrun (a worker shutting down), without using an attempt."""
-    _unclaim(conn, task_id, claim, status="pending", attempts=tasks.c.attempts - 1)
+    _unclaim(conn, task_id, claim, status=TaskStatus.pending, attempts=tasks.c.attempts - 1)
 
 
 def take_waiting_task(conn: Connection, task_id: int) -> Row[Any] | None:
     """Delete and return a child task still waiting for its result (None if it was discarded)."""
-    row = conn.execute(select(tasks).where(tasks.c.id == task_id, tasks.c.status == "waiting")).first()
+    row = conn.execute(
+        select(tasks).where(tasks.c.id == task_id, tasks.c.status == TaskStatus.waiting)
+    ).first()
     if row is not None:
         conn.execute(delete(tasks).where(tasks.c.id == task_id))
     return row
@@ -582,9 +586,11 @@ def take_waiting_task(conn: Connection, task_id: int) -> Row[Any] | None:
 
 def next_due(conn: Connection) -> dt.datetime | None:
     """When the next pending task is due, or the next lease expires."""
-    pending = conn.execute(select(func.min(tasks.c.due_at)).where(tasks.c.status == "pending")).scalar()
+    pending = conn.execute(
+        select(func.min(tasks.c.due_at)).where(tasks.c.status == TaskStatus.pending)
+    ).scalar()
     lease = conn.execute(
-        select(func.min(tasks.c.lease_expires_at)).where(tasks.c.status == "claimed")
+        select(func.min(tasks.c.lease_expires_at)).where(tasks.c.status == TaskStatus.claimed)
     ).scalar()
     times: list[dt.datetime] = [t for t in (pending, lease) if t is not None]
     return min(times) if times else None
@@ -601,7 +607,7 @@ def stats(conn: Connection, now: dt.datetime) -> dict[str, Any]:
         by_task[f"{kind}/{status}"] = n
     overdue = conn.execute(
         select(func.count(), func.min(tasks.c.due_at)).where(
-            tasks.c.status == "pending", tasks.c.due_at <= now
+            tasks.c.status == TaskStatus.pending, tasks.c.due_at <= now
         )
     ).one()
     oldest = overdue[1]

@@ -24,19 +24,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from sqlalchemy import Connection, Row
 
-from . import semantics, store, store_ops
+from . import semantics, steps, store, store_ops
 from .definition import CompiledMachine
 from .errors import InputError, StatemError, StateNotFound
 from .expressions import Expression, check_json, compile_expression
 from .replay import RecordedStep, ReplayResult, Work, replay
+from .runtime import Runtime
 from .semantics import InvokeFailed, Snapshot, StepRecord
-
-if TYPE_CHECKING:
-    from .engine import Engine
 
 log = logging.getLogger("statem.upgrade")
 
@@ -240,32 +238,32 @@ def counterpart(target: CompiledMachine, state: str, task: TaskView) -> str | No
 # --------------------------------------------------------------------------- the database part
 
 
-def count(engine: Engine, req: Request) -> int:
+def count(rt: Runtime, req: Request) -> int:
     """How many executions the upgrade will look at (for a progress bar)."""
     if req.execution_ids is not None:
         return len(req.execution_ids)
-    with engine.transaction(write=False) as conn:
+    with rt.transaction(write=False) as conn:
         return store_ops.count_upgrade_candidates(
             conn, req.machine_id, req.target.machine.version, req.from_version
         )
 
 
-def run(engine: Engine, req: Request) -> Iterator[UpgradeItem]:
+def run(rt: Runtime, req: Request) -> Iterator[UpgradeItem]:
     """Upgrade each execution in its own transaction (a dry run reads a batch of
     executions, their tasks and their histories in one read transaction); yields one item
     per execution, in id order, holding one batch at a time."""
-    for batch in _batches(engine, req):
+    for batch in _batches(rt, req):
         if req.apply:
             for eid in batch:
-                yield one(engine, req, eid)
+                yield one(rt, req, eid)
         else:
-            yield from _dry_batch(engine, req, batch)
+            yield from _dry_batch(rt, req, batch)
 
 
-def _dry_batch(engine: Engine, req: Request, ids: list[str]) -> Iterator[UpgradeItem]:
+def _dry_batch(rt: Runtime, req: Request, ids: list[str]) -> Iterator[UpgradeItem]:
     """Assess a batch: three reads for all of it, then each execution on its own."""
     try:
-        with engine.transaction(write=False) as conn:
+        with rt.transaction(write=False) as conn:
             rows = {r.id: r for r in store_ops.executions_by_id(conn, ids)}
             tasks: dict[str, list[Row[Any]]] = {}
             for t in store_ops.tasks_of_many(conn, ids):
@@ -279,7 +277,7 @@ def _dry_batch(engine: Engine, req: Request, ids: list[str]) -> Iterator[Upgrade
             yield UpgradeItem(eid, None, None, None, "refused", f"not read: {exc}")
         return
     for eid in ids:
-        yield _assess(engine, req, rows.get(eid), eid, tasks.get(eid, []), _given(history.get(eid, [])))[0]
+        yield _assess(rt, req, rows.get(eid), eid, tasks.get(eid, []), _given(history.get(eid, [])))[0]
 
 
 def _given(rows: Sequence[Row[Any]]) -> Callable[[], Sequence[Row[Any]]]:
@@ -287,14 +285,14 @@ def _given(rows: Sequence[Row[Any]]) -> Callable[[], Sequence[Row[Any]]]:
     return lambda: rows
 
 
-def _batches(engine: Engine, req: Request) -> Iterator[list[str]]:
+def _batches(rt: Runtime, req: Request) -> Iterator[list[str]]:
     if req.execution_ids is not None:
         for i in range(0, len(req.execution_ids), BATCH):
             yield req.execution_ids[i : i + BATCH]
         return
     after = ""
     while True:
-        with engine.transaction(write=False) as conn:
+        with rt.transaction(write=False) as conn:
             ids = store_ops.upgrade_candidates(
                 conn, req.machine_id, req.target.machine.version, req.from_version, after, BATCH
             )
@@ -304,10 +302,10 @@ def _batches(engine: Engine, req: Request) -> Iterator[list[str]]:
         after = ids[-1]
 
 
-def one(engine: Engine, req: Request, execution_id: str) -> UpgradeItem:
+def one(rt: Runtime, req: Request, execution_id: str) -> UpgradeItem:
     """Assess or upgrade one execution in one transaction."""
     try:
-        with engine.transaction(write=req.apply) as conn:
+        with rt.transaction(write=req.apply) as conn:
             row = (
                 store.lock_execution(conn, execution_id)
                 if req.apply
@@ -315,10 +313,10 @@ def one(engine: Engine, req: Request, execution_id: str) -> UpgradeItem:
             )
             tasks = store_ops.tasks_of(conn, execution_id) if row is not None else []
             item, write = _assess(
-                engine, req, row, execution_id, tasks, lambda: store_ops.events(conn, execution_id)
+                rt, req, row, execution_id, tasks, lambda: store_ops.events(conn, execution_id)
             )
             if write is not None and row is not None:
-                _write(engine, req, conn, row, write)
+                _write(rt, req, conn, row, write)
             return item
     except StatemError as exc:  # the database failed this one: the others go on
         log.warning("upgrade of %s failed: %s", execution_id, exc)
@@ -326,7 +324,7 @@ def one(engine: Engine, req: Request, execution_id: str) -> UpgradeItem:
 
 
 def _assess(
-    engine: Engine,
+    rt: Runtime,
     req: Request,
     row: Row[Any] | None,
     execution_id: str,
@@ -349,10 +347,10 @@ def _assess(
         return UpgradeItem(execution_id, row.machine_version, row.state, None, "skipped", reason), None
     snap = Snapshot(row.id, row.machine_id, row.machine_version, row.state, row.status, row.context)
     tasks = [TaskView(t.id, t.kind, t.status, t.payload) for t in task_rows]
-    decided = plan(req, snap, tasks, engine.env)
+    decided = plan(req, snap, tasks, rt.env)
     verdict: ReplayResult | None = None
     if not req.apply or req.only_if_replays:
-        verdict = replay_execution(engine, req, row, tasks, history())
+        verdict = replay_execution(rt, req, row, tasks, history())
 
     def item(outcome: Outcome, to_state: str | None, reason: str | None = None) -> UpgradeItem:
         return UpgradeItem(
@@ -370,7 +368,7 @@ def _assess(
 
 
 def replay_execution(
-    engine: Engine, req: Request, row: Row[Any], tasks: Sequence[TaskView], history: Sequence[Row[Any]]
+    rt: Runtime, req: Request, row: Row[Any], tasks: Sequence[TaskView], history: Sequence[Row[Any]]
 ) -> ReplayResult:
     """The replay check of one execution (``history``: its steps by seq, as
     :func:`statem.store_ops.events` reads them) against the target version."""
@@ -379,16 +377,16 @@ def replay_execution(
     try:
         return replay(
             req.target, row.id, recorded, current_state=row.state, current_work=work, states=req.states,
-            env=engine.env, source_version=row.machine_version,
+            env=rt.env, source_version=row.machine_version,
         )  # fmt: skip
     except (StatemError, InvokeFailed, KeyError, TypeError, ValueError) as exc:
         return ReplayResult("not_replayable", f"history could not be replayed: {exc}")
 
 
-def _write(engine: Engine, req: Request, conn: Connection, row: Row[Any], p: Plan) -> None:
+def _write(rt: Runtime, req: Request, conn: Connection, row: Row[Any], p: Plan) -> None:
     """Apply a plan on the locked row: discarded timers, re-pointed work, the upgrade step,
     the new version; a waiting execution left with nothing armed then enters its state."""
-    now = engine.clock()
+    now = rt.clock()
     to_v = req.target.machine.version
     records: list[StepRecord] = []
     for task in store_ops.delete_tasks(conn, p.discarded):
@@ -405,19 +403,16 @@ def _write(engine: Engine, req: Request, conn: Connection, row: Row[Any], p: Pla
     tasks: list[semantics.TaskSpec] = []
     if row.status == "waiting" and p.left == 0:
         snap = Snapshot(row.id, row.machine_id, to_v, p.to_state, row.status, p.context)
-        entered = semantics.enter_state(req.target, snap, p.to_state, {}, engine.env, now, kind=None)
+        entered = semantics.enter_state(req.target, snap, p.to_state, {}, rt.env, now, kind=None)
         records += entered.steps
         state, status, context, output = entered.state, entered.status, entered.context, entered.output
         tasks = entered.tasks
         armed = bool(tasks)
-    store.record_step(
-        conn, row, records, now, state=state, status=status, context=context, output=output, error=row.error,
-        armed=armed,
+    steps.write_in_place(
+        rt.metrics, conn, row, records, now, tasks=tasks, state=state, status=status, context=context,
+        output=output, armed=armed,
     )  # fmt: skip
     store_ops.set_machine_version(conn, row.id, to_v)
-    if tasks:
-        store.insert_tasks(conn, row.id, tasks, now)
-    engine.metrics.step("upgrade")
 
 
 def _discard_record(task: Row[Any], state: str) -> StepRecord:
@@ -431,7 +426,7 @@ def _discard_record(task: Row[Any], state: str) -> StepRecord:
 
 
 def upgrade(
-    engine: Engine,
+    rt: Runtime,
     machine_id: str,
     to_version: int,
     *,
@@ -445,10 +440,10 @@ def upgrade(
     progress: Callable[[UpgradeItem], None] | None = None,
 ) -> UpgradeReport:
     """Run an upgrade and collect its report (see :meth:`statem.Engine.upgrade`)."""
-    req = request(engine, machine_id, to_version, from_version, states, context, execution_ids, apply,
+    req = request(rt, machine_id, to_version, from_version, states, context, execution_ids, apply,
                   only_if_replays, reason)  # fmt: skip
     report = UpgradeReport()
-    for item in run(engine, req):
+    for item in run(rt, req):
         report.add(item)
         if progress is not None:
             progress(item)
@@ -456,7 +451,7 @@ def upgrade(
 
 
 def request(
-    engine: Engine,
+    rt: Runtime,
     machine_id: str,
     to_version: int,
     from_version: int | None,
@@ -470,9 +465,9 @@ def request(
     """The checked request (MachineNotFound, StateNotFound, ExpressionError, InputError)."""
     if isinstance(to_version, bool) or not isinstance(to_version, int):
         raise InputError(f"upgrade: to_version must be an int, not {to_version!r}")
-    target = engine.compiled(machine_id, to_version)
+    target = rt.compiled(machine_id, to_version)
     if from_version is not None:
-        engine.compiled(machine_id, from_version)
+        rt.compiled(machine_id, from_version)
     return check_request(
         target, from_version=from_version, states=states, context=context, execution_ids=execution_ids,
         apply=apply, only_if_replays=only_if_replays, reason=reason,

@@ -22,18 +22,17 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Row
 
 from . import dialects, store
 from .errors import StatemError
-from .executor import default_owner
+from .executor import Executor, default_owner
+from .leases import LeaseRenewer
+from .runtime import Runtime
 from .settings import WorkerSettings
-
-if TYPE_CHECKING:
-    from .engine import Engine
 
 log = logging.getLogger("statem.worker")
 
@@ -41,15 +40,24 @@ log = logging.getLogger("statem.worker")
 MAX_OUTAGE_BACKOFF_SECONDS = 30.0
 
 
+class Hosting(Protocol):
+    """What a worker is given: a :class:`statem.Engine` (the runtime its steps run on)."""
+
+    @property
+    def _runtime(self) -> Runtime: ...
+
+
 class Worker:
     """Claims and runs tasks in background threads; ``with engine.worker(): ...``."""
 
-    def __init__(self, engine: Engine, settings: WorkerSettings | None = None) -> None:
-        self.engine = engine
-        self.settings = settings or engine.worker_settings
+    def __init__(self, engine: Hosting, settings: WorkerSettings | None = None) -> None:
+        self.rt = engine._runtime
+        self.settings = settings or self.rt.worker_settings
         self.owner = self.settings.name or default_owner()
+        self.executor = Executor(self.rt)
         self._pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="statem-task")
-        self._inflight: dict[int, str] = {}
+        #: the claims of the tasks in flight (renewed by the ``renew`` job)
+        self.leases = LeaseRenewer(self.rt, self.settings.lease_seconds, self._outage)
         self._futures: dict[int, Future[None]] = {}
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
@@ -76,10 +84,12 @@ class Worker:
             id="poll",
             next_run_time=dt.datetime.now(dt.UTC),
         )
-        self._scheduler.add_job(self.renew, "interval", seconds=max(s.lease_seconds / 3, 0.05), id="renew")
-        self.engine.add_listener(self.wake)
+        self._scheduler.add_job(
+            self.leases.renew, "interval", seconds=max(s.lease_seconds / 3, 0.05), id="renew"
+        )
+        self.rt.add_listener(self.wake)
         self._scheduler.start()
-        if not dialects.is_sqlite(self.engine.db):
+        if not dialects.is_sqlite(self.rt.db):
             self._listener = threading.Thread(target=self._listen, name="statem-listen", daemon=True)
             self._listener.start()
         log.info(
@@ -95,14 +105,14 @@ class Worker:
         if self._stopping.is_set():
             return
         self._stopping.set()
-        self.engine.remove_listener(self.wake)
+        self.rt.remove_listener(self.wake)
         self._scheduler.shutdown(wait=wait)
         with self._lock:
             pending = [tid for tid, fut in self._futures.items() if fut.cancel()]
-            releases = [(tid, self._inflight.pop(tid)) for tid in pending if tid in self._inflight]
+        releases = [(tid, claim) for tid in pending if (claim := self.leases.release(tid)) is not None]
         if releases:
             try:
-                with self.engine.transaction() as conn:
+                with self.rt.transaction() as conn:
                     for tid, claim in releases:
                         store.release_task(conn, tid, claim)
             except StatemError as exc:
@@ -186,47 +196,33 @@ class Worker:
             self.wake(max(upcoming, dt.datetime.now(dt.UTC)))
 
     def _claim(self) -> int:
-        with self._lock:
-            free = self.settings.concurrency - len(self._inflight)
+        free = self.settings.concurrency - self.leases.count()
         if free <= 0:
             return 0
-        tasks = self.engine.executor.claim(
+        tasks = self.executor.claim(
             self.owner, min(free, self.settings.claim_batch), self.settings.lease_seconds
         )
         for task in tasks:
+            self.leases.hold(task.id, task.claim)
             with self._lock:
-                self._inflight[task.id] = task.claim
                 self._futures[task.id] = self._pool.submit(self._run, task)
         return len(tasks)
 
     def _next_due(self) -> dt.datetime | None:
-        with self.engine.transaction(write=False) as conn:
+        with self.rt.transaction(write=False) as conn:
             return store.next_due(conn)
 
     def _run(self, task: Row[Any]) -> None:
         try:
-            self.engine.executor.run(task)
+            self.executor.run(task)
             self.tasks_run += 1
         except Exception:
             log.exception("task %s crashed the executor; its lease will lapse", task.id)
         finally:
+            self.leases.release(task.id)
             with self._lock:
-                self._inflight.pop(task.id, None)
                 self._futures.pop(task.id, None)
             self.wake()
-
-    def renew(self) -> None:
-        """Extend the leases of the tasks in flight."""
-        with self._lock:
-            claims = list(self._inflight.items())
-        if not claims:
-            return
-        until = self.engine.clock() + dt.timedelta(seconds=self.settings.lease_seconds)
-        try:
-            with self.engine.transaction() as conn:
-                store.renew_leases(conn, claims, until)
-        except StatemError as exc:
-            self._outage(exc)
 
     # ------------------------------------------------------------------ outages
     def _outage(self, exc: StatemError) -> None:
@@ -251,7 +247,7 @@ class Worker:
         """PostgreSQL: wake on NOTIFY from any process that armed work."""
         import psycopg
 
-        url = self.engine.db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        url = self.rt.db.url.set(drivername="postgresql").render_as_string(hide_password=False)
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:

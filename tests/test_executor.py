@@ -422,7 +422,7 @@ def test_fencing_a_zombie_cannot_apply_twice(fengine: Engine, clock: FakeClock) 
     fengine.effects.register("work", lambda input, *, idempotency_key: calls.append(idempotency_key) or "ok")
     fengine.save_machine(effect_machine())
     ex = fengine.start("fx")
-    ex_ = fengine.executor
+    ex_ = fengine._executor  # internal: the test plays two workers by hand
     zombie = ex_.claim("zombie", 10, lease_seconds=30)
     assert len(zombie) == 1
     assert ex_.claim("other", 10, lease_seconds=30) == []  # leased

@@ -186,7 +186,7 @@ def test_downgrade_base_removes_everything_and_upgrade_again_works(empty_url: st
     try:
         e.migrate()
         _save_and_run(e)
-        downgrade(e, "base")
+        downgrade(e.db, "base")
         tables, views = _objects(empty_url)
         # Alembic keeps its (now empty) version table; every statem table and view is gone
         assert tables == {VERSION_TABLE}
@@ -209,19 +209,19 @@ def test_every_revision_steps_down_and_up_keeping_data(empty_url: str) -> None:
     e = Engine(empty_url)
     try:
         for rev in REVISIONS:
-            upgrade(e, rev)
+            upgrade(e.db, rev)
             assert _version(empty_url) == [rev]
-            downgrade(e, "-1")
+            downgrade(e.db, "-1")
             assert _version(empty_url) == (
                 [REVISIONS[REVISIONS.index(rev) - 1]] if rev != REVISIONS[0] else []
             )
-            upgrade(e, rev)
+            upgrade(e.db, rev)
         assert _version(empty_url) == [HEAD]
         eid = _save_and_run(e)
         # down to the first revision (views dropped) and back: the rows are untouched
-        downgrade(e, REVISIONS[0])
+        downgrade(e.db, REVISIONS[0])
         assert _objects(empty_url)[1] == set()
-        upgrade(e, "head")
+        upgrade(e.db, "head")
         _check_data(e, eid)
         with e.db.connect() as conn:
             counts = conn.execute(

@@ -178,9 +178,9 @@ def test_an_effect_result_that_lands_while_paused_is_kept(fengine: Engine) -> No
 
     fengine.save_machine(effect_machine())
     fengine.start("fx", {"n": 4}, execution_id="e1")
-    [task] = fengine.executor.claim("w1", 10, 30)  # a worker has taken the effect...
+    [task] = fengine._executor.claim("w1", 10, 30)  # a worker has taken the effect...
     fengine.pause("e1")  # ...when the pause lands
-    fengine.executor.run(task)  # the effect finishes: its result is kept
+    fengine._executor.run(task)  # the effect finishes: its result is kept
     assert calls == ["e1:1"]
     ex = fengine.get("e1")
     assert (ex.status, ex.state) == ("paused", "go")
@@ -199,10 +199,10 @@ def test_a_due_timer_claimed_as_the_pause_lands_is_kept(fengine: Engine, clock: 
     fengine.start("steps", execution_id="e1")
     fengine.trigger("e1", "next")
     clock.advance(seconds=61)
-    [task] = fengine.executor.claim("w1", 10, 30)
+    [task] = fengine._executor.claim("w1", 10, 30)
     fengine.pause("e1")
     fengine.trigger("e1", "note", {"n": 7})  # arrives after the timer's due time
-    fengine.executor.run(task)
+    fengine._executor.run(task)
     assert fengine.get("e1").state == "b"
     assert sorted(task_statuses(fengine, "e1")) == [("timer", "kept"), ("trigger", "kept")]
     fengine.resume("e1")

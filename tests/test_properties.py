@@ -228,10 +228,30 @@ def test_engine_matches_reference(
 # --------------------------------------------------------------------------- sync == async
 
 
+#: how many times ``flaky`` has been called per idempotency key (one key per effect task)
+_FLAKY_CALLS: dict[str, int] = {}
+
+#: the child machine some chain states invoke: one call of ``flaky`` (retried), then an
+#: end; its error branch divides by zero, so the child fails and its parent takes the
+#: invoke's error branch
+KID: dict[str, Any] = {"id": "kid", "version": 1, "start_at": "k0",
+    "context": {"n": "input['n']"},
+    "states": {
+        "k0": {"always": [{"name": "kcall", "invoke": {
+            "effect": "flaky", "input": "{'i': 7, 'n': ctx['n']}",
+            "retry": {"max_attempts": 2, "initial_seconds": 0},
+            "success": {"state": "k1", "context": {"n": "output"}},
+            "error": {"state": "k1", "context": {"n": "ctx['n'] // 0"}},
+        }}]},
+        "k1": {"end": True, "return": "ctx['n']"},
+    }}  # fmt: skip
+
+
 @st.composite
 def effect_chains(draw: st.DrawFn) -> dict[str, Any]:
-    """States s0..s{k}: each invokes ``fx`` and moves forward on success or on error (so
-    every run ends), updating the context from the result; some states are final."""
+    """States s0..s{k}: each invokes ``fx``, ``flaky`` (with retries) or the child machine
+    ``kid`` and moves forward on success or on error (so every run ends), updating the
+    context from the result; some states are final."""
     count = draw(st.integers(2, 6))
     states: dict[str, Any] = {}
     for i in range(count - 1):
@@ -239,8 +259,16 @@ def effect_chains(draw: st.DrawFn) -> dict[str, Any]:
             states[f"s{i}"] = {"end": True, "return": "ctx"}
             continue
         ok, bad = draw(st.integers(i + 1, count - 1)), draw(st.integers(i + 1, count - 1))
+        what = draw(st.sampled_from(["fx", "flaky", "kid"]))
+        invoke: dict[str, Any] = (
+            {"machine": "kid", "input": "{'n': ctx['n']}"}
+            if what == "kid"
+            else {"effect": what, "input": f"{{'i': {i}, 'n': ctx['n']}}"}
+        )
+        if what == "flaky":
+            invoke["retry"] = {"max_attempts": draw(st.integers(1, 3)), "initial_seconds": 0}
         states[f"s{i}"] = {"always": [{"name": f"call{i}", "invoke": {
-            "effect": "fx", "input": f"{{'i': {i}, 'n': ctx['n']}}",
+            **invoke,
             "success": {"state": f"s{ok}", "context": {"n": "output", "trail": f"ctx['trail'] + [{i}]"}},
             "error": {"state": f"s{bad}", "context": {"trail": f"ctx['trail'] + [-{i}]"}},
         }}]}  # fmt: skip
@@ -270,36 +298,60 @@ def fx(input: Any, *, idempotency_key: str) -> Any:
     return (input["n"] * 2 + input["i"]) % 100
 
 
+def flaky(input: Any, *, idempotency_key: str) -> Any:
+    """Fails its first ``(n + i) % 4`` calls for one task (so its retries matter), then
+    answers as ``fx`` does when it succeeds."""
+    calls = _FLAKY_CALLS[idempotency_key] = _FLAKY_CALLS.get(idempotency_key, 0) + 1
+    if calls <= (input["n"] + input["i"]) % 4:
+        raise ValueError(f"flaky call {calls}")
+    return (input["n"] * 2 + input["i"]) % 100
+
+
+def _tree(engine: Engine, execution_id: str) -> list[Any]:
+    """An execution and its children, depth first: end state and the whole history."""
+    done = engine.get(execution_id)
+    steps = [(s.seq, s.kind, s.name, s.from_state, s.to_state, s.output, s.context, s.error)
+             for s in engine.history(execution_id)]  # fmt: skip
+    out: list[Any] = [(done.id, done.state, done.status, done.context, done.output, done.error, steps)]
+    for child in sorted(engine.executions(parent_id=execution_id), key=lambda c: c.id):
+        out += _tree(engine, child.id)
+    return out
+
+
 @settings(
     max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(definition=effect_chains(), n=st.integers(0, 99))
-def test_sync_runs_match_worker_runs(tmp_path: Path, definition: dict[str, Any], n: int) -> None:
+@given(definition=effect_chains(), n=st.integers(0, 99), kid_mode=st.sampled_from(["same", "async"]))
+def test_sync_runs_match_worker_runs(
+    tmp_path: Path, definition: dict[str, Any], n: int, kid_mode: str
+) -> None:
     """An execution its caller runs inline (``execution_mode: sync``, the fast path) ends
     exactly as the same machine run by the executor: same state, context and output, and
-    the same history, step by step."""
-    from statem.testing import run_until_idle
+    the same history, step by step, its children's (sync or async) and effect retries
+    included."""
+    from statem.testing import FakeClock, run_until_idle
 
     runs = []
     for mode in ("sync", "async"):
-        engine = Engine(f"sqlite:///{tmp_path / f'{mode}-{uuid.uuid4().hex}.db'}")
+        _FLAKY_CALLS.clear()  # both runs use the same keys: each starts counting afresh
+        engine = Engine(f"sqlite:///{tmp_path / f'{mode}-{uuid.uuid4().hex}.db'}", clock=FakeClock())
         try:
             engine.migrate()
             engine.effects.register("fx", fx)
+            engine.effects.register("flaky", flaky)
+            engine.save_machine({**KID, "execution_mode": mode if kid_mode == "same" else "async"})
             engine.save_machine({**definition, "execution_mode": mode})
-            ex = engine.start("chain", {"n": n})
-            if mode == "async":
-                run_until_idle(engine)
-            done = engine.get(ex.id)
-            steps = [(s.seq, s.kind, s.name, s.from_state, s.to_state, s.output, s.context, s.error)
-                     for s in engine.history(ex.id)]  # fmt: skip
-            runs.append(((done.state, done.status, done.context, done.output), steps))
-            if mode == "sync":
-                assert ex == done  # what start() returned is what was committed
-                assert run_until_idle(engine) == 0  # and nothing was left for workers
+            ex = engine.start("chain", {"n": n}, execution_id="e")
+            assert ex == engine.get(ex.id)  # what start() returned is what was committed
+            ran = run_until_idle(engine)
+            tree = _tree(engine, ex.id)
+            runs.append(tree)
+            retried = any(step[1] == "retry" for node in tree for step in node[-1])
+            if mode == "sync" and kid_mode == "same" and not retried:
+                assert ran == 0  # the caller ran everything: nothing was left for workers
         finally:
             engine.close()
     assert runs[0] == runs[1]
-    assert runs[0][0][1] == "finished"
+    assert runs[0][0][2] == "finished"

@@ -346,7 +346,7 @@ def test_an_effect_running_at_a_worker_during_the_upgrade_is_applied_by_the_new_
     fengine: Engine, clock: FakeClock
 ) -> None:
     setup_orders(fengine, clock)
-    [task] = fengine.executor.claim("w1", 10, 30)  # the charge of o-pay is running
+    [task] = fengine._executor.claim("w1", 10, 30)  # the charge of o-pay is running
     assert task.execution_id == "o-pay"
     v2 = order_v2()
     # version 2 puts another transition first: the kept charge moves to always[1]
@@ -354,6 +354,6 @@ def test_an_effect_running_at_a_worker_during_the_upgrade_is_applied_by_the_new_
     fengine.save_machine(v2)
     report = fengine.upgrade("order", 2, states={"paid": "settled"}, execution_ids=["o-pay"], apply=True)
     assert report.counts["upgraded"] == 1
-    fengine.executor.run(task)  # the worker finishes with the payload it claimed under v1
+    fengine._executor.run(task)  # the worker finishes with the payload it claimed under v1
     pay = fengine.get("o-pay")
     assert (pay.state, pay.context.get("by"), pay.status) == ("settled", "v2", "waiting")

@@ -116,12 +116,12 @@ def upgrade(
       statem upgrade order --to 2 --map paid=settled --only-if-replays --apply
       statem upgrade order --to 2 --id 3f2a... --context "{'currency': 'EUR'}" --apply
     """
-    engine = c.engine()
+    rt = c.engine()._runtime  # the streaming form of Engine.upgrade, for the progress bar
     req = upgrading.request(
-        engine, machine_id, to_version, from_version, parse_map(maps), context_expr, list(ids) or None, apply,
+        rt, machine_id, to_version, from_version, parse_map(maps), context_expr, list(ids) or None, apply,
         only_if_replays, reason,
     )  # fmt: skip
-    total = upgrading.count(engine, req)
+    total = upgrading.count(rt, req)
     report = upgrading.UpgradeReport()
     show_bar = not c.as_json and c.out.is_terminal and total > 0
     err_console = c.out
@@ -135,7 +135,7 @@ def upgrade(
         transient=True,
     ) as bar:
         task = bar.add_task("executions", total=total)
-        for item in upgrading.run(engine, req):
+        for item in upgrading.run(rt, req):
             report.add(item)
             bar.advance(task)
     c.emit(report.to_json(), lambda: report_table(report, apply))

@@ -1,0 +1,432 @@
+"""The step protocol: how a step is written, and the only place that writes one.
+
+A step is one transaction: the execution row's new state (fenced by its optimistic
+``version``), its history rows, and the tasks it arms, together or not at all. This
+module owns every way of writing one:
+
+* :func:`create_execution` -- the first step of a start or a child start.
+* :func:`commit_locked` -- a step on an execution row the caller locked: armed work left
+  from earlier is discarded (each drop recorded in history, a child left behind
+  canceled), then the step is written and its tasks armed.
+* :func:`commit_known` -- a step on the row an inline run's previous step wrote, without
+  reading it again: the write is fenced by that row's version, the finished task by its
+  claim. The fast path of ``execution_mode: sync``.
+* :func:`cancel` / :func:`append_history` -- a cancel (recursively, parent before
+  child) and history that does not move the execution (retries).
+* :func:`write_in_place` -- a step that discards nothing: the operator's ``pause`` and
+  ``resume``, a kept trigger rejected after resume, an upgrade (statem.operations,
+  statem.upgrade).
+
+Arming (:func:`_arm`) is shared by all of them: tasks for workers are inserted pending
+(and workers notified); the tasks an :class:`InlineRun` will run next are inserted
+already claimed under its token ("claimed as armed"); an execution that ends hands its
+result to its parent as a ``resume`` task.
+
+Claims are checked here too: :func:`take_armed` (the locking path: the claimed task must
+be among the armed ones it deletes) and :func:`finish` (a fenced delete).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Row
+
+from . import dialects, store, store_ops
+from .definition import CompiledMachine
+from .errors import ExecutionNotFound
+from .expressions import JSON
+from .kinds import CLOSED_STATUSES, FINAL_STATUSES, INLINE_KINDS, Status, TaskKind, TaskStatus
+from .semantics import Outcome, Snapshot, StepRecord, TaskSpec
+from .store import ClaimLost
+from .telemetry import Metrics
+
+__all__ = [
+    "Armed",
+    "ClaimLost",
+    "InlineRun",
+    "append_history",
+    "cancel",
+    "commit_known",
+    "commit_locked",
+    "create_execution",
+    "finish",
+    "snapshot",
+    "take_armed",
+    "write_in_place",
+]
+
+
+def snapshot(row: Row[Any]) -> Snapshot:
+    """The semantics' view of an execution row."""
+    return Snapshot(row.id, row.machine_id, row.machine_version, row.state, row.status, row.context)
+
+
+@dataclass
+class InlineRun:
+    """The sync executions one caller runs inline, and the tasks their steps armed for it.
+
+    A step of an execution in ``family`` inserts the effect, child and result tasks it arms
+    already claimed under this run's fencing ``token`` (no claim query), and the caller
+    runs them after that step commits, one transaction per result, until the queue is
+    empty. If the caller dies, the claims lapse after ``lease_seconds`` and a worker takes
+    the tasks, as with any claim.
+    """
+
+    token: str
+    lease_seconds: float
+    family: set[str]
+    owner: str = "inline"
+    queue: deque[Row[Any]] = field(default_factory=deque)
+    #: the connection the run's steps use while it drains (one checkout, not one per step)
+    conn: Connection | None = None
+    #: execution id -> its row as this run's last step on it wrote it. The next step
+    #: writes fenced by that row's version instead of reading the row again
+    #: (:func:`commit_known`); a write elsewhere (a retry) forgets it.
+    rows: dict[str, Row[Any]] = field(default_factory=dict)
+
+    def covers(self, execution_id: str | None) -> bool:
+        """True if this run takes the inline tasks of ``execution_id``."""
+        return execution_id in self.family
+
+    def claim(self, now: dt.datetime) -> store.Claim:
+        """The claim tasks armed at ``now`` are inserted under."""
+        return store.Claim(self.owner, self.token, now + dt.timedelta(seconds=self.lease_seconds))
+
+    def forget(self, execution_id: str) -> None:
+        """Drop the row kept for ``execution_id`` (a step not written by :func:`commit_known`
+        or :func:`commit_locked` is about to change it)."""
+        self.rows.pop(execution_id, None)
+
+    def committed(self, execution_id: str, armed: Armed) -> None:
+        """After a step of ``execution_id`` committed: keep the row it wrote, queue what it
+        claimed for this run."""
+        self.rows[execution_id] = armed.row
+        self.queue.extend(armed.ready)
+
+
+@dataclass
+class Armed:
+    """What a committed step left: the execution row as written, the tasks claimed for
+    the inline caller to run next, and whether it left work for workers (they were
+    notified through the database; the caller wakes this process's own)."""
+
+    row: Row[Any]
+    ready: list[Row[Any]] = field(default_factory=list)
+    for_workers: bool = False
+
+
+# --------------------------------------------------------------------------- claims
+
+
+def take_armed(conn: Connection, row: Row[Any], task: Row[Any]) -> list[Row[Any]]:
+    """Delete every task armed on the locked execution ``row`` in one ``DELETE ...
+    RETURNING``; ``task`` must be among them under its claim (ClaimLost otherwise, and the
+    caller rolls back). Returns the others: the ones the coming step discards."""
+    return take_armed_own(conn, row, task)[1]
+
+
+def take_armed_own(conn: Connection, row: Row[Any], task: Row[Any]) -> tuple[Row[Any], list[Row[Any]]]:
+    """:func:`take_armed`, also returning ``task``'s row as stored (an upgrade may have
+    re-pointed its payload at the new version since it was claimed)."""
+    taken = store.discard_tasks(conn, row.id)
+    own = [t for t in taken if t.id == task.id and t.claim == task.claim and t.status == TaskStatus.claimed]
+    if not own:
+        raise ClaimLost
+    return own[0], [t for t in taken if t.id != task.id]
+
+
+def finish(conn: Connection, task: Row[Any]) -> None:
+    """Delete ``task`` under its claim (fenced); ClaimLost if the claim is no longer current."""
+    if not store.finish_task(conn, task.id, task.claim):
+        raise ClaimLost
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def create_execution(
+    metrics: Metrics,
+    conn: Connection,
+    cm: CompiledMachine,
+    eid: str,
+    data: JSON,
+    now: dt.datetime,
+    outcome: Outcome,
+    *,
+    parent: tuple[str, int] | None = None,
+    run: InlineRun | None = None,
+) -> Armed:
+    """Create an execution row as its first step (a start, or a child start under
+    ``parent`` = (parent id, its child task id)) leaves it, with history and tasks."""
+    parent_id, parent_task_id = parent if parent else (None, None)
+    written = store.insert_execution(
+        conn,
+        id=eid,
+        machine_id=cm.machine.id,
+        machine_version=cm.machine.version,
+        state=outcome.state,
+        status=outcome.status,
+        context=outcome.context,
+        input=data,
+        output=outcome.output,
+        error=outcome.error,
+        parent_id=parent_id,
+        parent_task_id=parent_task_id,
+        seq=len(outcome.steps),
+        version=1,
+        armed=bool(outcome.tasks),
+        created_at=now,
+        updated_at=now,
+    )
+    store.insert_steps(conn, eid, 1, outcome.steps, now)
+    return _arm(metrics, conn, written, outcome, now, _parent_of(written), run)
+
+
+def commit_locked(
+    metrics: Metrics,
+    conn: Connection,
+    row: Row[Any],
+    outcome: Outcome,
+    now: dt.datetime,
+    *,
+    idempotency_key: str | None = None,
+    dropped: Sequence[Row[Any]] | None = None,
+    run: InlineRun | None = None,
+) -> Armed:
+    """Write one step on the execution ``row`` the caller locked: history, new state,
+    armed tasks.
+
+    Tasks armed earlier are dropped (a later step wins), each recorded in history; a
+    child left behind is canceled. ``dropped`` says which, when the caller has already
+    deleted them (:func:`take_armed`). An execution that ends hands its result to its
+    parent. With ``run``, the inline tasks the step arms are claimed for it as armed.
+    """
+    return _commit(metrics, conn, row, outcome, now, idempotency_key, dropped, _parent_of(row), run)
+
+
+def commit_known(
+    metrics: Metrics,
+    conn: Connection,
+    row: Row[Any],
+    outcome: Outcome,
+    now: dt.datetime,
+    *,
+    done: Row[Any],
+    run: InlineRun,
+) -> Armed:
+    """:func:`commit_locked` on the row ``run``'s previous step wrote, without reading it
+    again; ``done`` is the task (claimed for ``run``) whose result this is.
+
+    The write (with the history rows) comes first, fenced by that row's version
+    (ConcurrencyError if anything wrote the execution since), so it also takes the row
+    lock. Nothing wrote it since, so no step armed anything since: the previous step armed
+    exactly ``done`` (a step arms at most one task), and there is nothing to discard.
+    ``done`` is then finished under its claim (ClaimLost if that is no longer current), in
+    the same statement that arms the next task when there is one. Any error rolls the whole
+    step back.
+    """
+    written = _record(conn, row, outcome, outcome.steps, now, None)
+    return _arm(metrics, conn, written, outcome, now, _parent_of(row), run, done)
+
+
+def append_history(conn: Connection, row: Row[Any], records: list[StepRecord], now: dt.datetime) -> None:
+    """Record history rows that do not move the execution (retries, stale results)."""
+    last = store.insert_steps(conn, row.id, row.seq + 1, records, now)
+    store.write_seq(conn, row, last, now)
+
+
+def write_in_place(
+    metrics: Metrics,
+    conn: Connection,
+    row: Row[Any],
+    records: Sequence[StepRecord],
+    now: dt.datetime,
+    *,
+    tasks: Sequence[TaskSpec] = (),
+    **changes: Any,
+) -> Row[Any]:
+    """Write a step on the locked ``row`` that keeps its armed work (pause, resume, an
+    upgrade, a rejected kept trigger): ``records`` and the execution with ``changes``
+    (``state``, ``status``, ``context``, ``output``, ``error``, ``armed``; else as they
+    are), fenced by its version; ``tasks`` are armed for workers (notified)."""
+    values: dict[str, Any] = {
+        "state": row.state, "status": row.status, "context": row.context, "output": row.output,
+        "error": row.error, "armed": row.armed or bool(tasks),
+    }  # fmt: skip
+    values.update(changes)
+    for record in records:
+        metrics.step(record.kind)
+    written = store.record_step(conn, row, records, now, **values)
+    if tasks:
+        store.insert_tasks(conn, row.id, tasks, now)
+        dialects.notify(conn)
+    return written
+
+
+def cancel(metrics: Metrics, conn: Connection, execution_id: str, reason: str, now: dt.datetime) -> None:
+    """Cancel an execution and, recursively, its unfinished children, inside an open
+    transaction; a final one is left alone. Its parent (if any) gets the cancel as the
+    child's result."""
+    row = store.lock_execution(conn, execution_id)
+    if row is None:
+        raise ExecutionNotFound(execution_id)
+    _cancel(metrics, conn, row, reason, now, _parent_of(row))
+
+
+def _cancel(
+    metrics: Metrics,
+    conn: Connection,
+    row: Row[Any],
+    reason: str,
+    now: dt.datetime,
+    parent: tuple[str, int] | None,
+) -> None:
+    """Cancel the locked ``row`` (parent before child, never the reverse), reporting to
+    ``parent`` (None: the parent is the one moving on, it wants no result)."""
+    if row.status in CLOSED_STATUSES:
+        return
+    if row.status == Status.paused and store_ops.has_kept_trigger(conn, row.id):  # the drain rejects them
+        store.insert_tasks(conn, row.id, [TaskSpec(TaskKind.drain, now, {})], now)
+    step = StepRecord("cancel", None, row.state, row.state, context=row.context, error=reason)
+    outcome = Outcome(row.state, Status.canceled, row.context, error=reason, steps=[step])
+    for child_id in store.live_children(conn, row.id):
+        _abandon(metrics, conn, child_id, f"parent {row.id!r} canceled: {reason}", now)
+    _commit(metrics, conn, row, outcome, now, None, None, parent, None)
+
+
+def _abandon(metrics: Metrics, conn: Connection, child_id: str, reason: str, now: dt.datetime) -> None:
+    """Cancel a child its parent no longer waits for (no result goes back)."""
+    child = store.lock_execution(conn, child_id)
+    if child is not None:
+        _cancel(metrics, conn, child, reason, now, None)
+
+
+def _parent_of(row: Row[Any]) -> tuple[str, int] | None:
+    """The parent a child execution reports its end to: (parent id, its child task id)."""
+    if row.parent_id is None or row.parent_task_id is None:
+        return None
+    return row.parent_id, row.parent_task_id
+
+
+def _commit(
+    metrics: Metrics,
+    conn: Connection,
+    row: Row[Any],
+    outcome: Outcome,
+    now: dt.datetime,
+    idempotency_key: str | None,
+    dropped: Sequence[Row[Any]] | None,
+    parent: tuple[str, int] | None,
+    run: InlineRun | None,
+) -> Armed:
+    records = list(outcome.steps)
+    if dropped is None:
+        dropped = store.discard_tasks(conn, row.id) if row.armed else ()
+    for task in dropped:
+        records.insert(1, _discard_record(task, outcome.steps[0].from_state or row.state))
+        metrics.step("discard")
+        if task.kind == TaskKind.child and task.child_id:
+            _abandon(metrics, conn, task.child_id, f"parent {row.id!r} moved on", now)
+    written = _record(conn, row, outcome, records, now, idempotency_key)
+    return _arm(metrics, conn, written, outcome, now, parent, run)
+
+
+def _record(
+    conn: Connection,
+    row: Row[Any],
+    outcome: Outcome,
+    records: Sequence[StepRecord],
+    now: dt.datetime,
+    idempotency_key: str | None,
+) -> Row[Any]:
+    """The step's history rows and the execution's new state, fenced by its version."""
+    return store.record_step(
+        conn,
+        row,
+        records,
+        now,
+        idempotency_key=idempotency_key,
+        state=outcome.state,
+        status=outcome.status,
+        context=outcome.context,
+        output=outcome.output,
+        error=outcome.error,
+        armed=bool(outcome.tasks),
+    )
+
+
+def _arm(
+    metrics: Metrics,
+    conn: Connection,
+    written: Row[Any],
+    outcome: Outcome,
+    now: dt.datetime,
+    parent: tuple[str, int] | None,
+    run: InlineRun | None,
+    done: Row[Any] | None = None,
+) -> Armed:
+    """Insert the tasks a step armed; an execution that ended hands its result to
+    ``parent``.
+
+    Tasks ``run`` will take are inserted already claimed under its token; the rest are
+    left pending for workers, who are notified when the transaction commits. ``done``: a
+    task to finish, fenced, first (see :func:`commit_known`).
+    """
+    eid = written.id
+    for record in outcome.steps:
+        metrics.step(record.kind)
+    claim = run.claim(now) if run is not None else None
+    mine: list[TaskSpec] = []
+    theirs: list[TaskSpec] = []
+    here = run is not None and run.covers(eid)
+    for spec in outcome.tasks:
+        (mine if here and spec.kind in INLINE_KINDS else theirs).append(spec)
+    ready: list[Row[Any]] = []
+    if done is not None:
+        if claim is not None and mine:
+            ready.append(store.swap_task(conn, (done.id, done.claim), eid, mine.pop(0), now, claim))
+        else:
+            finish(conn, done)
+    store.insert_tasks(conn, eid, theirs, now)
+    if claim is not None:
+        ready += store.insert_claimed_tasks(conn, eid, mine, now, claim)
+    for_workers = bool(theirs)
+    if outcome.status in FINAL_STATUSES and parent is not None:
+        parent_id, parent_task_id = parent
+        ok = outcome.status == Status.finished
+        result = outcome.output if ok else {"type": outcome.status, "message": outcome.error or ""}
+        resume = [store.resume_spec(parent_task_id, ok, result, now)]
+        if claim is not None and run is not None and run.covers(parent_id):
+            ready += store.insert_claimed_tasks(conn, parent_id, resume, now, claim)
+        else:
+            store.insert_tasks(conn, parent_id, resume, now)
+            for_workers = True
+    if for_workers:
+        dialects.notify(conn)
+    return Armed(written, ready, for_workers)
+
+
+def _discard_record(task: Row[Any], state: str) -> StepRecord:
+    what = {"task": task.kind, "armed_at": task.created_at.isoformat()}
+    payload = task.payload or {}
+    if task.kind == TaskKind.timer:
+        what["due_at"] = task.due_at.isoformat()
+    elif task.kind == TaskKind.effect:
+        what["effect"] = payload.get("effect")
+    elif task.kind == TaskKind.child:
+        what["child"] = task.child_id
+    return StepRecord(
+        "discard",
+        payload.get("name"),
+        state,
+        state,
+        input=None,
+        output=what,
+        context=None,
+        error="a later step won; this armed task was dropped",
+    )
