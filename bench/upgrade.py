@@ -83,13 +83,14 @@ def populate(engine: Engine, total: int) -> None:
 
 def timed_run(engine: Engine, apply: bool, total: int) -> tuple[float, float, dict[str, int]]:
     """Stream an upgrade; returns (executions/s, RSS growth in MB after the first 10%, counts)."""
-    req = upgrading.request(engine, "order", 2, None, {"placed": "accepted"}, None, None, apply, False, None)
+    rt = engine._runtime
+    req = upgrading.request(rt, "order", 2, None, {"placed": "accepted"}, None, None, apply, False, None)
     proc = psutil.Process()
     counts: dict[str, int] = {}
     base: float | None = None
     peak = 0.0
     began = time.perf_counter()
-    for n, item in enumerate(upgrading.run(engine, req), 1):
+    for n, item in enumerate(upgrading.run(rt, req), 1):
         counts[item.outcome] = counts.get(item.outcome, 0) + 1
         if n % 1000 == 0:
             rss = proc.memory_info().rss / MB
