@@ -43,21 +43,32 @@ def torture_with_operator(
     errors: list[BaseException] = []
     ids: list[str] = []
 
-    def spawn() -> subprocess.Popen[bytes]:
+    def spawn() -> tuple[subprocess.Popen[bytes], Path]:
         nonlocal spawned
         spawned += 1
-        with (tmp_path / f"worker-{spawned}.log").open("wb") as out:
-            return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        path = tmp_path / f"worker-{spawned}.log"
+        with path.open("wb") as out:
+            return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT), path
 
     procs = [spawn() for _ in range(workers)]
 
     def killer() -> None:
+        """Kill a worker some time after it said it was up (so each gets to run work first,
+        however slowly the machine starts a Python process), then start another."""
         nonlocal kills
         rng = random.Random(11)
-        while not stop.wait(rng.uniform(0.5, 1.5)):
+        while not stop.is_set():
             k = rng.randrange(len(procs))
-            procs[k].send_signal(signal.SIGKILL)
-            procs[k].wait()
+            proc, path = procs[k]
+            deadline = time.monotonic() + 30
+            while (
+                b" started (" not in path.read_bytes() and time.monotonic() < deadline and not stop.is_set()
+            ):
+                time.sleep(0.02)
+            if stop.wait(rng.uniform(0.2, 0.8)):
+                break
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
             kills += 1
             procs[k] = spawn()
 
@@ -101,7 +112,7 @@ def torture_with_operator(
         stop.set()
         for t in threads:
             t.join()
-        for proc in procs:
+        for proc, _path in procs:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
     assert not errors, errors
