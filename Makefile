@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# statem demo uses its own statem-demo.db in this directory (never your statem.db)
 demo: install
-	$(BIN)/statem --db sqlite:///demo.db demo
+	$(BIN)/statem demo
 
 postgres:
 	@bash scripts/ensure-postgres.sh
@@ -50,4 +51,4 @@ bench-quick: install postgres $(BENCH_STAMP)
 	$(BIN)/python -m bench --quick
 
 clean:
-	rm -rf $(VENV) .venv-bench demo.db* statem.db* .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) .venv-bench demo.db* statem-demo.db* statem.db* .pytest_cache .mypy_cache .ruff_cache build dist

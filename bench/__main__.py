@@ -21,7 +21,7 @@ from types import ModuleType
 from .common import Result, quiet_logs, say, summary
 
 #: The benchmarks, in the order they run.
-BENCHMARKS = ("steps", "executor", "timers", "memory", "torture", "upgrade")
+BENCHMARKS = ("steps", "executor", "timers", "memory", "torture", "isolation", "upgrade")
 #: The peer comparison needs DBOS, which lives in its own virtualenv (``make bench`` makes it).
 PEER_PYTHON = Path(__file__).resolve().parent.parent / ".venv-bench" / "bin" / "python"
 

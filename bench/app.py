@@ -21,8 +21,8 @@ MACHINES = Path(__file__).resolve().parent.parent / "machines"
 
 
 def noop(input: Any, *, idempotency_key: str) -> dict[str, Any]:
-    """Answer like a shipping service that accepted the booking, without any io."""
-    return {"status": 200, "json": {"tracking": idempotency_key}, "headers": {}, "text": ""}
+    """Answer like the shipping service's create-shipment operation, without any io."""
+    return {"tracking": idempotency_key}
 
 
 def register(engine: Engine) -> Engine:
@@ -79,7 +79,7 @@ def effect_machine() -> dict[str, Any]:
                             "input": "{'n': ctx['n']}",
                             "success": {
                                 "state": "done",
-                                "context": {"tracking": "output['json']['tracking']"},
+                                "context": {"tracking": "output['tracking']"},
                             },
                             "error": {"state": "broken"},
                         },

@@ -34,7 +34,9 @@ from pydantic import (
 )
 
 from .errors import DefinitionError, ExpressionError
-from .expressions import Expression, compile_expression
+from .expressions import Expression, compile_expression, problem_text
+from .isolation import IsolatedExpression
+from .reader import check_shape, load_json, load_yaml
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$"
 #: Longest machine id, state or action name (the width of the database columns).
@@ -167,7 +169,7 @@ class Machine(Model):
     @field_validator("id")
     @classmethod
     def _id_is_a_name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
+        if not _NAME_RE.fullmatch(value):
             raise ValueError(f"machine id {value!r} must match {NAME_PATTERN}")
         return value
 
@@ -222,25 +224,56 @@ def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required key is missing"
+        elif e["type"] == "string_type":
+            msg = _not_a_string(e["input"], loc, msg)
+        if len(loc) >= 2 and loc[-1] == "[key]":  # pydantic reports a bad key by its position
+            loc = (*loc[:-2], str(e["input"]))
         problems.append((_loc(loc), msg))
+    # a union field (context) also reports its str member failing on a mapping: drop that
+    # when the mapping member reported the real problem below the same path
+    paths = [p for p, _ in problems]
+    problems = [
+        (p, m)
+        for p, m in problems
+        if m != "Input should be a valid string" or not any(q.startswith(p + ".") for q in paths)
+    ]
     # union fields report one error per member; keep each (path, message) once
     return list(dict.fromkeys(problems))
 
 
+def _not_a_string(value: object, loc: tuple[int | str, ...], msg: str) -> str:
+    """Say what a YAML/JSON scalar was read as when a string (a name or an expression) was needed."""
+    yaml_bools = "YAML reads unquoted true/false, yes/no and on/off as booleans"
+    if isinstance(value, bool) and loc and loc[-1] == "[key]":
+        return f"key {value} is a boolean, not a name ({yaml_bools}); quote it"
+    if isinstance(value, bool):
+        return f"{msg}, got the boolean {value} ({yaml_bools}); quote it, e.g. '{value}' for an expression"
+    if isinstance(value, int | float):
+        return f"{msg}, got the number {value!r}; an expression is text: quote it ('{value!r}')"
+    if value is None:
+        return f"{msg}, got null (an empty value)"
+    return msg
+
+
 def _read_text(text: str, origin: str) -> Any:
     try:
-        if origin.endswith(".json"):
-            return json.loads(text)
-        return yaml.safe_load(text)
+        data = load_json(text, origin) if origin.endswith(".json") else load_yaml(text, origin)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise DefinitionError(None, [("", f"{origin}: not valid YAML/JSON: {exc}")]) from None
+    check_shape(data, origin)
+    return data
 
 
 def read_definition(source: Mapping[str, Any] | Machine | str | Path) -> Any:
-    """Raw definition data from a dict, a Machine, or a path to a ``.yaml``/``.yml``/``.json`` file."""
+    """Raw definition data from a dict, a Machine, or a path to a ``.yaml``/``.yml``/``.json`` file.
+
+    Files are read by :mod:`statem.reader` (no alias bombs, duplicate keys or YAML 1.1
+    booleans); any source is refused when nested deeper or larger than its bounds.
+    """
     if isinstance(source, Machine):
         return source.to_json()
     if isinstance(source, Mapping):
+        check_shape(source)
         return dict(source)
     if not isinstance(source, str | Path):
         raise DefinitionError(None, [("", "a definition must be a mapping of keys to values")])
@@ -348,12 +381,12 @@ def check_machine(m: Machine) -> list[tuple[str, str]]:
     if not m.states:
         problems.append(("states", "a machine needs at least one state"))
     for sname, st in m.states.items():
-        if not _NAME_RE.match(sname) or len(sname) > MAX_NAME_LENGTH:
+        if not _NAME_RE.fullmatch(sname) or len(sname) > MAX_NAME_LENGTH:
             problems.append(
                 (f"states.{sname}", f"state name must match {NAME_PATTERN}, at most {MAX_NAME_LENGTH} long")
             )
         for aname in st.actions:
-            if not _NAME_RE.match(aname) or len(aname) > MAX_NAME_LENGTH:
+            if not _NAME_RE.fullmatch(aname) or len(aname) > MAX_NAME_LENGTH:
                 problems.append((f"states.{sname}.actions.{aname}", f"action name must match {NAME_PATTERN}"))
         if st.end and (st.always or st.actions):
             problems.append((f"states.{sname}", "a final state (end: true) cannot have transitions"))
@@ -370,7 +403,7 @@ def check_machine(m: Machine) -> list[tuple[str, str]]:
                 for b in ("success", "error")
             ]
         for where, name in named:
-            if name is not None and (not _NAME_RE.match(name) or len(name) > MAX_NAME_LENGTH):
+            if name is not None and (not _NAME_RE.fullmatch(name) or len(name) > MAX_NAME_LENGTH):
                 problems.append((where, f"a step name must match {NAME_PATTERN}"))
         inv = t.invoke
         if t.wait_for is not None:
@@ -410,7 +443,7 @@ def check_machine(m: Machine) -> list[tuple[str, str]]:
         try:
             compile_expression(src, path)
         except ExpressionError as exc:
-            problems.append((path, f"expression does not parse: {exc.reason}"))
+            problems.append((path, problem_text(src, exc.reason)))
     return problems
 
 
@@ -463,9 +496,17 @@ class CompiledMachine:
         }
 
 
-def compile_machine(machine: Machine) -> CompiledMachine:
-    """Parse every expression of a validated machine once."""
-    exprs = {path: compile_expression(src, path) for path, src in _expressions(machine)}
+def compile_machine(machine: Machine, *, isolate: bool = False) -> CompiledMachine:
+    """Parse every expression of a validated machine once.
+
+    With ``isolate``, the expressions evaluate in a child process with CPU and memory
+    limits (:mod:`statem.isolation`), for definitions from untrusted authors.
+    """
+    exprs: dict[str, Expression] = {
+        path: compile_expression(src, path) for path, src in _expressions(machine)
+    }
+    if isolate:
+        exprs = {path: IsolatedExpression.of(e) for path, e in exprs.items()}
     return CompiledMachine(machine=machine, content_hash=machine.content_hash(), expressions=exprs)
 
 

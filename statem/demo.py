@@ -1,9 +1,11 @@
 """The main job: an order runs end to end against a local shipping-service stub.
 
-``statem demo`` loads ``machines/order.yaml`` and ``machines/shipment.yaml``, starts an HTTP
-stub of a shipping service on a free loopback port (its first booking answers 503, so the
+``statem demo`` loads ``machines/order.yaml`` and ``machines/shipment.yaml`` (both or
+neither), after the shipping service they call (``machines/services/shipping.yaml``), into
+its own database (:data:`DEMO_DB` unless ``--db`` is given), starts an HTTP stub of that
+service on a free loopback port (its first booking answers 503, so the
 shipment's retry through a durable ``wait_for`` timer runs), starts an order, adds items,
-places and approves it, lets a worker run the shipment child and its HTTP effect to the
+places and approves it, lets a worker run the shipment child and its service call to the
 end, and prints both histories.
 """
 
@@ -22,6 +24,8 @@ from .engine import Engine
 from .settings import WorkerSettings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+#: Where ``statem demo`` runs unless ``--db`` is given: its own file, never the user's statem.db.
+DEMO_DB = "sqlite:///statem-demo.db"
 
 
 def machines_dir() -> Path:
@@ -79,15 +83,20 @@ class ShippingStub:
             self.server.server_close()
 
 
-def run_demo(url: str, *, echo: Any = print, timeout: float = 30.0) -> dict[str, Any]:
-    """Run the order demo on ``url``; returns the order and shipment executions and histories."""
+def run_demo(url: str = DEMO_DB, *, echo: Any = print, timeout: float = 30.0) -> dict[str, Any]:
+    """Run the order demo on ``url``; returns the order and shipment executions and histories.
+
+    Raises DefinitionError, storing neither machine, when ``url`` already holds an
+    ``order`` or ``shipment`` version 1 with different content.
+    """
     t0 = time.monotonic()
     with ShippingStub(fail_first=1).running() as stub:
         engine = Engine(url, env={"shipping_url": stub.url})
         try:
             engine.migrate()
-            for name in ("shipment.yaml", "order.yaml"):
-                m = engine.save_machine(machines_dir() / name)
+            engine.save_service(machines_dir() / "services" / "shipping.yaml")
+            # all or nothing: a clash with a machine already saved stores neither
+            for m in engine.save_machines([machines_dir() / n for n in ("shipment.yaml", "order.yaml")]):
                 echo(f"loaded machine {m.id} v{m.version}")
             settings = WorkerSettings(concurrency=2, poll_seconds=0.5, name="demo-worker")
             with engine.worker(settings):

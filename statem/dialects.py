@@ -44,13 +44,28 @@ def notify(conn: Connection) -> None:
         conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
 
 
-def make_engine(url: str, **kw: Any) -> Engine:
-    """A SQLAlchemy engine set up for statem on SQLite or PostgreSQL."""
+def sqlalchemy_url(url: str) -> str:
+    """The SQLAlchemy URL statem connects with: ``postgres://`` and ``postgresql://`` (the
+    forms libpq, Heroku and most hosting dashboards print) become ``postgresql+psycopg://``
+    (psycopg 3, the driver statem installs); ``postgres+DRIVER://`` becomes
+    ``postgresql+DRIVER://``; any other URL is returned unchanged.
+
+    >>> sqlalchemy_url("postgres://app:secret@db:5432/orders")
+    'postgresql+psycopg://app:secret@db:5432/orders'
+    """
     u = make_url(url)
-    if u.get_backend_name() == "sqlite":
+    backend, _, driver = u.drivername.partition("+")
+    if backend not in ("postgres", "postgresql"):
+        return url
+    return u.set(drivername=f"postgresql+{driver or 'psycopg'}").render_as_string(hide_password=False)
+
+
+def make_engine(url: str, **kw: Any) -> Engine:
+    """A SQLAlchemy engine set up for statem on SQLite or PostgreSQL (URL forms: see
+    :func:`sqlalchemy_url`)."""
+    url = sqlalchemy_url(url)
+    if make_url(url).get_backend_name() == "sqlite":
         return _sqlite_engine(url, **kw)
-    if u.get_backend_name() == "postgresql" and u.drivername == "postgresql":
-        url = str(u.set(drivername="postgresql+psycopg"))
     connect_args = kw.pop("connect_args", {})
     connect_args.setdefault("connect_timeout", int(DB_TIMEOUT_SECONDS))
     engine = create_engine(url, connect_args=connect_args, **kw)

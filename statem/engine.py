@@ -22,8 +22,9 @@ from sqlalchemy import Row
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
 
 from . import dialects, migrate, operations, semantics, steps, store
+from .contracts import check_invokes
 from .definition import CompiledMachine, Machine, compile_machine, load_definition
-from .effects import Effect
+from .effects import Effect, ShapeSpec
 from .errors import DefinitionError, ExecutionNotFound, InputError, StatemError, StoreError
 from .executor import Executor
 from .expressions import JSON, check_json
@@ -32,6 +33,7 @@ from .operator_api import OperatorAPI
 from .records import Execution, MachineInfo, Step, Task
 from .runtime import Clock, Runtime, utcnow
 from .semantics import Outcome
+from .services import Service, ServiceInfo
 from .settings import WorkerSettings
 from .steps import Armed, InlineRun
 from .worker import Worker
@@ -48,7 +50,8 @@ class Engine(OperatorAPI):
     ``url`` is any SQLAlchemy URL (SQLite for embedded use, PostgreSQL to scale out).
     ``env`` is what expressions see as ``env``. ``clock`` replaces the wall clock (tests).
     With ``strict_effects``, saving a machine that invokes an effect this engine has not
-    registered is a DefinitionError.
+    registered is a DefinitionError. With ``isolate_expressions``, expressions evaluate in
+    a child process with CPU and memory limits (for untrusted definitions; statem/isolation.py).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class Engine(OperatorAPI):
         clock: Clock | None = None,
         strict_effects: bool = False,
         worker_settings: WorkerSettings | None = None,
+        isolate_expressions: bool = False,
     ) -> None:
         self.url = url
         try:
@@ -72,6 +76,7 @@ class Engine(OperatorAPI):
             worker_settings=worker_settings or WorkerSettings(),
         )
         self.strict_effects = strict_effects
+        rt.isolate_expressions = isolate_expressions  # see statem/isolation.py
         #: the SQLAlchemy engine (connection pool) on the database
         self.db = rt.db
         #: what expressions see as ``env``
@@ -84,6 +89,8 @@ class Engine(OperatorAPI):
         self.effects = rt.effects
         #: this process's counters (``stats()["process"]``)
         self.metrics = rt.metrics
+        #: the saved HTTP services (``save_service``, ``get_service``, ``services``)
+        self.catalog = rt.catalog
         self._executor = Executor(rt)
 
     def __repr__(self) -> str:
@@ -91,7 +98,8 @@ class Engine(OperatorAPI):
 
     # ------------------------------------------------------------------ plumbing
     def close(self) -> None:
-        """Release the database connections."""
+        """Release the database connections and the HTTP client."""
+        self.effects.close()
         self.db.dispose()
 
     def migrate(self) -> None:
@@ -131,12 +139,10 @@ class Engine(OperatorAPI):
         return [cm.machine for cm in compiled]
 
     def _validated(self, definition: Mapping[str, Any] | Machine | str | Path) -> CompiledMachine:
-        cm = compile_machine(load_definition(definition))
-        if self.strict_effects:
-            unknown = sorted(cm.effects() - set(self.effects.names()))
-            if unknown:
-                hint = "register it with @engine.effect"
-                raise DefinitionError(cm.machine.id, [("", f"unknown effect {n!r}; {hint}") for n in unknown])
+        cm = compile_machine(load_definition(definition), isolate=self._runtime.isolate_expressions)
+        problems = check_invokes(cm.machine, self.effects, self.catalog.latest, strict=self.strict_effects)
+        if problems:  # effects and services it calls: unknown names (strict), schema mismatches
+            raise DefinitionError(cm.machine.id, problems)
         return cm
 
     def get_machine(self, machine_id: str, version: int | None = None) -> Machine:
@@ -159,13 +165,30 @@ class Engine(OperatorAPI):
         ]
 
     # ------------------------------------------------------------------ effects
-    def effect(self, name: str) -> Callable[[Effect], Effect]:
-        """Register a Python function as an effect: ``fn(input, *, idempotency_key) -> JSON``.
+    def effect(
+        self, name: str, *, input: ShapeSpec | None = None, output: ShapeSpec | None = None
+    ) -> Callable[[Effect], Effect]:
+        """Register a Python function as an effect: ``fn(input, *, idempotency_key) -> JSON``;
+        ``input``/``output`` (pydantic models or JSON Schema dicts) make it a typed effect.
 
         >>> @engine.effect("charge-card")
         ... def charge(input, *, idempotency_key): ...
         """
-        return self.effects.decorator(name)
+        return self.effects.decorator(name, input=input, output=output)
+
+    # ------------------------------------------------------------------ services
+    def save_service(self, definition: Mapping[str, Any] | Service | str | Path) -> Service:
+        """Validate and store an HTTP service version (same content again: a no-op);
+        ``engine.catalog.save([...])`` stores several in one transaction, or none."""
+        return self.catalog.save([definition])[0]
+
+    def get_service(self, service_id: str, version: int | None = None) -> Service:
+        """A saved service: the latest version when ``version`` is None; ServiceNotFound."""
+        return self.catalog.compiled(service_id, version).service
+
+    def services(self) -> list[ServiceInfo]:
+        """Every saved service version."""
+        return self.catalog.infos()
 
     # ------------------------------------------------------------------ executions
     def start(
@@ -359,7 +382,7 @@ class Engine(OperatorAPI):
         this process (steps committed, tasks run, retries, failures, timer lateness)."""
         with self._runtime.transaction(write=False) as conn:
             db = store.stats(conn, self.clock())
-        return {"database": db, "process": self.metrics.snapshot()}
+        return {"database": db, "process": self._runtime.process_stats()}
 
     # ------------------------------------------------------------------ workers
     def worker(self, settings: WorkerSettings | None = None) -> Worker:

@@ -34,12 +34,12 @@ from typing import Any
 from sqlalchemy import Connection, Row
 from sqlalchemy.exc import DBAPIError
 
-from . import dialects, operations, semantics, steps, store, store_ops
+from . import dialects, operations, semantics, steps, store
 from .definition import CompiledMachine
-from .effects import call_effect
-from .errors import ConcurrencyError, StatemError
+from .effects import default_retry, error_output, jittered, retryable
+from .errors import ConcurrencyError, StatemError, StoreError
 from .expressions import JSON
-from .kinds import FINAL_STATUSES, Status, TaskKind
+from .kinds import FINAL_STATUSES, TaskKind
 from .leases import LeaseRenewer
 from .runtime import Runtime
 from .semantics import InvokeFailed, Outcome, Snapshot, StepRecord
@@ -241,8 +241,7 @@ class Executor:
                 if operations.kept_while_paused(conn, row, task, now, result):  # applied after resume
                     return
                 own, dropped = steps.take_armed_own(conn, row, task)
-                if own.payload != task.payload:
-                    rule = rule_for(own.payload)
+                rule = rule_for(own.payload)  # as stored: an upgrade may have re-pointed it
                 outcome, failure = self._evaluate(conn, row, kind, task.payload.get("name"), rule, now)
                 armed = steps.commit_locked(
                     self.rt.metrics, conn, row, outcome, now, dropped=dropped, run=run
@@ -298,18 +297,20 @@ class Executor:
             cm = self.rt.compiled(*payload["pin"]) if "pin" in payload else self.rt.compiled(*self._pin(task))
             inv = semantics.transition_at(cm, payload["transition"]).invoke
             assert inv is not None
-            policy, timeout = inv.retry, inv.timeout_seconds
-            fn = self.rt.effects.get(payload["effect"])
+            fn = self.rt.effects.get(payload["effect"], task)  # or a saved service's operation
+            policy, timeout = inv.retry or default_retry(fn), inv.timeout_seconds
             kept = self.leases.holding(task) if run is not None else nullcontext()
             with kept, span("statem.effect", effect=payload["effect"], idempotency_key=key):
-                output: JSON = call_effect(fn, payload.get("input"), key, timeout)
+                output: JSON = self.rt.effects.call(fn, payload.get("input"), key, timeout)
             ok = True
+        except StoreError:  # the database, not the effect: no attempt used; the claim lapses
+            raise
         except Exception as exc:
-            output, ok = _error(exc), False
+            output, ok = error_output(exc), False
             attempts = policy.max_attempts if policy is not None else 1
-            if task.attempts < attempts:
+            if task.attempts < attempts and retryable(exc):
                 assert policy is not None
-                self._retry(task, run, policy.delay(task.attempts), output)
+                self._retry(task, run, jittered(policy.delay(task.attempts)), output)
                 return
         env = self.rt.env
 
@@ -322,7 +323,7 @@ class Executor:
             raise StatemError(f"execution {task.execution_id!r} is gone")
         return row.machine_id, row.machine_version
 
-    def _retry(self, task: Row[Any], run: InlineRun | None, delay: float, error: dict[str, str]) -> None:
+    def _retry(self, task: Row[Any], run: InlineRun | None, delay: float, error: dict[str, Any]) -> None:
         if run is not None:
             run.forget(task.execution_id)  # the retry step writes the row
         now = self.rt.clock()
@@ -331,8 +332,7 @@ class Executor:
             row = store.lock_execution(conn, task.execution_id)
             if row is None or not store.retry_task(conn, task.id, task.claim, due, error["message"]):
                 return
-            if row.status == Status.paused:  # the next attempt waits for resume
-                store_ops.hold_pending_task(conn, task.id)
+            operations.hold_if_paused(conn, row, task.id)  # the next attempt waits for resume
             record = StepRecord(
                 "retry",
                 task.payload.get("name"),

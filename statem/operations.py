@@ -184,6 +184,12 @@ def kept_while_paused(
     return True
 
 
+def hold_if_paused(conn: Connection, row: Row[Any], task_id: int) -> None:
+    """An effect's next attempt, put back as pending on the locked ``row``: held if it is paused."""
+    if row.status == Status.paused:
+        store_ops.hold_pending_task(conn, task_id)
+
+
 def keep_task(conn: Connection, task: Row[Any], now: dt.datetime, result: dict[str, Any] | None) -> bool:
     """A claimed task whose execution is paused: a timer or a result is kept (applied after
     resume, in order of arrival); a child not yet started is held. False if stale."""

@@ -20,6 +20,7 @@ from . import dialects, store
 from .definition import CompiledMachine, compile_machine, load_definition
 from .effects import EffectRegistry
 from .errors import DefinitionError, MachineNotFound, StatemError
+from .http_service import ServiceCatalog
 from .settings import WorkerSettings
 from .telemetry import Metrics
 
@@ -47,11 +48,20 @@ class Runtime:
         self.env = env
         self.clock = clock
         self.worker_settings = worker_settings
-        self.effects = EffectRegistry()
         self.metrics = Metrics()
+        self.effects = EffectRegistry(self.metrics)
+        #: saved HTTP services; their operations are effects too (``effect: service.operation``)
+        self.catalog = ServiceCatalog(self)
+        self.effects.fallback = self.catalog.effect
         self._machines: dict[tuple[str, int], CompiledMachine] = {}
         self._machines_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
+        #: evaluate expressions in a child process (``Engine(isolate_expressions=True)``)
+        self.isolate_expressions = False
+
+    def process_stats(self) -> dict[str, object]:
+        """This process's counters, and its timed effect attempts (``stats()["process"]``)."""
+        return {**self.metrics.snapshot(), "timed_effects": self.effects.timed.snapshot()}
 
     # ------------------------------------------------------------------ transactions
     def transaction(self, *, write: bool = True) -> AbstractContextManager[Connection]:
@@ -105,7 +115,7 @@ class Runtime:
         if row is None:
             raise MachineNotFound(machine_id, version)
         try:
-            cm = compile_machine(load_definition(row.definition))
+            cm = compile_machine(load_definition(row.definition), isolate=self.isolate_expressions)
         except StatemError as exc:
             raise DefinitionError(
                 machine_id, [("", f"stored version {row.version} no longer validates: {exc}")]

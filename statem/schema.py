@@ -8,6 +8,7 @@ Tables (all prefixed ``statem_`` so they can live beside an application's own):
 * ``statem_tasks``      pending work: timers, effect calls, child starts and child results,
   with due time, attempts and the owner/lease of the worker running it. A task row is
   deleted when its result is applied or when a later step discards it.
+* ``statem_services``   one row per (service_id, version) of an HTTP service, the definition as JSON.
 
 All timestamps are UTC.
 """
@@ -81,6 +82,17 @@ machines = Table(
     Column("content_hash", String(64), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("machine_id", "version"),
+)
+
+services = Table(
+    "statem_services",
+    metadata,
+    Column("service_id", ID, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("definition", JSON, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("service_id", "version"),
 )
 
 executions = Table(

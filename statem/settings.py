@@ -20,6 +20,8 @@ CLAIM_BATCH = 16
 DEFAULT_MAX_ATTEMPTS = 1
 #: Default per-attempt timeout of an effect, in seconds.
 DEFAULT_EFFECT_TIMEOUT_SECONDS = 60.0
+#: Timed effect attempts alive at once per engine (abandoned ones included); more wait to start.
+EFFECT_THREADS = 32
 #: How long start/trigger wait for the database before failing with StoreError.
 DB_TIMEOUT_SECONDS = 10.0
 #: A pooled PostgreSQL connection idle longer than this is pinged before it is used again.

@@ -34,7 +34,7 @@ from sqlalchemy.engine import result_tuple
 from . import dialects
 from .errors import ConcurrencyError
 from .kinds import Status, TaskKind, TaskStatus
-from .schema import executions, machines, steps, tasks
+from .schema import executions, machines, services, steps, tasks
 from .semantics import StepRecord, TaskSpec
 
 # --------------------------------------------------------------------------- machines
@@ -79,6 +79,52 @@ def insert_machine(
 def list_machines(conn: Connection) -> Sequence[Row[Any]]:
     """Every saved machine version, by id then version."""
     return conn.execute(select(machines).order_by(machines.c.machine_id, machines.c.version)).all()
+
+
+# --------------------------------------------------------------------------- services
+
+
+def get_service(conn: Connection, service_id: str, version: int) -> Row[Any] | None:
+    """The service row for (id, version)."""
+    return conn.execute(
+        select(services).where(services.c.service_id == service_id, services.c.version == version)
+    ).first()
+
+
+def latest_service_version(
+    conn: Connection, service_id: str, saved_by: dt.datetime | None = None
+) -> int | None:
+    """The highest saved version of a service (saved at or before ``saved_by``), or None."""
+    query = select(func.max(services.c.version)).where(services.c.service_id == service_id)
+    if saved_by is not None:
+        query = query.where(services.c.created_at <= saved_by)
+    version: int | None = conn.execute(query).scalar()
+    return version
+
+
+def insert_service(
+    conn: Connection,
+    service_id: str,
+    version: int,
+    definition: dict[str, Any],
+    content_hash: str,
+    now: dt.datetime,
+) -> None:
+    """Store a new service version."""
+    conn.execute(
+        insert(services).values(
+            service_id=service_id,
+            version=version,
+            definition=definition,
+            content_hash=content_hash,
+            created_at=now,
+        )
+    )
+
+
+def list_services(conn: Connection) -> Sequence[Row[Any]]:
+    """Every saved service version, by id then version."""
+    return conn.execute(select(services).order_by(services.c.service_id, services.c.version)).all()
 
 
 # --------------------------------------------------------------------------- executions

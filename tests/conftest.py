@@ -21,7 +21,7 @@ from statem import Engine
 ROOT = Path(__file__).resolve().parent.parent
 MACHINES = ROOT / "machines"
 PG_ADMIN_URL = os.environ.get("STATEM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-TABLES = ("statem_tasks", "statem_steps", "statem_executions", "statem_machines")
+TABLES = ("statem_tasks", "statem_steps", "statem_executions", "statem_machines", "statem_services")
 
 
 def _pg_unavailable(exc: Exception) -> str:

@@ -1,7 +1,9 @@
 """Known sandbox-escape and abuse patterns for Python expression evaluators, kept as data.
 
 Each entry is an expression that must end in ExpressionError (at compile or evaluation
-time), quickly, without touching the file system or the network.
+time), within the documented time bound (``LIMITS.seconds``) and memory bound
+(``LIMITS.memory_bytes`` of values per evaluation), without touching the file system or
+the network. tests/test_sandbox.py measures both for every entry.
 """
 
 ESCAPES: list[str] = [
@@ -149,4 +151,53 @@ ESCAPES: list[str] = [
     "float('inf')",
     "{1: 'a'}",
     "(1, {2, 3})",
+    # issue 10, item 12: size caps with holes
+    # f-string pieces joined unchecked (3,000 one-megabyte pieces: 3 GB before the fix)
+    "[f'" + "{a}" * 3000 + "' for a in ['x' * 1000000]][0]",
+    "f\"{'x' * 999999}{'x' * 999999}\"",
+    'f\'{"x" * 400000!r}{"x" * 400000!r}{"x" * 400000!r}\'',
+    "f'{(\"x\" * 1000000,) * 100000!r}'",
+    # exception messages built from the repr of huge (shared) values
+    "{}[('x' * 1000000,) * 100000]",
+    "ctx[('x' * 1000000,) * 100000]",
+    "ctx['x' * 1000000]",
+    "[ctx['l'] for k in [('x' * 1000000,) * 10] if ctx[k]]",
+    "[1].index(['x' * 1000000] * 100000)",
+    "['y'].index('x' * 1000000)",
+    "float('x' * 1000000)",
+    "int('x' * 1000000)",
+    "{('x' * 1000000,) * 100000: 1}",
+    "{('x' * 1000000,) * 100000}",
+    "('x' * 1000000,) * 100000 in {}",
+    # issue 10, item 14: heavy work inside one node
+    "int('f' * 1000000, 16) // int('f' * 500000, 16)",
+    "int('f' * 2000, 16)",
+    "int('0x' + 'f' * 5000, 0)",
+    "int('9' * 4000)",
+    "[sorted(x, key=str) for x in [list(range(100000))] * 100]",
+    "sorted([[str(i)] * 100 for i in range(10000)], key=str)",
+    "sorted(['x' * 1000000, 'x' * 999999 + 'y'] * 50000)",
+    "max(['x' * 1000000, 'x' * 999999 + 'y'] * 50000)",
+    "min([[0] * 100000] * 100000)",
+    "['x' * 1000000] * 100000 == ['x' * 999999 + 'x'] * 100000",
+    "[['x' * 1000000] * 100000] < [['x' * 999999 + 'x'] * 100000]",
+    "('x' * 999999 + 'x') in ['x' * 1000000] * 100000",
+    "(['x' * 1000000] * 100000).count('x' * 999999 + 'x')",
+    "('a ' * 500000).split()",
+    "('a,' * 400000).split(',')",
+    "list('x' * 1000000)",
+    "dict.fromkeys('x' * 1000000)",
+    "sum([10 ** 1000] * 100000)",
+    "[str(list(range(100000))) for i in range(100)]",
+    "[('x' * 999999) + str(i) for i in range(100)]",
+    "[[0] * 100000 for i in range(1000)]",
+    "[list(range(100000)) for i in range(100)]",
+    "[('x' * 1000000).upper() for i in range(100)]",
+    "[{**{str(i): i for i in range(50000)}} for j in range(10)]",
+    "len([x for x in 'x' * 1000000])",
+    "('x' * 1000000).replace('x', 'yy')",
+    "[('x' * 1000000)[::-1] for i in range(100)]",
+    "[merge(*[{'a': 1}] * 100) for i in range(100000)]",
+    "'%s' % ctx",
+    "'%d' % 1",
 ]

@@ -12,8 +12,10 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ import pytest
 
 from statem import Engine, ExecutionNotFound, StoreError
 from statem.cli import main
-from statem.testing import run_until_idle
+from statem.testing import FakeClock, run_until_idle
 
 from .conftest import MACHINES, ROOT
 from .helpers import http_server
@@ -49,6 +51,8 @@ EXECUTION_FIELDS = {
     "created_at",
     "updated_at",
 }
+#: What ``statem show --json`` adds to the execution's fields.
+SHOW_FIELDS = {"pending", "children", "allowed_actions"}
 STEP_FIELDS = {"seq", "at", "kind", "name", "from_state", "to_state", "input", "output", "context", "error"}
 
 TALLY = """\
@@ -232,6 +236,7 @@ def test_group_help_lists_every_command_examples_and_env_vars(bare: CLI) -> None
     assert r.out.startswith("Usage: statem [OPTIONS] COMMAND [ARGS]...")
     assert "Examples:" in r.out
     assert "statem machines load machines/*.yaml" in r.out
+    assert "3 start/trigger left the execution failed" in r.out
     for option in ("--db", "--app", "--json", "--debug", "STATEM_DATABASE_URL", "STATEM_APP"):
         assert option in r.out
     for command in (
@@ -387,7 +392,7 @@ def test_machines_load_with_invalid_files_reports_every_error_and_stores_nothing
         (bad_expr, "context.x: expression does not parse"),
         (bad_states, "start_at: unknown state 'nowhere'"),
         (bad_states, "states.a.actions.go.state: unknown target state 'missing'"),
-        (bad_yaml, "not valid YAML"),
+        (f"{bad_yaml}:2:1", "not valid YAML"),
         (missing, "No such file or directory"),
     ):
         assert f"{path}: " in r.err
@@ -403,9 +408,7 @@ def test_machines_load_missing_file(cli: CLI, tmp_path: Path) -> None:
     assert r.code == 1
     assert r.out == ""
     assert "Traceback" not in r.err
-    assert r.err_lines[0].startswith(f"error: {missing}: ")
-    assert "No such file or directory" in r.err_lines[0]
-    assert r.err_lines[1:] == ["nothing stored (1 of 1 files invalid)"]
+    assert r.err_lines == [f"error: {missing}: cannot read: No such file or directory; nothing stored"]
     assert cli.data("machines", "list") == []
 
 
@@ -489,7 +492,7 @@ def test_trigger_with_input_and_idempotency_key(loaded: CLI, tmp_path: Path) -> 
 def test_show(loaded: CLI) -> None:
     loaded.ok("start", "order", "--id", "o1", "--input", '{"n": 5}')
     ex = loaded.data("show", "o1")
-    assert set(ex) == EXECUTION_FIELDS
+    assert set(ex) == EXECUTION_FIELDS | SHOW_FIELDS
     assert (ex["id"], ex["state"], ex["status"], ex["output"], ex["error"]) == (
         "o1",
         "cart",
@@ -518,7 +521,7 @@ def test_history_table_shows_kinds_and_context_changes(loaded: CLI, tmp_path: Pa
     for header in ("#", "kind", "name", "from → to", "context changes", "note"):
         assert header in table
     rows = [line for line in table.splitlines() if line.startswith("│ ") and line[2].isdigit()]
-    assert [row.split("│")[3].strip() for row in rows] == ["start", "always", "action"]
+    assert [row.split("│")[4].strip() for row in rows] == ["start", "always", "action"]
     assert '+order = {"id": "R9", "line_items": []}' in rows[0]
     assert "create → cart" in rows[1]
     assert '~order = {"id": "R9", "line_items": ["tea"]}' in rows[2]
@@ -546,6 +549,7 @@ def test_history_of_an_http_effect_shows_invoke_result_and_timer(db_url: str, cl
     with http_server(lambda *_: (503, {"error": "busy"})) as (base, calls):
         engine = Engine(db_url, env={"shipping_url": f"{base}/pickups"})
         try:
+            engine.save_service(MACHINES / "services" / "shipping.yaml")
             engine.save_machine(MACHINES / "shipment.yaml")
             engine.start("shipment", {"order": "R1"}, execution_id="s1")
             run_until_idle(engine)
@@ -556,7 +560,7 @@ def test_history_of_an_http_effect_shows_invoke_result_and_timer(db_url: str, cl
     for text in (
         "invoke",
         "book-pickup",
-        "http.request.json",
+        "shipping.create-shipment",
         "result",
         "refused",
         "outstanding → failed",
@@ -981,3 +985,559 @@ def test_console_script_entry_point(bare: CLI) -> None:
     r = bare.raw("--version")
     assert r.code == 0
     assert r.out.strip() == f"statem, version {dist.version}"
+
+
+# --------------------------------------------------------------------------- stored text is printed verbatim
+
+#: Stored text that rich would take as markup (a closing tag with nothing open, a terminal
+#: hyperlink, a style), an emoji code, and a terminal escape sequence.
+MARKUP = "[/] [link=https://evil.example]pay here[/link] [bold red]x :smile: \x1b[2J"
+
+ECHO = """\
+id: echo
+version: 1
+start_at: open
+context:
+  note: "input['note']"
+states:
+  open:
+    actions:
+      note: {context: {note: "input['note']"}}
+"""
+
+
+def test_stored_markup_prints_verbatim_in_every_view(loaded: CLI, tmp_path: Path) -> None:
+    loaded.ok("machines", "load", write(tmp_path, "echo.yaml", ECHO))
+    note = json.dumps({"note": MARKUP})
+    # start exits 0 once it has committed, and prints the value as it is stored
+    started = loaded.ok("start", "echo", "--id", "e1", "--input", note)
+    assert json.dumps(MARKUP)[1:-1] in started.out  # the context is JSON: "\u001b[2J"
+    assert loaded.ok("trigger", "e1", "note", "--input", note).code == 0
+    loaded.ok("cancel", "e1", "--reason", MARKUP)
+    shown = loaded.ok("show", "e1").out
+    history = loaded.ok("history", "e1").out
+    listed = loaded.ok("list").out
+    for out in (started.out, shown, history):
+        assert "[/]" in out and "[link=https://evil.example]" in out and ":smile:" in out, out
+    for out in (started.out, shown, history, listed):
+        assert "\x1b" not in out  # no escape sequence reaches the terminal
+        assert "😄" not in out
+    # the cancel reason is plain text (not JSON): its ESC is shown escaped
+    assert "[/] [link=https://evil.example]pay here[/link] [bold red]x :smile: \\x1b[2J" in shown
+    assert "[/] [link=https://evil.example]pay here[/link] [bold red]x" in listed  # the error, cut at 60
+    assert loaded.data("show", "e1")["error"] == MARKUP
+    assert loaded.data("show", "e1")["context"] == {"note": MARKUP}
+    assert [s["input"] for s in loaded.data("history", "e1")][:2] == [{"note": MARKUP}, {"note": MARKUP}]
+    assert len(loaded.data("list")) == 1  # one execution: nothing started twice
+
+
+def test_console_interprets_no_markup(sqlite_cli: CLI) -> None:
+    from statem.cli.base import console
+
+    out = console()
+    with out.capture() as captured:
+        out.print("[/] [link=x]y[/link] :smile:")
+    assert captured.get().strip() == "[/] [link=x]y[/link] :smile:"
+
+
+# --------------------------------------------------------------------------- numeric options
+
+
+# The worker's options are checked by parsing alone (click's make_context, no callback):
+# run in-process before the fix, `worker --poll -1` started a worker that spun at 100% CPU
+# and grew without bound, so no in-process test may get that far.
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--poll", "-1"], "Invalid value for '--poll': -1.0 is not in the range 0.0<x<=3600.0"),
+        (["--poll", "0"], "Invalid value for '--poll': 0.0 is not in the range"),
+        (["--poll", "nan"], "Invalid value for '--poll': nan is not a finite number of seconds"),
+        (["--poll", "soon"], "Invalid value for '--poll': 'soon' is not a number of seconds"),
+        (["--lease", "0"], "Invalid value for '--lease': 0.0 is not in the range 0.0<x<=86400.0"),
+        (["--lease", "-5"], "Invalid value for '--lease': -5.0 is not in the range"),
+        (["--lease", "inf"], "Invalid value for '--lease': inf is not in the range"),
+        (["--concurrency", "0"], "Invalid value for '--concurrency': 0 is not in the range"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else "",
+)
+def test_worker_numeric_options_are_refused_before_it_starts(args: list[str], message: str) -> None:
+    import click
+
+    from statem.cli.commands import worker
+
+    with pytest.raises(click.BadParameter) as caught:
+        worker.make_context("worker", list(args))
+    assert caught.value.exit_code == 2
+    assert message in caught.value.format_message()
+
+
+def test_worker_poll_minus_one_exits_2_as_a_process(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "statem.cli",
+            "--db",
+            f"sqlite:///{tmp_path / 'w.db'}",
+            "worker",
+            "--poll",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("STATEM_")}, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == ""
+    assert "Invalid value for '--poll': -1.0 is not in the range 0.0<x<=3600.0" in r.stderr
+    assert not (tmp_path / "w.db").exists()  # refused before anything ran
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["start", "order", "--version", "0"], "Invalid value for '--version': 0 is not in the range"),
+        (["machines", "show", "order", "--version", "-1"], "-1 is not in the range"),
+        (["graph", "order", "--version", "99999999999"], "99999999999 is not in the range"),
+        (["list", "--page", "99999999999"], "99999999999 is not in the range"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else "",
+)
+def test_numeric_options_out_of_range_exit_2(sqlite_cli: CLI, args: list[str], message: str) -> None:
+    r = sqlite_cli(*args)
+    assert r.code == 2, r.err
+    assert r.out == ""
+    assert message in r.err, r.err
+    assert "Traceback" not in r.err
+
+
+# --------------------------------------------------------------------------- history dates and gaps
+
+
+def test_history_shows_dates_past_a_day_and_the_time_between_steps(
+    cli: CLI, db_url: str, tmp_path: Path
+) -> None:
+    clock = FakeClock(dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC))
+    engine = Engine(db_url, clock=clock)
+    try:
+        engine.save_machine(write(tmp_path, "tally.yaml", TALLY))
+        engine.start("tally", execution_id="weeks")
+        clock.advance(1.5)
+        engine.trigger("weeks", "bump")
+        clock.advance(days=17, hours=2)
+        engine.trigger("weeks", "close")
+        engine.start("tally", execution_id="morning")
+        clock.advance(minutes=5, seconds=7)
+        engine.trigger("morning", "bump")
+    finally:
+        engine.close()
+
+    def rows(table: str) -> list[list[str]]:
+        lines = [line for line in table.splitlines() if line.startswith("│ ") and line[2].isdigit()]
+        return [[cell.strip() for cell in line.split("│")[1:4]] for line in lines]
+
+    weeks = cli.ok("history", "weeks").out
+    assert "at (UTC)" in weeks and "+Δ" in weeks
+    assert rows(weeks) == [
+        ["1", "2026-03-01 09:00:00.000", ""],
+        ["2", "2026-03-01 09:00:01.500", "+1.500s"],
+        ["3", "2026-03-18 11:00:01.500", "+17d02h"],
+    ]
+    morning = cli.ok("history", "morning").out
+    assert "time (UTC)" in morning and "2026-03-18" not in morning
+    assert rows(morning) == [["1", "11:00:01.500", ""], ["2", "11:05:08.500", "+5m07s"]]
+
+
+def test_delta_formats() -> None:
+    from statem.cli.render import delta
+
+    assert [delta(s) for s in (0, 0.004, 9.9994, 12.34, 60, 187, 3600, 7500, 86400, 273600)] == [
+        "0.000s",
+        "0.004s",
+        "9.999s",
+        "12.3s",
+        "1m00s",
+        "3m07s",
+        "1h00m",
+        "2h05m",
+        "1d00h",
+        "3d04h",
+    ]
+
+
+# --------------------------------------------------------------------------- failed executions exit 3
+
+
+#: A sync machine that POSTs to ``ctx['url']`` (no error branch) on start, or on ``go``.
+BOOK = """\
+id: book
+version: 1
+start_at: idle
+execution_mode: sync
+context:
+  url: "input.get('url', '')"
+states:
+  idle:
+    always:
+      - {state: calling, when: "ctx['url'] != ''"}
+    actions:
+      go: {state: calling, context: {url: "input['url']"}}
+  calling:
+    always:
+      - name: book
+        invoke:
+          effect: http.request.json
+          input: "{'url': ctx['url'], 'method': 'POST'}"
+          success: {state: done}
+  done: {end: true}
+"""
+
+
+def test_start_and_trigger_exit_3_and_say_why_when_the_execution_fails(cli: CLI, tmp_path: Path) -> None:
+    cli.ok("machines", "load", write(tmp_path, "book.yaml", BOOK))
+    refused = json.dumps({"url": "http://127.0.0.1:1/book"})  # nothing listens on port 1
+
+    r = cli("start", "book", "--id", "b1", "--input", refused)
+    assert r.code == 3, r.err
+    assert "failed" in r.out and "b1" in r.out  # the execution, as stored, on stdout
+    assert len(r.err_lines) == 1, r.err
+    assert r.err_lines[0].startswith("error: execution b1 failed in state 'calling': ")
+    stored = cli.data("show", "b1")
+    assert stored["status"] == "failed"
+    assert stored["error"] in r.err_lines[0]
+
+    cli.ok("start", "book", "--id", "b2")
+    r = cli("--json", "trigger", "b2", "go", "--input", refused)
+    assert r.code == 3, r.err
+    assert r.json()["status"] == "failed"
+    assert r.err_lines == [f"error: execution b2 failed in state 'calling': {r.json()['error']}"]
+    assert cli("start", "book", "--id", "b1").code == 3  # a replay reports the same
+    # success still exits 0
+    cli.ok("machines", "load", ORDER)
+    assert cli.ok("start", "order").code == 0
+
+
+def test_unknown_effect_hint_names_what_is_needed() -> None:
+    from statem.effects import EffectRegistry, UnknownEffect
+
+    with pytest.raises(UnknownEffect) as caught:
+        EffectRegistry().get("charge")
+    message = str(caught.value)
+    assert "run the worker with --app" not in message
+    assert "no effect 'charge' is registered in this process" in message
+    assert "a worker, or the caller of start/trigger for a sync machine" in message
+    assert "statem --app MODULE:ATTR" in message
+
+
+# --------------------------------------------------------------------------- YAML errors in machines load
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line"),
+    [
+        (
+            "flow.yaml",
+            "id: x\nstates:\n  a: {b: 1\n  c: 2\n",
+            "{path}:4:4: not valid YAML: expected ',' or '}}', but got ':' "
+            "(while parsing a flow mapping that starts at 3:6); nothing stored",
+        ),
+        (
+            "tab.yaml",
+            "id: x\n\tstates: {}\n",
+            "{path}:2:1: not valid YAML: found character '\\t' that cannot start any token "
+            "(while scanning for the next token); nothing stored",
+        ),
+        (
+            "bad.json",
+            '{"id": "x",\n "states": }',
+            "{path}:2:12: not valid JSON: Expecting value; nothing stored",
+        ),
+    ],
+)
+def test_yaml_syntax_error_is_one_line_with_file_line_and_column(
+    sqlite_cli: CLI, tmp_path: Path, name: str, text: str, line: str
+) -> None:
+    path = write(tmp_path, name, text)
+    r = sqlite_cli("machines", "load", path)
+    assert r.code == 1
+    assert r.out == ""
+    assert r.err_lines == ["error: " + line.format(path=path)]
+    assert r.err.count(path) == 1
+
+
+def test_yaml_syntax_errors_among_several_files(sqlite_cli: CLI, tmp_path: Path) -> None:
+    bad = write(tmp_path, "bad.yaml", "id: [\n")
+    r = sqlite_cli("machines", "load", ORDER, bad)
+    assert r.code == 1
+    assert len(r.err_lines) == 2, r.err
+    assert r.err_lines[0].startswith(f"error: {bad}:2:1: not valid YAML: expected the node content")
+    assert r.err_lines[1] == "nothing stored (1 of 2 files invalid)"
+    assert sqlite_cli.data("machines", "list") == []
+
+
+# --------------------------------------------------------------------------- option values
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("", "use a number >= 0 with s, m, h or d"),
+        ("-5m", "use a number >= 0 with s, m, h or d"),
+        ("nanm", "use a number >= 0 with s, m, h or d"),
+        ("infd", "use a number >= 0 with s, m, h or d"),
+        ("1e20d", "too long (at most 36500d)"),
+        ("999999999d", "too long (at most 36500d)"),
+        ("5", "use a number >= 0 with s, m, h or d"),
+    ],
+)
+def test_older_than_refuses_what_is_not_a_duration(sqlite_cli: CLI, value: str, fragment: str) -> None:
+    r = sqlite_cli("list", "--older-than", value)
+    assert_one_line_error(r, f"--older-than {value!r}: {fragment}", code=2)
+
+
+def test_older_than_takes_its_largest_value(sqlite_cli: CLI) -> None:
+    assert sqlite_cli.data("list", "--older-than", "36500d") == []
+    assert sqlite_cli.data("list", "--older-than", " 2.5h ") == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("os:path", "'path' is not an Engine or a function returning one (it is a module)"),
+        ("os:getcwd", "'getcwd' is not an Engine or a function returning one (it returned a str)"),
+        ("os:sep", "'sep' is not an Engine or a function returning one (it is a str)"),
+        ("os.path:join", "'join' is not an Engine or a function returning one (it takes arguments"),
+        (
+            "tests.apps.fxapp:Path",
+            "'Path' is not an Engine or a function returning one (it is the class Path)",
+        ),
+        (":engine", "give MODULE:ATTR"),
+    ],
+)
+def test_app_that_is_not_an_engine_is_one_line(sqlite_cli: CLI, spec: str, message: str) -> None:
+    assert_one_line_error(sqlite_cli.raw("--app", spec, "list"), f"--app {spec}", message, code=2)
+
+
+def test_app_module_that_fails_to_import_is_one_line(
+    sqlite_cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, "broken_app_cli.py", "raise RuntimeError('no config')\n")
+    monkeypatch.chdir(tmp_path)
+    r = sqlite_cli.raw("--app", "broken_app_cli:engine", "list")
+    assert_one_line_error(r, "cannot import 'broken_app_cli': RuntimeError: no config", code=2)
+
+
+def test_app_may_name_an_engine_subclass(
+    sqlite_cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(
+        tmp_path,
+        "subclass_app_cli.py",
+        "import os\nfrom statem import Engine\n\n"
+        "class AppEngine(Engine):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(os.environ['STATEM_DATABASE_URL'])\n",
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STATEM_DATABASE_URL", sqlite_cli.url or "")
+    r = sqlite_cli.raw("--app", "subclass_app_cli:AppEngine", "--json", "list")
+    assert (r.code, r.out.strip()) == (0, "[]"), r.err
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgres://app:s%40cret@db:5432/orders", "postgresql+psycopg://app:s%40cret@db:5432/orders"),
+        ("postgresql://db/orders?sslmode=require", "postgresql+psycopg://db/orders?sslmode=require"),
+        ("postgres+psycopg://db/orders", "postgresql+psycopg://db/orders"),
+        ("postgresql+psycopg2://db/orders", "postgresql+psycopg2://db/orders"),
+        ("sqlite:///statem.db", "sqlite:///statem.db"),
+        ("sqlite://", "sqlite://"),
+    ],
+)
+def test_sqlalchemy_url_maps_postgres_urls_to_psycopg(url: str, expected: str) -> None:
+    from statem.dialects import sqlalchemy_url
+
+    assert sqlalchemy_url(url) == expected
+
+
+def test_postgres_urls_work_for_the_engine_and_the_command(bare: CLI, pg_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    from .conftest import _truncate
+
+    _truncate(pg_url)
+    for scheme in ("postgres", "postgresql"):
+        url = make_url(pg_url).set(drivername=scheme).render_as_string(hide_password=False)
+        engine = Engine(url)
+        try:
+            assert engine.db.url.drivername == "postgresql+psycopg"
+            engine.migrate()
+            engine.save_machine(MACHINES / "order.yaml")
+            assert [m.id for m in engine.machines()] == ["order"]
+        finally:
+            engine.close()
+        db = bare.bind(url)
+        assert [m["id"] for m in db.data("machines", "list")] == ["order"]
+        db.ok("db", "upgrade")
+
+
+# --------------------------------------------------------------------------- show: pending work, actions
+
+
+def test_show_lists_pending_work_children_and_allowed_actions(db_url: str, cli: CLI, tmp_path: Path) -> None:
+    from .helpers import effect_machine, timer_machine
+
+    engine = Engine(db_url, env={"shipping_url": "http://127.0.0.1:9/unused"})
+
+    @engine.effect("boom")
+    def boom(input: Any, *, idempotency_key: str) -> Any:
+        raise RuntimeError("kaput [/]")
+
+    try:
+        engine.save_machine(timer_machine(hours=3))
+        engine.save_machine(effect_machine("boom", retry={"max_attempts": 3, "initial_seconds": 3600}))
+        engine.save_machines([MACHINES / "order.yaml", MACHINES / "shipment.yaml"])
+        engine.start("t", execution_id="t1")
+        engine.start("fx", execution_id="f1")
+        assert engine.run_once() == 1  # the first attempt fails; the next is due in an hour
+        engine.start("order", execution_id="o1")
+        for action, data in (("add", {"sku": "tea"}), ("place", {}), ("fraud-approve", {})):
+            engine.trigger("o1", action, data)
+        child_task = engine.pending("o1")[0]
+        assert engine.run_once(limit=1) == 1  # starts the shipment child
+    finally:
+        engine.close()
+
+    timer = cli.data("show", "t1")
+    (task,) = timer["pending"]
+    assert (task["kind"], task["status"], task["attempts"], task["last_error"]) == (
+        "timer",
+        "pending",
+        0,
+        None,
+    )
+    due = dt.datetime.fromisoformat(task["due_at"]) - dt.datetime.fromisoformat(timer["updated_at"])
+    assert dt.timedelta(hours=3) - dt.timedelta(seconds=1) <= due <= dt.timedelta(hours=3, seconds=1)
+    assert (timer["children"], timer["allowed_actions"]) == ([], [])
+    table = cli.ok("show", "t1").out
+    assert "pending" in table and "timer" in table
+    assert dt.datetime.fromisoformat(task["due_at"]).strftime("%Y-%m-%d %H:%M:%S") in table
+    assert "2h59m" in table or "3h00m" in table
+    assert "actions: none" in table
+
+    fx = cli.data("show", "f1")
+    (call,) = fx["pending"]
+    assert (call["kind"], call["name"], call["effect"], call["attempts"]) == ("effect", "call", "boom", 1)
+    assert "kaput [/]" in call["last_error"]
+    assert fx["allowed_actions"] == ["skip", "abandon"]
+    table = cli.ok("show", "f1").out
+    for text in ("effect", "call boom", "kaput [/]", "actions: skip, abandon"):
+        assert text in table, text
+    assert any(" 1 " in line and "kaput" in line for line in table.splitlines())
+
+    order = cli.data("show", "o1")
+    (child,) = cli.data("list", "--parent", "o1")
+    assert (child["machine_id"], child["parent_id"]) == ("shipment", "o1")
+    assert order["children"] == [
+        {
+            "id": child["id"],
+            "machine_id": "shipment",
+            "state": child["state"],
+            "status": child["status"],
+            "error": None,
+        }
+    ]
+    assert [t["kind"] for t in order["pending"]] == ["child"]
+    assert order["pending"][0]["id"] == child_task.id
+    assert order["pending"][0]["child_id"] == child["id"]
+    table = cli.ok("show", "o1").out
+    assert "children" in table and child["id"] in table and "shipment v1" in table
+    assert f"ship → {child['id']}" in table
+    assert cli.data("list", "--parent", child["id"]) == []
+    assert cli.data("list", "--parent", "nope") == []
+    assert child["id"] in cli.ok("list", "--parent", "o1").out
+
+    cli.ok("cancel", "t1")
+    done = cli.data("show", "t1")
+    assert (done["pending"], done["allowed_actions"]) == ([], [])
+    assert "no actions: the execution is canceled" in cli.ok("show", "t1").out
+
+
+# --------------------------------------------------------------------------- demo database
+
+
+def test_demo_clash_with_the_users_order_stores_nothing(cli: CLI, tmp_path: Path) -> None:
+    mine = (MACHINES / "order.yaml").read_text().replace("An order from cart", "My own order")
+    cli.ok("machines", "load", write(tmp_path, "order.yaml", mine))
+    r = cli("demo")
+    assert r.code == 1
+    assert len(r.err_lines) == 1, r.err
+    assert r.err_lines[0].startswith("error: the demo's machines clash with those saved in ")
+    assert "version 1 is already saved with different content" in r.err
+    assert "nothing was stored" in r.err and "without --db" in r.err
+    assert [(m["id"], m["version"]) for m in cli.data("machines", "list")] == [("order", 1)]
+    assert cli.data("list") == []
+
+
+def test_demo_uses_its_own_database_unless_db_is_given(
+    bare: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STATEM_DATABASE_URL", f"sqlite:///{tmp_path / 'mine.db'}")
+    r = bare.raw("demo")
+    assert r.code == 0, r.err
+    assert (tmp_path / "statem-demo.db").exists()
+    assert not (tmp_path / "mine.db").exists() and not (tmp_path / "statem.db").exists()
+    lines = r.out.strip().splitlines()
+    assert lines[-2].startswith("order ") and ": finished in state 'shipped'" in lines[-2]
+    order_id = lines[-2].split()[1].rstrip(":")
+    assert (
+        lines[-1]
+        == f"inspect it: statem --db sqlite:///statem-demo.db show {order_id}  (or history, or list --parent)"
+    )
+    demo_db = bare.bind("sqlite:///statem-demo.db")
+    assert demo_db.data("show", order_id)["status"] == "finished"
+
+
+# --------------------------------------------------------------------------- worker logging
+
+
+def test_worker_keeps_apscheduler_quiet_even_when_the_app_logs_at_info(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    assert statem_process("--db", db, "db", "upgrade", tmp_path=tmp_path).returncode == 0
+    write(
+        tmp_path,
+        "chatty_app.py",
+        "import logging, os\nfrom statem import Engine\n"
+        "logging.getLogger().setLevel(logging.INFO)\n"
+        "engine = Engine(os.environ['STATEM_DATABASE_URL'])\n",
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith("STATEM_") and k != "FORCE_COLOR"}
+    base["PYTHONPATH"] = os.pathsep.join([str(ROOT), base.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    base["STATEM_DATABASE_URL"] = db
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "statem.cli", "--app", "chatty_app:engine", "worker", "--poll", "0.1"],
+        cwd=tmp_path,
+        env=base,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # the worker's own INFO line comes once it runs
+        assert " started (" in first, first
+        time.sleep(1.5)  # 15 polls: APScheduler would log two INFO lines for each
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "apscheduler" not in err and "Running job" not in err, err
+    assert "stopped after 0 tasks" in err

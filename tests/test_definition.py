@@ -919,23 +919,229 @@ LONE_SURROGATE = json.loads('"ctx[\\"\\ud800\\"]"')  # what json.load gives for 
 
 
 @pytest.mark.parametrize(
-    "source",
+    ("source", "verdict"),
     [
-        pytest.param("a\x00b", id="nul-byte"),
-        pytest.param(LONE_SURROGATE, id="lone-surrogate-from-json"),
-        pytest.param("(" * 400 + "1" + ")" * 400, id="deep-nesting"),
-        pytest.param("1 + " * 100_000 + "1", id="huge"),
-        pytest.param("", id="empty"),
-        pytest.param("   ", id="blank"),
-        pytest.param("x = 1", id="assignment"),
-        pytest.param("import os", id="import"),
-        pytest.param("1; 2", id="two-statements"),
-        pytest.param("lambda: 1", id="lambda"),
-        pytest.param("ctx.__class__", id="dunder-attribute"),
+        pytest.param("a\x00b", "does not parse", id="nul-byte"),
+        pytest.param(LONE_SURROGATE, "does not parse", id="lone-surrogate-from-json"),
+        pytest.param(
+            "(" * 400 + "1" + ")" * 400,
+            "does not parse: invalid syntax at line 1, column 201",
+            id="deep-nesting",
+        ),
+        pytest.param("[" * 60 + "]" * 60, "is not allowed: expression nests deeper than 50", id="deep-lists"),
+        pytest.param("1 + " * 100_000 + "1", "is not allowed: expression is 400001 characters", id="huge"),
+        pytest.param("", "does not parse", id="empty"),
+        pytest.param("   ", "does not parse", id="blank"),
+        pytest.param("x = 1", "does not parse: invalid syntax at line 1", id="assignment"),
+        pytest.param("import os", "does not parse: invalid syntax at line 1, column 1", id="import"),
+        pytest.param("1; 2", "does not parse: invalid syntax at line 1, column 2", id="two-statements"),
+        pytest.param("lambda: 1", "is not allowed: lambda is not allowed", id="lambda"),
+        pytest.param(
+            "ctx.__class__", "is not allowed: attribute '__class__' is not allowed", id="dunder-attribute"
+        ),
     ],
 )
-def test_hostile_expression_source_is_a_definition_error(source: str) -> None:
+def test_hostile_expression_source_is_a_definition_error(source: str, verdict: str) -> None:
     with pytest.raises(DefinitionError) as info:
         load_definition(mutate((("states", "cart", "actions", "place", "when"), source)))
     assert [p for p, _ in info.value.problems] == ["states.cart.actions.place.when"]
-    assert "does not parse" in info.value.problems[0][1]
+    assert f"expression {verdict}" in info.value.problems[0][1]
+    assert "invalid syntax: invalid syntax" not in info.value.problems[0][1]
+
+
+# ---------------------------------------------------------------------- issue 10, item 15
+
+#: A 9-level "billion laughs" under a key the model does not know (the report's 477 bytes).
+ALIAS_BOMB = """\
+id: bomb
+version: 1
+start_at: a
+states: {a: {end: true}}
+unknown: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]
+l1: &l1 [*l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0]
+l2: &l2 [*l1, *l1, *l1, *l1, *l1, *l1, *l1, *l1, *l1]
+l3: &l3 [*l2, *l2, *l2, *l2, *l2, *l2, *l2, *l2, *l2]
+l4: &l4 [*l3, *l3, *l3, *l3, *l3, *l3, *l3, *l3, *l3]
+l5: &l5 [*l4, *l4, *l4, *l4, *l4, *l4, *l4, *l4, *l4]
+l6: &l6 [*l5, *l5, *l5, *l5, *l5, *l5, *l5, *l5, *l5]
+l7: &l7 [*l6, *l6, *l6, *l6, *l6, *l6, *l6, *l6, *l6]
+l8: &l8 [*l7, *l7, *l7, *l7, *l7, *l7, *l7, *l7, *l7]
+"""
+
+SMALL = "id: m\nversion: 1\nstart_at: a\n"
+
+
+def load_text(tmp_path: Path, text: str, name: str = "m.yaml") -> Machine:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return load_definition(path)
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
+    import tracemalloc
+
+    assert len(ALIAS_BOMB) < 600
+    tracemalloc.start()
+    try:
+        with pytest.raises(DefinitionError) as info:
+            load_text(tmp_path, ALIAS_BOMB)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "expands to more than 100000 values through its aliases" in str(info.value)
+    assert peak < 20_000_000, f"peak {peak / 1e6:.1f} MB"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        pytest.param(
+            SMALL + "x: &a [*a]\nstates: {a: {end: true}}\n",
+            "m.yaml:4: a YAML alias refers to a node that contains it",
+            id="cycle",
+        ),
+        pytest.param(
+            SMALL + "states: {a: {end: true}}\nx: &a 1\ny: [" + ", ".join(["*a"] * 101) + "]\n",
+            "m.yaml:6: more than 100 YAML aliases",
+            id="too-many-aliases",
+        ),
+    ],
+)
+def test_yaml_aliases_are_bounded(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(DefinitionError, match=fragment):
+        load_text(tmp_path, text)
+
+
+def test_a_few_yaml_anchors_still_work(tmp_path: Path) -> None:
+    text = """\
+id: m
+version: 1
+start_at: a
+states:
+  a:
+    always:
+      - name: call
+        invoke:
+          effect: pay
+          retry: &retry {max_attempts: 5, multiplier: 3}
+          success: {state: b}
+  b:
+    always:
+      - name: again
+        invoke: {effect: pay, retry: *retry, success: {state: c}}
+  c: {end: true}
+"""
+    m = load_text(tmp_path, text)
+    assert m.states["b"].always[0].invoke is not None
+    assert m.states["b"].always[0].invoke.retry == m.states["a"].always[0].invoke.retry  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        pytest.param("deep.yaml", SMALL + "x: " + "[" * 5000 + "]" * 5000 + "\n", id="yaml-flow"),
+        pytest.param("deep.yaml", SMALL + "".join(f"{'  ' * i}k{i}:\n" for i in range(200)), id="yaml-block"),
+        pytest.param("deep.json", '{"id": "m", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", id="json"),
+    ],
+)
+def test_deep_nesting_is_a_definition_error(tmp_path: Path, name: str, text: str) -> None:
+    """Not a RecursionError (nor a quadratic wait in the YAML scanner)."""
+    with pytest.raises(DefinitionError, match="nested deeper than 50 levels"):
+        load_text(tmp_path, text, name)
+
+
+def test_deep_or_huge_python_data_is_a_definition_error() -> None:
+    deep: Any = []
+    for _ in range(10_000):
+        deep = [deep]
+    with pytest.raises(DefinitionError, match="nested deeper than 50 levels"):
+        load_definition({**BASE, "x": deep})
+    shared = [list(range(1000))] * 1000
+    with pytest.raises(DefinitionError, match="holds more than 100000 values"):
+        load_definition({**BASE, "x": shared})
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "path"),
+    [
+        ("state", "cart\n", "states.cart\n"),
+        ("action", "add\n", "states.cart.actions.add\n"),
+        ("id", "shop\n", "id"),
+    ],
+)
+def test_a_name_with_a_trailing_newline_is_refused(where: str, value: str, path: str) -> None:
+    """``re.match('...$')`` accepted 'a\\n'; names are matched in full."""
+    data = copy.deepcopy(BASE)
+    if where == "state":
+        data["states"][value] = data["states"].pop("cart")
+    elif where == "action":
+        data["states"]["cart"]["actions"][value] = data["states"]["cart"]["actions"].pop("add")
+    else:
+        data["id"] = value
+    with pytest.raises(DefinitionError) as info:
+        load_definition(data)
+    assert path in [p for p, _ in info.value.problems]
+
+
+def test_duplicate_yaml_keys_name_the_key_and_the_line(tmp_path: Path) -> None:
+    text = SMALL + "states:\n  a: {always: [{state: b}]}\n  b: {end: true}\n  b: {always: [{state: a}]}\n"
+    with pytest.raises(DefinitionError) as info:
+        load_text(tmp_path, text)
+    [(path, message)] = info.value.problems
+    assert path == "states.b"
+    assert message.endswith("m.yaml:7: duplicate key 'b' (first at line 6); the last one would silently win")
+    with pytest.raises(DefinitionError, match="duplicate key 'version'"):
+        load_text(tmp_path, '{"id": "m", "version": 1, "version": 2}', "m.json")
+
+
+def test_yaml_1_1_booleans_say_what_yaml_did(tmp_path: Path) -> None:
+    text = (
+        SMALL
+        + "context: {flag: yes}\nstates:\n  a:\n    actions:\n      on: {state: off}\n  b: {end: true}\n"
+    )
+    with pytest.raises(DefinitionError) as info:
+        load_text(tmp_path, text)
+    assert [(p, m.removeprefix(f"{tmp_path}/")) for p, m in info.value.problems] == [
+        (
+            "context.flag",
+            "m.yaml:4: value 'yes' was read by YAML as the boolean True; "
+            "quote it ('yes') if you meant the text",
+        ),
+        ("states.a.actions", "m.yaml:8: key 'on' was read by YAML as the boolean True; quote it ('on')"),
+        (
+            "states.a.actions.True.state",
+            "m.yaml:8: value 'off' was read by YAML as the boolean False; "
+            "quote it ('off') if you meant the text",
+        ),
+    ]
+
+
+def test_quoted_yaml_words_and_end_yes_are_fine(tmp_path: Path) -> None:
+    m = load_text(tmp_path, SMALL + "states:\n  a: {actions: {'on': {state: 'off'}}}\n  'off': {end: yes}\n")
+    assert m.states["a"].actions["on"].state == "off" and m.states["off"].end is True
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "fragment"),
+    [
+        (
+            "context: {count: 0}\nstates: {a: {end: true}}\n",
+            "context.count",
+            "got the number 0; an expression is text: quote it ('0')",
+        ),
+        (
+            "states: {a: {always: [{state: a, when: true}]}}\n",
+            "states.a.always[0].when",
+            "got the boolean True (YAML reads unquoted true/false, yes/no and on/off as booleans)",
+        ),
+        ("states: {a: {end: true}, true: {end: true}}\n", "states.True", "key True is a boolean, not a name"),
+        ("context: {count: }\nstates: {a: {end: true}}\n", "context.count", "got null (an empty value)"),
+    ],
+)
+def test_scalars_where_text_is_needed_say_what_yaml_read(
+    tmp_path: Path, text: str, path: str, fragment: str
+) -> None:
+    with pytest.raises(DefinitionError) as info:
+        load_text(tmp_path, SMALL + text)
+    messages = [m for p, m in info.value.problems if p == path]
+    assert messages and fragment in messages[0], info.value.problems

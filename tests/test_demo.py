@@ -66,7 +66,7 @@ def assert_demo_end_state(url: str) -> tuple[Execution, Execution]:
         assert isinstance(refused.output, dict) and refused.output["status"] == 503
         assert (refused.from_state, refused.to_state) == ("outstanding", "failed")
         assert refused.context is not None and refused.context["attempts"] == 1
-        assert isinstance(booked.output, dict) and booked.output["status"] == 201
+        assert booked.output == {"tracking": "TRK-R1234"}  # the service's JSON body
         assert (booked.from_state, booked.to_state) == ("outstanding", "booked")
         wait, timer = by_name["wait", "retry-later"], by_name["timer", "retry-later"]
         assert timer.at >= wait.at
@@ -78,11 +78,13 @@ def assert_demo_end_state(url: str) -> tuple[Execution, Execution]:
 
 
 def test_statem_demo_as_a_process(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/demo.db"
+    """As `make demo` runs it: no --db, so its own statem-demo.db (STATEM_DATABASE_URL is not used)."""
+    url = f"sqlite:///{tmp_path}/statem-demo.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("STATEM_") and k != "FORCE_COLOR"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["STATEM_DATABASE_URL"] = f"sqlite:///{tmp_path}/users-own.db"
     proc = subprocess.run(
-        [sys.executable, "-m", "statem.cli", "--db", url, "demo"],
+        [sys.executable, "-m", "statem.cli", "demo"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -95,6 +97,7 @@ def test_statem_demo_as_a_process(tmp_path: Path) -> None:
     out = proc.stdout
 
     order, shipment = assert_demo_end_state(url)
+    assert not (tmp_path / "users-own.db").exists() and not (tmp_path / "statem.db").exists()
 
     assert "loaded machine shipment v1" in out and "loaded machine order v1" in out
     assert f"started order execution {order.id} (R1234)" in out
@@ -114,11 +117,15 @@ def test_statem_demo_as_a_process(tmp_path: Path) -> None:
         "timer due",
         "failed → outstanding",
         "booked",
-        "HTTP 201",
+        '{"tracking": "TRK-R1234"}',
         "booked → delivered",
     ):
         assert text in out, text
-    last = out.strip().splitlines()[-1]
+    *_, last, hint = out.strip().splitlines()
+    assert (
+        hint
+        == f"inspect it: statem --db sqlite:///statem-demo.db show {order.id}  (or history, or list --parent)"
+    )
     assert last.startswith(f"order {order.id}: finished in state 'shipped', output ")
     assert '{"delivered": true, "order": "R1234"}' in last
     assert "2 HTTP calls" in last
@@ -142,7 +149,7 @@ def test_run_demo_in_process(db_url: str) -> None:
 
 
 def test_run_demo_again_on_the_same_database(tmp_path: Path) -> None:
-    """`make demo` twice reuses demo.db: the machines are saved again as no-ops, a new order runs."""
+    """`make demo` twice reuses statem-demo.db: the machines are saved again as no-ops, a new order runs."""
     url = f"sqlite:///{tmp_path}/again.db"
     first = run_demo(url, echo=lambda *a: None)
     second = run_demo(url, echo=lambda *a: None)

@@ -45,6 +45,7 @@ def test_readme_cookbook_runs_on_both_databases(db_url: str) -> None:
     with ShippingStub(fail_first=1).running() as stub:
         engine = Engine(db_url, env={"shipping_url": stub.url})
         try:
+            engine.save_service(MACHINES / "services" / "shipping.yaml")
             engine.save_machine(MACHINES / "shipment.yaml")
             engine.save_machine(MACHINES / "order.yaml")
             order = engine.start("order", {"n": 1234}, execution_id="order-R1234")

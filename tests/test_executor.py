@@ -63,9 +63,9 @@ def test_effect_retries_with_backoff_and_a_stable_key(fengine: Engine, clock: Fa
     assert run_until_idle(fengine) == 0
     clock.advance(9.9)
     assert run_until_idle(fengine) == 0
-    clock.advance(0.2)
-    assert run_until_idle(fengine) == 1  # second attempt fails; retry due in 20 s
-    clock.advance(20)
+    clock.advance(1.1)  # retry delays are jittered by up to +10%
+    assert run_until_idle(fengine) == 1  # second attempt fails; retry due in 20-22 s
+    clock.advance(22)
     run_until_idle(fengine)
     ex = fengine.get(ex.id)
     assert (ex.state, ex.output) == ("done", "ok")
@@ -82,7 +82,7 @@ def test_effect_error_after_retries_takes_error_branch(fengine: Engine, clock: F
     fengine.save_machine(effect_machine(retry={"max_attempts": 2, "initial_seconds": 1}))
     ex = fengine.start("fx")
     run_until_idle(fengine)
-    clock.advance(1)
+    clock.advance(1.1)  # the retry delay, jittered by up to +10%
     run_until_idle(fengine)
     ex = fengine.get(ex.id)
     assert ex.state == "broken"

@@ -38,8 +38,8 @@ ORDER_EDGES: list[EdgeT] = [
 ]
 SHIPMENT_EDGES: list[EdgeT] = [
     ("[*]", "outstanding", None),
-    ("outstanding", "booked", "book-pickup: effect http.request.json ✓ [if 200 <= output['status'] <= 299]"),
-    ("outstanding", "failed", "book-pickup: effect http.request.json ✗"),
+    ("outstanding", "booked", "book-pickup: effect shipping.create-shipment ✓"),
+    ("outstanding", "failed", "book-pickup: effect shipping.create-shipment ✗"),
     ("failed", "undeliverable", "always: give-up [ctx['attempts'] >= 5]"),
     ("failed", "outstanding", "always: retry-later after 1s"),
     ("booked", "delivered", "always: handed-over"),

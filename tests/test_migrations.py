@@ -40,7 +40,7 @@ MACHINES = ROOT / "machines"
 BIN = Path(sys.executable).parent
 PG_ADMIN_URL = os.environ.get("STATEM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
-DATA_TABLES = {"statem_machines", "statem_executions", "statem_steps", "statem_tasks"}
+DATA_TABLES = {"statem_machines", "statem_executions", "statem_steps", "statem_tasks", "statem_services"}
 VIEWS = {
     "statem_active",
     "statem_failures",
@@ -287,7 +287,13 @@ def test_wheel_carries_migrations_and_migrates(tmp_path: Path) -> None:
     assert len(wheels) == 1, wheels
     with zipfile.ZipFile(wheels[0]) as zf:
         names = set(zf.namelist())
-    for rel in ("statem/_migrations/env.py", "statem/_machines/order.yaml", "statem/_machines/shipment.yaml"):
+    bundled = ("statem/_migrations/env.py", "statem/_machines/order.yaml", "statem/_machines/shipment.yaml")
+    for rel in (
+        *bundled,
+        "statem/_machines/services/shipping.yaml",
+        "statem/_migrations/versions/0004_services.py",
+        "statem/py.typed",
+    ):
         assert rel in names
     assert not any(n.startswith(("tests/", "migrations/")) or "__pycache__" in n for n in names)
 

@@ -1,6 +1,7 @@
-"""Checked-in artefacts that must follow the code: machine.schema.json and ``statem.__all__``.
+"""Checked-in artefacts that must follow the code: machine.schema.json, service.schema.json
+and ``statem.__all__``.
 
-Regenerate the schema after changing ``statem/definition.py`` with::
+Regenerate the schemas after changing ``statem/definition.py`` or ``statem/services.py`` with::
 
     .venv/bin/python -m tests.test_schema_drift
 """
@@ -18,14 +19,14 @@ import pytest
 import yaml
 
 import statem
+from statem import services
 from statem.definition import json_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_FILE = ROOT / "machine.schema.json"
+SERVICE_SCHEMA_FILE = ROOT / "service.schema.json"
 REGENERATE = (
     "regenerate it from the repository root with `.venv/bin/python -m tests.test_schema_drift` "
-    "(or: .venv/bin/python -c \"import json, statem.definition as d; open('machine.schema.json', 'w')"
-    ".write(json.dumps(d.json_schema(), indent=2, sort_keys=True, ensure_ascii=False) + '\\n')\") "
     "and commit the result"
 )
 
@@ -34,6 +35,19 @@ def generate_schema() -> str:
     """The JSON Schema of a machine definition, as machine.schema.json must contain it."""
     schema = json_schema()
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def generate_service_schema() -> str:
+    """The JSON Schema of a service definition, as service.schema.json must contain it."""
+    return json.dumps(services.json_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def test_service_schema_json_is_up_to_date() -> None:
+    assert SERVICE_SCHEMA_FILE.is_file(), f"{SERVICE_SCHEMA_FILE.name} is missing: {REGENERATE}"
+    checked_in = SERVICE_SCHEMA_FILE.read_text(encoding="utf-8")
+    assert checked_in == generate_service_schema(), (
+        f"{SERVICE_SCHEMA_FILE.name} is out of date with statem/services.py: {REGENERATE}"
+    )
 
 
 def test_machine_schema_json_is_up_to_date() -> None:
@@ -121,8 +135,8 @@ def _errors(value: Any, schema: dict[str, Any], root: dict[str, Any], path: str)
     return out
 
 
-def schema_errors(value: Any) -> list[str]:
-    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+def schema_errors(value: Any, file: Path = SCHEMA_FILE) -> list[str]:
+    schema = json.loads(file.read_text(encoding="utf-8"))
     return _errors(value, schema, schema, "")
 
 
@@ -176,6 +190,28 @@ def test_schema_accepts_a_snake_case_machine_and_rejects_bad_ones() -> None:
 def test_schema_accepts_the_shipped_machines(name: str) -> None:
     data = yaml.safe_load((ROOT / "machines" / f"{name}.yaml").read_text(encoding="utf-8"))
     assert schema_errors(data) == []
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "machines" / "services").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_service_schema_accepts_the_shipped_services(path: Path) -> None:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert schema_errors(data, SERVICE_SCHEMA_FILE) == []
+    services.load_service(path)  # and the loader agrees
+
+
+def test_service_schema_rejects_bad_services() -> None:
+    data = yaml.safe_load((ROOT / "machines" / "services" / "shipping.yaml").read_text(encoding="utf-8"))
+    data["operations"]["create-shipment"]["method"] = "BREW"
+    data["operations"]["create-shipment"]["verb"] = "POST"
+    data["timeout-seconds"] = 0
+    del data["base_url"]
+    errors = schema_errors(data, SERVICE_SCHEMA_FILE)
+    assert any(e.startswith("operations.create-shipment.method:") for e in errors)
+    assert any(e.startswith("operations.create-shipment.verb:") for e in errors)
+    assert any(e.startswith("timeout-seconds:") for e in errors)
+    assert ": missing base_url" in errors
 
 
 # --------------------------------------------------------------------------- the public API
@@ -252,4 +288,5 @@ def test_version_matches_pyproject() -> None:
 
 if __name__ == "__main__":
     SCHEMA_FILE.write_text(generate_schema(), encoding="utf-8")
-    print(f"wrote {SCHEMA_FILE}")
+    SERVICE_SCHEMA_FILE.write_text(generate_service_schema(), encoding="utf-8")
+    print(f"wrote {SCHEMA_FILE} and {SERVICE_SCHEMA_FILE}")

@@ -3,7 +3,8 @@
 Global options go before the subcommand (``statem --db URL --json list``); ``--json`` is
 also accepted after it. The database comes from ``--db`` or ``STATEM_DATABASE_URL``;
 ``--app module:attr`` (or ``STATEM_APP``) loads the application's own Engine, with its
-effects and env. Exit status: 0 ok, 1 rejected input or a failed operation, 2 usage.
+effects and env. Exit status: 0 ok, 1 rejected input or a failed operation, 2 usage,
+3 the execution ``start``/``trigger`` moved is failed (``base.EXIT_CODES``).
 
 The package: :mod:`.base` (the group, global options, shared helpers), :mod:`.render`
 (tables), and one module per family of subcommands, each registering itself on ``cli``
@@ -20,6 +21,7 @@ import click
 from ..errors import DefinitionError, StatemError
 from . import commands as commands
 from . import operations as operations
+from . import services as services
 from .base import cli
 
 __all__ = ["cli", "main"]

@@ -3,15 +3,29 @@
 Global options go before the subcommand (``statem --db URL --json list``); ``--json`` is
 also accepted after it. The database comes from ``--db`` or ``STATEM_DATABASE_URL``;
 ``--app module:attr`` (or ``STATEM_APP``) loads the application's own Engine, with its
-effects and env. Exit status: 0 ok, 1 rejected input or a failed operation, 2 usage.
+effects and env. Exit status: see :data:`EXIT_CODES`.
+
+Output prints data verbatim: the console has rich markup, emoji codes and highlighting
+off, so a stored ``[/]`` or ``[link=...]`` or ``:smile:`` prints as those characters
+(style with :class:`rich.text.Text` objects, never with markup strings); table cells
+built from stored data go through :func:`statem.cli.render.plain`, which also shows
+control characters escaped.
+
+Helpers for subcommand modules: :class:`Ctx` (``pass_ctx``), :func:`json_option`,
+:func:`parse_json`, :func:`parse_duration`, :class:`Seconds` (a click type for a
+positive, finite number of seconds), :class:`Rejected` / :class:`BadUsage` (one-line
+errors, exit 1 / 2), :func:`fail`, :func:`exit_if_failed` (exit 3 when an execution a
+command moved ended ``failed``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import importlib
+import inspect
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -22,17 +36,34 @@ import click
 from rich.console import Console
 
 from .. import __version__
+from ..dialects import sqlalchemy_url
 from ..engine import Engine
+from ..records import Execution
 
 DEFAULT_DB = "sqlite:///statem.db"
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exit statuses of every ``statem`` command (README and docs/operations.md list them).
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+EXIT_CODES = {
+    EXIT_OK: "ok",
+    EXIT_REJECTED: "rejected input or a failed operation (nothing was changed by it)",
+    EXIT_USAGE: "usage: unknown option or command, a bad option value",
+    EXIT_FAILED: "start/trigger: the execution is failed (it was stored; see its error)",
+}
+#: The longest ``--older-than`` accepted (100 years): past it, dates would overflow.
+MAX_DURATION = dt.timedelta(days=36_500)
 
 
 class Ctx:
     """What the global options decided, shared by every subcommand."""
 
-    def __init__(self, db: str | None, app: str | None, as_json: bool, debug: bool) -> None:
+    def __init__(
+        self, db: str | None, app: str | None, as_json: bool, debug: bool, db_explicit: bool = False
+    ) -> None:
         self.db = db
+        #: True when ``--db`` was given on the command line (not from STATEM_DATABASE_URL)
+        self.db_explicit = db_explicit
         self.app = app
         self.as_json = as_json
         self.debug = debug
@@ -42,7 +73,9 @@ class Ctx:
     def engine(self) -> Engine:
         """The Engine: the application's (``--app``) or one on ``--db``."""
         if self._engine is None:
-            self._engine = load_app(self.app, self.db) if self.app else Engine(self.db or DEFAULT_DB)
+            self._engine = (
+                load_app(self.app, self.db, debug=self.debug) if self.app else Engine(self.db or DEFAULT_DB)
+            )
         return self._engine
 
     def emit(self, data: Any, table: Callable[[], Any] | None = None) -> None:
@@ -56,28 +89,78 @@ class Ctx:
 
 
 def console() -> Console:
-    """A rich console; at least 140 columns wide when output is not a terminal."""
+    """A rich console that prints text verbatim (no markup, emoji codes or highlighting);
+    at least 140 columns wide when output is not a terminal."""
     probe = Console()
-    return Console(width=None if probe.is_terminal else max(probe.width, 140))
+    return Console(
+        width=None if probe.is_terminal else max(probe.width, 140),
+        markup=False,
+        emoji=False,
+        highlight=False,
+    )
 
 
-def load_app(spec: str, db: str | None) -> Engine:
-    """Import ``module:attr``; attr is an Engine or a function returning one."""
+def load_app(spec: str, db: str | None, *, debug: bool = False) -> Engine:
+    """Import ``module:attr``; attr is an Engine or a function of no arguments returning one
+    (an Engine subclass included). With ``debug``, an error importing the module propagates."""
     module_name, _, attr = spec.partition(":")
+    attr = attr or "engine"
+    if not module_name:
+        raise BadUsage(f"--app {spec}: give MODULE:ATTR, e.g. myservice.workflows:engine")
     sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise BadUsage(f"--app {spec}: cannot import {module_name!r}: {exc}") from None
-    target = getattr(module, attr or "engine", None)
+    except Exception as exc:  # ImportError, or whatever the module's own code raised
+        if debug:
+            raise
+        raise BadUsage(f"--app {spec}: cannot import {module_name!r}: {_one_line(exc)}") from None
+    target = getattr(module, attr, None)
     if target is None:
-        raise BadUsage(f"--app {spec}: module {module_name!r} has no attribute {attr or 'engine'!r}")
-    engine = target if isinstance(target, Engine) else target()
-    if not isinstance(engine, Engine):
-        raise BadUsage(f"--app {spec}: {attr!r} is not an Engine or a function returning one")
-    if db and db != engine.url:
-        raise BadUsage(f"--app {spec} uses {engine.url!r}; drop --db or make them agree")
-    return engine
+        raise BadUsage(f"--app {spec}: module {module_name!r} has no attribute {attr!r}")
+    not_engine = f"--app {spec}: {attr!r} is not an Engine or a function returning one"
+    if not isinstance(target, Engine):
+        if not callable(target) or (isinstance(target, type) and not issubclass(target, Engine)):
+            raise BadUsage(f"{not_engine} (it is {_kind(target)})")
+        try:
+            inspect.signature(target).bind()
+        except TypeError:
+            raise BadUsage(f"{not_engine} (it takes arguments; --app calls it with none)") from None
+        except ValueError:
+            pass  # a builtin without a signature: calling it tells
+        target = target()
+        if not isinstance(target, Engine):
+            raise BadUsage(f"{not_engine} (it returned {_kind(target)})")
+    if db and _same_url(db) != _same_url(target.url):
+        raise BadUsage(f"--app {spec} uses {target.url!r}; drop --db or make them agree")
+    return target
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, type):
+        return f"the class {value.__name__}"
+    return f"a {type(value).__name__}"
+
+
+def _same_url(url: str) -> str:
+    try:
+        return sqlalchemy_url(url)
+    except Exception:  # not a URL: compare as given (the Engine reports it when used)
+        return url
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def configure_logging(debug: bool) -> None:
+    """WARNING to stderr (DEBUG with ``--debug``); APScheduler's per-run INFO lines are
+    quiet unless ``--debug``, whatever level the root logger (or an ``--app``) sets."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("apscheduler").setLevel(logging.NOTSET if debug else logging.WARNING)
 
 
 def json_option(f: F) -> F:
@@ -158,24 +241,62 @@ def cli(ctx: click.Context, db: str | None, app: str | None, as_json: bool, debu
       statem trigger 3f2a... add --input '{"sku": "tea"}'
       statem history 3f2a...
       statem --app myservice.workflows:engine worker
+
+    \b
+    Exit status: 0 ok; 1 rejected input or a failed operation;
+    2 usage (bad option or value); 3 start/trigger left the execution failed.
     """
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    ctx.obj = Ctx(db, app, as_json, debug)
+    configure_logging(debug)
+    explicit = ctx.get_parameter_source("db") == click.core.ParameterSource.COMMANDLINE
+    ctx.obj = Ctx(db, app, as_json, debug, db_explicit=explicit)
     ctx.call_on_close(lambda: ctx.obj._engine.close() if ctx.obj._engine else None)
 
 
-def parse_duration(text: str) -> dt.timedelta:
+def parse_duration(text: str, option: str = "--older-than") -> dt.timedelta:
+    """A duration such as ``30s``, ``15m``, ``2h``, ``7d``: zero or more, at most
+    :data:`MAX_DURATION`; anything else is a one-line BadUsage naming ``option``."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    how = "use a number >= 0 with s, m, h or d (e.g. 15m)"
     try:
-        return dt.timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        seconds = float(text.strip()[:-1]) * units[text.strip()[-1]]
     except (KeyError, ValueError, IndexError):
-        raise BadUsage(f"--older-than {text!r}: use a number with s, m, h or d (e.g. 15m)") from None
+        raise BadUsage(f"{option} {text!r}: {how}") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise BadUsage(f"{option} {text!r}: {how}")
+    if seconds > MAX_DURATION.total_seconds():
+        raise BadUsage(f"{option} {text!r}: too long (at most {MAX_DURATION.days}d)")
+    return dt.timedelta(seconds=seconds)
 
 
-def fail(message: str) -> NoReturn:
-    """Exit 1 with a message on stderr."""
+class Seconds(click.FloatRange):
+    """A click type: a finite number of seconds above ``minimum`` and at most ``maximum``;
+    anything else (NaN included, which a plain FloatRange lets through) exits 2 naming
+    the option and the range."""
+
+    name = "seconds"
+
+    def __init__(self, minimum: float = 0.0, maximum: float = 86_400.0) -> None:
+        super().__init__(min=minimum, max=maximum, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number of seconds", param, ctx)
+        return number
+
+
+def fail(message: str, code: int = EXIT_REJECTED) -> NoReturn:
+    """Exit ``code`` (1) with a message on stderr."""
     click.echo(f"error: {message}", err=True)
-    sys.exit(1)
+    sys.exit(code)
+
+
+def exit_if_failed(ex: Execution) -> None:
+    """After printing it: exit :data:`EXIT_FAILED` (3) with the execution's error on stderr
+    when a command left the execution ``failed``."""
+    if ex.status == "failed":
+        fail(f"execution {ex.id} failed in state {ex.state!r}: {ex.error}", EXIT_FAILED)

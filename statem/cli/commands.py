@@ -15,8 +15,21 @@ from ..definition import load_definition
 from ..errors import DefinitionError
 from ..records import Step
 from ..settings import LEASE_SECONDS, POLL_SECONDS, WORKER_CONCURRENCY, WorkerSettings
-from .base import DEFAULT_DB, Ctx, cli, fail, json_option, parse_duration, parse_json, pass_ctx
-from .render import as_yaml, execution_table, history_table, ts
+from .base import (
+    Ctx,
+    Seconds,
+    cli,
+    exit_if_failed,
+    fail,
+    json_option,
+    parse_duration,
+    parse_json,
+    pass_ctx,
+)
+from .render import as_yaml, definition_error, execution_table, history_table, plain, show_view, ts
+
+#: ``--version N``: a saved machine version (a positive 32-bit integer, as stored).
+VERSION = click.IntRange(1, 2**31 - 1)
 
 # --------------------------------------------------------------------------- db
 
@@ -61,7 +74,9 @@ def machines_load(c: Ctx, paths: Sequence[Path]) -> None:
         try:
             loaded.append(load_definition(path))
         except DefinitionError as exc:
-            errors.append(f"{path}: {exc}")
+            errors.append(definition_error(str(path), exc))
+    if len(paths) == 1 and errors and "\n" not in errors[0]:
+        fail(f"{errors[0]}; nothing stored")
     if errors:
         fail("\n".join(errors) + f"\nnothing stored ({len(errors)} of {len(paths)} files invalid)")
     try:
@@ -95,7 +110,7 @@ def machines_list(c: Ctx) -> None:
     def table() -> Table:
         t = Table("machine", "version", "states", "saved at", "hash")
         for m in rows:
-            t.add_row(m.id, str(m.version), str(m.states), ts(m.created_at), m.content_hash[:12])
+            t.add_row(plain(m.id), str(m.version), str(m.states), ts(m.created_at), m.content_hash[:12])
         return t
 
     c.emit(data, table)
@@ -103,7 +118,7 @@ def machines_list(c: Ctx) -> None:
 
 @machines.command("show")
 @click.argument("machine_id")
-@click.option("--version", type=int, help="A version (default: the latest).")
+@click.option("--version", type=VERSION, help="A version (default: the latest).")
 @json_option
 @pass_ctx
 def machines_show(c: Ctx, machine_id: str, version: int | None) -> None:
@@ -114,7 +129,7 @@ def machines_show(c: Ctx, machine_id: str, version: int | None) -> None:
 
 @cli.command()
 @click.argument("machine_id", required=False)
-@click.option("--version", type=int, help="A version (default: the latest).")
+@click.option("--version", type=VERSION, help="A version (default: the latest).")
 @click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True)
 @click.option("--execution", "execution_id", help="Highlight the path this execution took.")
 @pass_ctx
@@ -152,16 +167,17 @@ def graph(c: Ctx, machine_id: str | None, version: int | None, fmt: str, executi
 @cli.command()
 @click.argument("machine_id")
 @click.option("--input", "input_", help="Input as JSON (or @file.json).")
-@click.option("--version", type=int, help="Machine version (default: the latest).")
+@click.option("--version", type=VERSION, help="Machine version (default: the latest).")
 @click.option("--id", "execution_id", help="Execution id (makes the start idempotent).")
 @json_option
 @pass_ctx
 def start(c: Ctx, machine_id: str, input_: str | None, version: int | None, execution_id: str | None) -> None:
-    """Start an execution of a machine."""
+    """Start an execution of a machine (exit status 3 if it ends failed)."""
     ex = c.engine().start(
         machine_id, parse_json(input_, "--input"), version=version, execution_id=execution_id
     )
     c.emit(ex.to_json(), lambda: execution_table(ex))
+    exit_if_failed(ex)
 
 
 @cli.command()
@@ -172,11 +188,12 @@ def start(c: Ctx, machine_id: str, input_: str | None, version: int | None, exec
 @json_option
 @pass_ctx
 def trigger(c: Ctx, execution_id: str, action: str, input_: str | None, idempotency_key: str | None) -> None:
-    """Fire an action on an execution."""
+    """Fire an action on an execution (exit status 3 if it ends failed)."""
     ex = c.engine().trigger(
         execution_id, action, parse_json(input_, "--input"), idempotency_key=idempotency_key
     )
     c.emit(ex.to_json(), lambda: execution_table(ex))
+    exit_if_failed(ex)
 
 
 @cli.command()
@@ -195,9 +212,24 @@ def cancel(c: Ctx, execution_id: str, reason: str) -> None:
 @json_option
 @pass_ctx
 def show(c: Ctx, execution_id: str) -> None:
-    """Show an execution: state, status, context, output, error."""
-    ex = c.engine().get(execution_id)
-    c.emit(ex.to_json(), lambda: execution_table(ex))
+    """Show an execution: state, status, context, output, error; its pending work (timers
+    with due times, effects with attempts and last error, children) and the actions its
+    state allows. --json adds the keys pending, children and allowed_actions."""
+    engine = c.engine()
+    ex = engine.get(execution_id)
+    pending = engine.pending(execution_id)
+    children = engine.executions(parent_id=execution_id, limit=1000)
+    actions = engine.allowed_actions(execution_id)
+    data = {
+        **ex.to_json(),
+        "pending": [t.to_json() for t in pending],
+        "children": [
+            {"id": k.id, "machine_id": k.machine_id, "state": k.state, "status": k.status, "error": k.error}
+            for k in children
+        ],
+        "allowed_actions": actions,
+    }
+    c.emit(data, lambda: show_view(ex, pending, children, actions, engine.clock()))
 
 
 @cli.command()
@@ -215,18 +247,20 @@ def history(c: Ctx, execution_id: str) -> None:
 
 @cli.command("list")
 @click.option("--machine", "machine_id", help="Only this machine.")
+@click.option("--parent", "parent_id", metavar="EID", help="Only the children of this execution.")
 @click.option(
     "--status", type=click.Choice(["running", "waiting", "paused", "finished", "failed", "canceled"])
 )
 @click.option("--state", help="Only executions in this state.")
 @click.option("--older-than", "older", help="Not updated for this long: 30s, 15m, 2h, 7d.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
-@click.option("--page", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--page", type=click.IntRange(1, 1_000_000), default=1, show_default=True)
 @json_option
 @pass_ctx
 def list_(
     c: Ctx,
     machine_id: str | None,
+    parent_id: str | None,
     status: str | None,
     state: str | None,
     older: str | None,
@@ -238,13 +272,15 @@ def list_(
     \b
     Example:
       statem list --machine order --status waiting --older-than 2h
+      statem list --parent 3f2a...
     """
     rows = c.engine().executions(
         machine_id,
         status,
         state,
         limit,
-        older_than=parse_duration(older) if older else None,
+        parent_id=parent_id,
+        older_than=parse_duration(older) if older is not None else None,
         offset=(page - 1) * limit,
     )
 
@@ -252,12 +288,12 @@ def list_(
         t = Table("execution", "machine", "state", "status", "updated", "error", title=f"page {page}")
         for e in rows:
             t.add_row(
-                e.id,
-                f"{e.machine_id} v{e.machine_version}",
-                e.state,
+                plain(e.id),
+                plain(f"{e.machine_id} v{e.machine_version}"),
+                plain(e.state),
                 e.status,
                 ts(e.updated_at),
-                (e.error or "")[:60],
+                plain((e.error or "")[:60]),
             )
         return t
 
@@ -298,8 +334,20 @@ def stats(c: Ctx) -> None:
     show_default=True,
     help="Threads running tasks.",
 )
-@click.option("--lease", type=float, default=LEASE_SECONDS, show_default=True, help="Lease seconds.")
-@click.option("--poll", type=float, default=POLL_SECONDS, show_default=True, help="Poll every N seconds.")
+@click.option(
+    "--lease",
+    type=Seconds(minimum=0.0, maximum=86_400.0),
+    default=LEASE_SECONDS,
+    show_default=True,
+    help="Lease seconds (> 0, at most a day).",
+)
+@click.option(
+    "--poll",
+    type=Seconds(minimum=0.0, maximum=3_600.0),
+    default=POLL_SECONDS,
+    show_default=True,
+    help="Poll every N seconds (> 0, at most an hour).",
+)
 @click.option("--name", help="Worker name (default host:pid:random).")
 @pass_ctx
 def worker(c: Ctx, concurrency: int, lease: float, poll: float, name: str | None) -> None:
@@ -317,16 +365,32 @@ def worker(c: Ctx, concurrency: int, lease: float, poll: float, name: str | None
 @cli.command()
 @pass_ctx
 def demo(c: Ctx) -> None:
-    """Run the order demo end to end on the database (a local HTTP stub plays the shipper)."""
-    from ..demo import run_demo
+    """Run the order demo end to end (a local HTTP stub plays the shipper).
 
-    result = run_demo(c.db or DEFAULT_DB, echo=c.out.print)
+    It uses its own database, sqlite:///statem-demo.db in the working directory, unless
+    --db is given on the command line (STATEM_DATABASE_URL is not used). It loads its two
+    machines (order, shipment) all or nothing.
+    """
+    from sqlalchemy.engine import make_url
+
+    from ..demo import DEMO_DB, run_demo
+
+    url = c.db if c.db_explicit and c.db else DEMO_DB
+    shown = make_url(url).render_as_string(hide_password=True) if url != DEMO_DB else url
+    try:
+        result = run_demo(url, echo=c.out.print)
+    except DefinitionError as exc:
+        fail(
+            f"the demo's machines clash with those saved in {shown} ({str(exc).splitlines()[0]}); "
+            f"nothing was stored: run the demo on its own database (without --db: {DEMO_DB})"
+        )
     c.out.print(history_table(result["order_history"], title=f"order {result['order'].id}"))
     c.out.print(history_table(result["shipment_history"], title=f"shipment {result['shipment'].id}"))
     o = result["order"]
-    c.out.print(
+    click.echo(
         f"order {o.id}: {o.status} in state {o.state!r}, output {json.dumps(o.output)}; "
         f"{len(result['http_calls'])} HTTP calls; {result['seconds']:.1f}s"
     )
+    click.echo(f"inspect it: statem --db {shown} show {o.id}  (or history, or list --parent)")
     if o.status != "finished":
         fail(f"the demo order ended {o.status}: {o.error}")
