@@ -105,7 +105,7 @@ def torture_with_operator(
         t.start()
     try:
         for i in range(n):
-            time.sleep(4.0 / n)
+            time.sleep(8.0 / n)  # work keeps arriving while workers die
             ids.extend(drive(engine, 1, pace=0.0) if i == 0 else [_one(engine, i)])
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not all(engine.get(i).done for i in ids):
