@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 export STATEM_TEST_PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: install demo test lint typecheck pytest postgres bench bench-quick clean
+.PHONY: install demo test lint typecheck pytest postgres chromium bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+DEMO_DB ?= sqlite:///statem-demo.db
+
 # statem demo uses its own statem-demo.db in this directory (never your statem.db)
 demo: install
-	$(BIN)/statem demo
+	$(BIN)/statem --db $(DEMO_DB) demo
+	@echo "Browse it in the console: $(BIN)/statem --db $(DEMO_DB) serve   (then open http://127.0.0.1:8080/)"
 
 postgres:
 	@bash scripts/ensure-postgres.sh
+
+# the console tests drive a real headless Chromium: install Debian's when it is missing
+chromium:
+	@bash scripts/ensure-chromium.sh
 
 lint: install
 	$(BIN)/ruff check .
@@ -29,7 +36,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy statem
 
-pytest: install postgres
+pytest: install postgres chromium
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
@@ -51,4 +58,4 @@ bench-quick: install postgres $(BENCH_STAMP)
 	$(BIN)/python -m bench --quick
 
 clean:
-	rm -rf $(VENV) .venv-bench demo.db* statem-demo.db* statem.db* .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) .venv-bench demo.db* statem-demo.db* statem.db* test-artifacts .pytest_cache .mypy_cache .ruff_cache build dist

@@ -330,8 +330,13 @@ class Engine(OperatorAPI):
         parent_id: str | None = None,
         older_than: dt.timedelta | None = None,
         offset: int = 0,
+        after: tuple[dt.datetime, str] | None = None,
     ) -> list[Execution]:
-        """Executions matching every given filter, newest first."""
+        """Executions matching every given filter, newest first.
+
+        ``after``: the ``(created_at, id)`` of the last execution of the previous page (a
+        keyset cursor, stable while executions are added; see ``store.list_executions``).
+        """
         before = self.clock() - older_than if older_than is not None else None
         with self._runtime.transaction(write=False) as conn:
             rows = store.list_executions(
@@ -343,8 +348,19 @@ class Engine(OperatorAPI):
                 updated_before=before,
                 limit=limit,
                 offset=offset,
+                after=after,
             )
         return [Execution.from_row(r) for r in rows]
+
+    def ping(self) -> None:
+        """Raise StoreError unless the database answers (health checks)."""
+        with self._runtime.transaction(write=False) as conn:
+            store.ping(conn)
+
+    def state_counts(self, machine_id: str, states: Sequence[str], cap: int = 1000) -> dict[str, int]:
+        """Executions of the machine per state in ``states``, each count bounded by ``cap + 1``."""
+        with self._runtime.transaction(write=False) as conn:
+            return store.count_states(conn, machine_id, states, cap)
 
     def is_at_rest(self, execution_id: str) -> bool:
         """True when only an action can move the execution: final, or waiting with no armed work."""

@@ -26,6 +26,19 @@ EFFECT_THREADS = 32
 DB_TIMEOUT_SECONDS = 10.0
 #: A pooled PostgreSQL connection idle longer than this is pinged before it is used again.
 PING_IDLE_SECONDS = 1.0
+#: Largest request body the HTTP API and the console accept, in bytes (larger ones get 413).
+WEB_MAX_BODY_BYTES = 2_000_000
+#: Longest ``?wait=`` a long-poll may ask for, in seconds.
+WEB_MAX_WAIT_SECONDS = 60.0
+#: How often a waiting long-poll re-reads its execution when nothing wakes it sooner, in seconds.
+WEB_POLL_SECONDS = 0.25
+#: Executions per page of the API and console lists (default, and the most one may ask for).
+WEB_PAGE_SIZE = 50
+WEB_MAX_PAGE_SIZE = 500
+#: Executions counted per state on a machine's page at most (a bounded count, shown as "1000+").
+WEB_STATE_COUNT_CAP = 1000
+#: How long the stats page reuses the figures it read, in seconds.
+WEB_STATS_TTL_SECONDS = 5.0
 
 
 @dataclass(frozen=True)

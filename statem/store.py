@@ -289,9 +289,22 @@ def list_executions(
     updated_before: dt.datetime | None = None,
     limit: int = 100,
     offset: int = 0,
+    after: tuple[dt.datetime, str] | None = None,
 ) -> Sequence[Row[Any]]:
-    """Executions matching every given filter, newest first."""
+    """Executions matching every given filter, newest first.
+
+    ``after`` is a keyset cursor, the ``(created_at, id)`` of the last row of the previous
+    page: the page goes on right after it in the same order, so executions added meanwhile
+    never shift a page (an offset would).
+    """
     q = select(executions)
+    if after is not None:
+        created, eid = after
+        # "<=" bounds an index scan on created_at; the OR only sorts out ties at the edge
+        q = q.where(
+            executions.c.created_at <= created,
+            or_(executions.c.created_at < created, executions.c.id > eid),
+        )
     for col, value in (
         (executions.c.machine_id, machine_id),
         (executions.c.status, status),
@@ -304,6 +317,30 @@ def list_executions(
         q = q.where(executions.c.updated_at < updated_before)
     q = q.order_by(executions.c.created_at.desc(), executions.c.id).limit(limit).offset(offset)
     return conn.execute(q).all()
+
+
+def ping(conn: Connection) -> None:
+    """One round trip: raises when the database does not answer."""
+    conn.execute(select(literal_column("1"))).scalar()
+
+
+def count_states(conn: Connection, machine_id: str, states: Sequence[str], cap: int) -> dict[str, int]:
+    """How many executions of the machine are in each of ``states``, each counted up to ``cap + 1``.
+
+    Bounded on purpose (a page view must not count a million rows): a count above ``cap``
+    means "more than cap".
+    """
+    counts: dict[str, int] = {}
+    for state in states:
+        some = (
+            select(literal_column("1"))
+            .select_from(executions)
+            .where(executions.c.machine_id == machine_id, executions.c.state == state)
+            .limit(cap + 1)
+            .subquery()
+        )
+        counts[state] = conn.execute(select(func.count()).select_from(some)).scalar_one()
+    return counts
 
 
 def live_children(conn: Connection, execution_id: str) -> list[str]:

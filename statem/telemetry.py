@@ -18,9 +18,9 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 try:  # optional dependency
-    from opentelemetry import trace as _trace
+    from opentelemetry.trace import get_tracer
 
-    _tracer: Any = _trace.get_tracer("statem")
+    _tracer: Any = get_tracer("statem")
 except ImportError:  # pragma: no cover - depends on the environment
     _tracer = None
 

@@ -21,6 +21,7 @@ import click
 from ..errors import DefinitionError, StatemError
 from . import commands as commands
 from . import operations as operations
+from . import serve as serve
 from . import services as services
 from .base import cli
 
