@@ -22,7 +22,9 @@ from .errors import (
     LimitExceeded,
     LoopError,
     MachineNotFound,
+    OperationNotAllowed,
     StatemError,
+    StateNotFound,
     StoreError,
 )
 from .records import Execution, MachineInfo, Step, Task
@@ -46,6 +48,8 @@ __all__ = [
     "Machine",
     "MachineInfo",
     "MachineNotFound",
+    "OperationNotAllowed",
+    "StateNotFound",
     "StatemError",
     "Step",
     "StoreError",

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Row
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
 
-from . import dialects, migrate, retention, semantics, steps, store
+from . import dialects, migrate, operations, retention, semantics, steps, store
 from .contracts import check_invokes
 from .definition import CompiledMachine, Machine, compile_machine, load_definition
 from .effects import Effect, ShapeSpec
@@ -27,6 +27,7 @@ from .errors import DefinitionError, ExecutionNotFound, InputError, StatemError,
 from .executor import Executor
 from .expressions import JSON, check_json
 from .limits import check_execution_id, check_idempotency_key, check_text, check_value
+from .operator_api import OperatorAPI
 from .reads import Reads
 from .records import Execution, MachineInfo
 from .replays import replayed_start, same_trigger
@@ -41,7 +42,7 @@ from .worker import Worker
 __all__ = ["Clock", "Engine", "utcnow"]
 
 
-class Engine(Reads):
+class Engine(OperatorAPI, Reads):
     """A statem engine on one database.
 
     >>> engine = Engine("sqlite:///statem.db", env={"shipping_url": "http://localhost:8080"})
@@ -266,6 +267,9 @@ class Engine(Reads):
                 cm = rt.compiled(row.machine_id, row.machine_version, conn)
                 same_trigger(cm, first, execution_id, idempotency_key, action, data)
                 return Execution.from_row(row, replayed=True)
+            if operations.must_keep_trigger(conn, row):  # paused: kept, applied in order after resume
+                operations.keep_trigger(conn, row, action, data, idempotency_key, now)
+                return Execution.from_row(row)
             cm = rt.compiled(row.machine_id, row.machine_version, conn)
             outcome = semantics.action(cm, steps.snapshot(row), action, data, self.env, now)
             if cm.machine.execution_mode == "sync":

@@ -7,6 +7,8 @@
     ├── MachineNotFound        no machine with that id (and version)
     ├── ExecutionNotFound      no execution with that id
     ├── ActionNotAllowed       the action is not available in the current state
+    │   └── OperationNotAllowed   pause/resume/retry/move does not apply to the execution's status
+    ├── StateNotFound          move/upgrade named a state the machine version does not have
     ├── ExpressionError        an expression failed to parse or to evaluate
     ├── InputError             an input, context or output is not JSON, or too large
     ├── LoopError              an always-chain ran past its bound
@@ -90,6 +92,36 @@ class ActionNotAllowed(StatemError):
         super().__init__(
             f"action {action!r} not allowed on execution {execution_id!r} in state {state!r}: "
             f"{reason} (state {state!r} allows {offers})"
+        )
+
+
+class OperationNotAllowed(ActionNotAllowed):
+    """An operator's operation (``pause``, ``resume``, ``retry``, ``move``) does not apply
+    to the execution as it is: ``status`` is the status that forbids it."""
+
+    def __init__(self, execution_id: str, operation: str, state: str, status: str, reason: str) -> None:
+        self.status = status
+        StatemError.__init__(
+            self, f"cannot {operation} execution {execution_id!r} (state {state!r}): {reason}"
+        )
+        self.execution_id = execution_id
+        self.action = operation
+        self.state = state
+        self.allowed = []
+        self.reason = reason
+
+
+class StateNotFound(StatemError):
+    """A state named by an operator (``move``, an upgrade's state map) is not in the machine version."""
+
+    def __init__(self, machine_id: str, version: int, state: str, states: Sequence[str]) -> None:
+        self.machine_id = machine_id
+        self.version = version
+        self.state = state
+        self.states = list(states)
+        super().__init__(
+            f"machine {machine_id!r} version {version} has no state {state!r} "
+            f"(its states: {', '.join(repr(s) for s in self.states)})"
         )
 
 

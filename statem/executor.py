@@ -29,113 +29,45 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Row
 from sqlalchemy.exc import DBAPIError
 
-from . import dialects, fanout, semantics, steps, store
-from .definition import CompiledMachine
+from . import dialects, fanout, operations, semantics, steps, store
 from .dialects import is_outage
 from .effects import default_retry, error_output, jittered, retryable
-from .errors import ConcurrencyError, LimitExceeded, StatemError, StoreError
+from .errors import ConcurrencyError, StatemError, StoreError
 from .expressions import JSON
 from .kinds import FINAL_STATUSES, TaskKind
 from .leases import LeaseRenewer
 from .limits import check_outcome, check_value, child_execution_id, clean_text
 from .runtime import Runtime
-from .semantics import InvokeFailed, Outcome, Snapshot, StepRecord
-from .settings import DEFAULT_MAX_ATTEMPTS, MAX_CHILD_DEPTH, MAX_STEP_CLAIMS
+from .semantics import InvokeFailed, Outcome, StepRecord
+from .settings import DEFAULT_MAX_ATTEMPTS, MAX_STEP_CLAIMS
 from .steps import Armed, ClaimLost, InlineRun
-from .telemetry import Metrics, span
+from .task_rules import (
+    Done,
+    Late,
+    PayloadRule,
+    Rule,
+    TaskAbandoned,
+    check_depth,
+    error_of,
+    late_record,
+    report,
+    result_rule,
+    timer_rule,
+    used_up,
+)
+from .telemetry import span
 
 log = logging.getLogger("statem.executor")
-
-#: A step's rule: (machine, execution snapshot, now) -> outcome.
-Rule = Callable[[CompiledMachine, Snapshot, dt.datetime], Outcome]
-#: An effect's (ok, output), recorded if it arrives too late to be applied.
-Late = tuple[bool, JSON] | None
-
-
-@dataclass(frozen=True)
-class Done:
-    """A step written inside a transaction: the row it locked, its outcome, what failed
-    the execution (if anything), and what it armed. Reported once the transaction commits."""
-
-    row: Row[Any]
-    outcome: Outcome
-    failure: Exception | None
-    armed: Armed
 
 
 def default_owner() -> str:
     """A worker name unique across hosts and processes: ``host:pid:random``."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def _report(
-    metrics: Metrics, task: Row[Any], row: Row[Any], kind: str, outcome: Outcome, failure: Exception | None
-) -> None:
-    """Report a committed step: the execution's failure if it failed, then the step."""
-    if failure is not None:
-        metrics.task("failed")
-        log.warning(
-            "execution %s failed in %s step: %s",
-            row.id,
-            kind,
-            failure,
-            extra={"execution_id": row.id, "machine": row.machine_id, "step": kind},
-        )
-    log.info(
-        "execution %s: %s task %s -> state %s (%s)",
-        task.execution_id,
-        task.kind,
-        task.id,
-        outcome.state,
-        outcome.status,
-        extra={"execution_id": task.execution_id, "task_id": task.id, "step": task.kind},
-    )
-
-
-def _error(exc: BaseException) -> dict[str, str]:
-    return {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
-
-
-class TaskAbandoned(StatemError):
-    """A task was claimed more often than its bound and never finished: the workers
-    running it died (an effect calling ``os._exit``, a step exhausting memory) or lost
-    their lease each time."""
-
-
-def _used_up(task: Row[Any], bound: int) -> TaskAbandoned:
-    earlier = f"; an earlier attempt failed with: {task.last_error}" if task.last_error else ""
-    return TaskAbandoned(
-        f"effect {task.payload.get('effect')!r} used all {bound} of its max_attempts and the last never "
-        f"finished: the worker died (or lost its lease) running this effect{earlier}"
-    )
-
-
-def _late_record(task: Row[Any], state: str, ok: bool, output: JSON) -> StepRecord:
-    """The history row of an effect result that came too late to be applied."""
-    what: dict[str, Any] = {"task": "effect", "effect": task.payload.get("effect"), "late": True}
-    what["output" if ok else "error"] = output
-    why = "late result: its task was discarded (a later step won, or the execution ended) or taken over"
-    if not ok and isinstance(output, dict):
-        why += f"; the effect failed: {output.get('type')}: {output.get('message')}"
-    return StepRecord("discard", task.payload.get("name"), state, state, output=what, error=clean_text(why))
-
-
-def _check_depth(conn: Connection, parent: Row[Any]) -> None:
-    """LimitExceeded if a child of ``parent`` would be deeper than MAX_CHILD_DEPTH."""
-    depth = store.depth(conn, parent.id, MAX_CHILD_DEPTH) + 1
-    if depth > MAX_CHILD_DEPTH:
-        raise LimitExceeded(
-            f"child depth limit: a child of {parent.id!r} would be at depth {depth}, "
-            f"past the limit of {MAX_CHILD_DEPTH} (does machine {parent.machine_id!r} invoke itself?)",
-            what="child depth",
-            limit=MAX_CHILD_DEPTH,
-        )
 
 
 class Executor:
@@ -237,13 +169,15 @@ class Executor:
             self._effect(task, run)
         elif task.kind == TaskKind.timer:
             self.rt.metrics.timer_fired((self.rt.clock() - task.due_at).total_seconds())
-            self._step(task, run, "timer", timer_rule(self.rt, task))
+            self._step(task, run, "timer", timer_rule(task, self.rt.env))
         elif task.kind == TaskKind.child:
-            self._child(task, run)
+            start_child(self, task, run)
         elif task.kind == TaskKind.resume:
             self._resume(task, run)
         elif task.kind == TaskKind.joining:
             join(self, task, run)
+        elif task.kind == TaskKind.drain:
+            operations.drain(self.rt, task)
         else:
             log.error("task %s has unknown kind %r; left alone", task.id, task.kind)
 
@@ -260,7 +194,15 @@ class Executor:
         if armed.for_workers:
             self.rt.wake()
 
-    def _step(self, task: Row[Any], run: InlineRun | None, kind: str, rule: Rule, late: Late = None) -> None:
+    def _step(
+        self,
+        task: Row[Any],
+        run: InlineRun | None,
+        kind: str,
+        rule_for: PayloadRule,
+        result: Any = None,
+        late: Late = None,
+    ) -> None:
         """Apply ``rule`` as the step that consumes ``task``, in one fenced transaction.
 
         The fence is the row the run's previous step wrote when there is one
@@ -272,12 +214,13 @@ class Executor:
         arrives too late to apply (its task discarded, or taken over).
         """
         known = run.rows.pop(task.execution_id, None) if run is not None else None
+        rule = rule_for(task.payload)
         if run is not None and known is not None and self._step_known(task, run, known, kind, rule):
             return
         now = self.rt.clock()
         try:
             with self._transaction(run) as conn:
-                done = self._locked_step(conn, task, run, kind, rule, now, late)
+                done = self._locked_step(conn, task, run, kind, rule_for, now, late=late, result=result)
         except ClaimLost:
             self._stale(task)
             if late is not None:
@@ -292,30 +235,37 @@ class Executor:
         task: Row[Any],
         run: InlineRun | None,
         kind: str,
-        rule: Rule,
+        rule_for: PayloadRule,
         now: dt.datetime,
+        *,
         late: Late = None,
+        result: Any = None,
     ) -> Done | None:
         """The locking path of :meth:`_step` inside the caller's transaction: lock the
         execution, take its armed tasks (ClaimLost unless ours is among them under our
-        claim), apply the step. None when the execution is final (our task is just done,
-        and an effect's ``late`` result recorded)."""
+        claim), apply the step with the rule built from our task's payload as stored (an
+        upgrade may have re-pointed it). None when there is no step to report: the
+        execution is final (our task is just done, an effect's ``late`` result recorded),
+        or paused (the task, with its ``result``, is kept for resume)."""
         row = store.lock_execution(conn, task.execution_id)
         if row is None:
             raise ClaimLost
         if row.status in FINAL_STATUSES:
             steps.finish(conn, task)
             if late is not None:
-                steps.append_history(conn, row, [_late_record(task, row.state, *late)], now)
+                steps.append_history(conn, row, [late_record(task, row.state, *late)], now)
             return None
-        dropped = steps.take_armed(conn, row, task)
+        if operations.kept_while_paused(conn, row, task, now, result):  # applied after resume
+            return None
+        own, dropped = steps.take_armed_own(conn, row, task)
+        rule = rule_for(own.payload)
         outcome, failure = self._evaluate(conn, row, kind, task.payload.get("name"), rule, now)
         armed = steps.commit_locked(self.rt.metrics, conn, row, outcome, now, dropped=dropped, run=run)
         return Done(row, outcome, failure, armed)
 
     def _after(self, task: Row[Any], run: InlineRun | None, kind: str, done: Done) -> None:
         """Once a step committed: report it, hand on what it armed."""
-        _report(self.rt.metrics, task, done.row, kind, done.outcome, done.failure)
+        report(self.rt.metrics, task, done.row, kind, done.outcome, done.failure)
         self._committed(run, task.execution_id, done.armed)
 
     def _step_known(self, task: Row[Any], run: InlineRun, row: Row[Any], kind: str, rule: Rule) -> bool:
@@ -328,7 +278,7 @@ class Executor:
                 armed = steps.commit_known(self.rt.metrics, conn, row, outcome, now, done=task, run=run)
         except (ClaimLost, ConcurrencyError):
             return False  # the locking path evaluates the step afresh
-        _report(self.rt.metrics, task, row, kind, outcome, failure)
+        report(self.rt.metrics, task, row, kind, outcome, failure)
         self._committed(run, task.execution_id, armed)
         return True
 
@@ -349,7 +299,7 @@ class Executor:
             check_outcome(outcome, now)  # what cannot be stored fails the step, not the commit
             return outcome, None
         except (StatemError, InvokeFailed) as exc:
-            return semantics.failure(snap, kind, name, str(exc)), exc
+            return semantics.failure(snap, kind, name, str(exc), event=semantics.event_of(exc)), exc
 
     def _stale(self, task: Row[Any]) -> None:
         self.rt.metrics.task("stale")
@@ -369,7 +319,7 @@ class Executor:
             policy, timeout = inv.retry or default_retry(fn), inv.timeout_seconds
             bound = policy.max_attempts if policy is not None else DEFAULT_MAX_ATTEMPTS
             if task.attempts > bound:
-                raise _used_up(task, bound)
+                raise used_up(task, bound)
             kept = self.leases.holding(task) if run is not None else nullcontext()
             with kept, span("statem.effect", effect=payload["effect"], idempotency_key=key):
                 result = self.rt.effects.call(fn, payload.get("input"), key, timeout)
@@ -392,7 +342,8 @@ class Executor:
             task,
             run,
             "result",
-            lambda cm, s, now: semantics.apply_result(cm, s, payload, ok, output, env, now),
+            result_rule(task, ok, output, env),
+            {"ok": ok, "output": output},
             late=(ok, output),
         )
 
@@ -404,58 +355,6 @@ class Executor:
         return row.machine_id, row.machine_version
 
     # ------------------------------------------------------------------ children
-    def _child(self, task: Row[Any], run: InlineRun | None) -> None:
-        """Start a child execution under the parent's lock; a child that cannot start
-        (its machine is missing or its start fails) is the parent's error result."""
-        payload = task.payload
-        machine_id, version = payload["machine"]
-        now = self.rt.clock()
-        env = self.rt.env
-        child_id = child_execution_id(task.execution_id, task.id)
-        after: Callable[[], None] | None = None
-        with self._transaction(run) as conn:
-            parent = store.lock_execution(conn, task.execution_id)
-            if parent is None or parent.status in FINAL_STATUSES:
-                store.finish_task(conn, task.id, task.claim)
-                return
-            try:
-                _check_depth(conn, parent)
-                child_cm = self.rt.compiled(machine_id, version, conn)
-                outcome = semantics.start(child_cm, child_id, payload.get("input"), env, now)
-                check_outcome(outcome, now)
-            except StatemError as exc:
-                if not store.finish_task(conn, task.id, task.claim):
-                    return
-                after = _result_step(self, conn, run, task, parent, task, False, _error(exc), now)
-            else:
-                if not store.hold_task(conn, task.id, task.claim, child_id):
-                    return
-                # a sync child runs in the caller: in this thread's run if it follows the
-                # parent, else in a run of its own (a worker took the parent's child task)
-                child_run = None
-                if child_cm.machine.execution_mode == "sync":
-                    child_run = run or self.new_run(child_id)
-                    child_run.family.add(child_id)
-                armed = steps.create_execution(
-                    self.rt.metrics, conn, child_cm, child_id, payload.get("input"), now, outcome,
-                    parent=(parent.id, task.id), run=child_run,
-                )  # fmt: skip
-        if after is not None:  # the child did not start: its error is the parent's result
-            after()
-            return
-        log.info(
-            "execution %s started child %s (%s v%s)",
-            parent.id,
-            child_id,
-            machine_id,
-            armed.row.machine_version,
-        )
-        if armed.for_workers:
-            self.rt.wake()
-        if child_run is not None and armed.ready:
-            child_run.rows[child_id] = armed.row
-            self.run_inline(child_run, armed.ready)
-
     def _resume(self, task: Row[Any], run: InlineRun | None) -> None:
         """A child's result: consume our claim, take the parent's waiting child task,
         apply the result as the parent's step (or as its fan-out element's end)."""
@@ -463,6 +362,8 @@ class Executor:
         now = self.rt.clock()
         with self._transaction(run) as conn:
             row = store.lock_execution(conn, task.execution_id)
+            if row is not None and operations.kept_while_paused(conn, row, task, now, None):
+                return
             if row is None or not store.finish_task(conn, task.id, task.claim):
                 self._stale(task)
                 return
@@ -474,6 +375,61 @@ class Executor:
                 self, conn, run, task, row, waiting, bool(payload["ok"]), payload.get("output"), now
             )
         after()
+
+
+def start_child(ex: Executor, task: Row[Any], run: InlineRun | None) -> None:
+    """Start a child execution under the parent's lock; a child that cannot start
+    (its machine is missing or its start fails) is the parent's error result."""
+    payload = task.payload
+    machine_id, version = payload["machine"]
+    now = ex.rt.clock()
+    env = ex.rt.env
+    child_id = child_execution_id(task.execution_id, task.id)
+    after: Callable[[], None] | None = None
+    with ex._transaction(run) as conn:
+        parent = store.lock_execution(conn, task.execution_id)
+        if parent is None or parent.status in FINAL_STATUSES:
+            store.finish_task(conn, task.id, task.claim)
+            return
+        if operations.kept_while_paused(conn, parent, task, now, None):  # started on resume
+            return
+        try:
+            check_depth(conn, parent)
+            child_cm = ex.rt.compiled(machine_id, version, conn)
+            outcome = semantics.start(child_cm, child_id, payload.get("input"), env, now)
+            check_outcome(outcome, now)
+        except StatemError as exc:
+            if not store.finish_task(conn, task.id, task.claim):
+                return
+            after = _result_step(ex, conn, run, task, parent, task, False, error_of(exc), now)
+        else:
+            if not store.hold_task(conn, task.id, task.claim, child_id):
+                return
+            # a sync child runs in the caller: in this thread's run if it follows the
+            # parent, else in a run of its own (a worker took the parent's child task)
+            child_run = None
+            if child_cm.machine.execution_mode == "sync":
+                child_run = run or ex.new_run(child_id)
+                child_run.family.add(child_id)
+            armed = steps.create_execution(
+                ex.rt.metrics, conn, child_cm, child_id, payload.get("input"), now, outcome,
+                parent=(parent.id, task.id), run=child_run,
+            )  # fmt: skip
+    if after is not None:  # the child did not start: its error is the parent's result
+        after()
+        return
+    log.info(
+        "execution %s started child %s (%s v%s)",
+        parent.id,
+        child_id,
+        machine_id,
+        armed.row.machine_version,
+    )
+    if armed.for_workers:
+        ex.rt.wake()
+    if child_run is not None and armed.ready:
+        child_run.rows[child_id] = armed.row
+        ex.run_inline(child_run, armed.ready)
 
 
 def _result_step(
@@ -500,13 +456,13 @@ def _result_step(
         row,
         "result",
         payload.get("name"),
-        lambda cm, s, t: semantics.apply_result(cm, s, payload, ok, output, env, t),
+        lambda cm, s, t: semantics.apply_result(cm, s, payload, ok, output, env, t, task_id=invoked.id),
         now,
     )
     armed = steps.commit_locked(ex.rt.metrics, conn, row, outcome, now, run=run)
 
     def after() -> None:
-        _report(ex.rt.metrics, task, row, "result", outcome, failure)
+        report(ex.rt.metrics, task, row, "result", outcome, failure)
         ex._committed(run, row.id, armed)
 
     return after
@@ -597,6 +553,8 @@ def join(ex: Executor, task: Row[Any], run: InlineRun | None) -> None:
             if row.status in FINAL_STATUSES:
                 steps.finish(conn, task)
                 return
+            if operations.kept_while_paused(conn, row, task, now, None):  # joins after resume
+                return
             kind, results, tolerated, dropped = steps.take_fanout(ex.rt.metrics, conn, row, task, now)
             ok, output = semantics.join(kind, results, tolerated)
             outcome, failure = ex._evaluate(
@@ -611,14 +569,8 @@ def join(ex: Executor, task: Row[Any], run: InlineRun | None) -> None:
     except ClaimLost:
         ex._stale(task)
         return
-    _report(ex.rt.metrics, task, row, "result", outcome, failure)
+    report(ex.rt.metrics, task, row, "result", outcome, failure)
     ex._committed(run, task.execution_id, armed)
-
-
-def timer_rule(rt: Runtime, task: Row[Any]) -> Rule:
-    """The step rule of a timer task: fire it."""
-    env = rt.env
-    return lambda cm, s, now: semantics.fire_timer(cm, s, task.payload, env, now)
 
 
 def run_timers(ex: Executor, tasks: Sequence[Row[Any]]) -> None:
@@ -644,7 +596,7 @@ def run_timers(ex: Executor, tasks: Sequence[Row[Any]]) -> None:
             for task in sorted(tasks, key=lambda t: (t.execution_id, t.id)):
                 try:
                     with conn.begin_nested():
-                        step = ex._locked_step(conn, task, None, "timer", timer_rule(ex.rt, task), now)
+                        step = ex._locked_step(conn, task, None, "timer", timer_rule(task, ex.rt.env), now)
                 except ClaimLost:
                     stale.append(task)
                 except DBAPIError as exc:
@@ -681,6 +633,7 @@ def _retry(ex: Executor, task: Row[Any], run: InlineRun | None, delay: float, er
         row = store.lock_execution(conn, task.execution_id)
         if row is None or not store.retry_task(conn, task.id, task.claim, due, error["message"]):
             return
+        operations.hold_if_paused(conn, row, task.id)  # the next attempt waits for resume
         record = StepRecord(
             "retry",
             task.payload.get("name"),
@@ -740,17 +693,12 @@ def _give_up(ex: Executor, task: Row[Any], run: InlineRun | None, exc: Exception
     branch if it has one; anything else, or an error branch that cannot commit either,
     fails the execution, state and context unchanged, the error in history."""
     ex.rt.metrics.task("failed")
-    error = _error(exc)
+    error = error_of(exc)
     payload = task.payload or {}
     env = ex.rt.env
     if task.kind in (TaskKind.effect, TaskKind.child) and "transition" in payload:
         try:
-            ex._step(
-                task,
-                run,
-                "result",
-                lambda cm, s, now: semantics.apply_result(cm, s, payload, False, error, env, now),
-            )
+            ex._step(task, run, "result", result_rule(task, False, error, env))
             return
         except Exception as again:
             if is_outage(again):
@@ -760,7 +708,9 @@ def _give_up(ex: Executor, task: Row[Any], run: InlineRun | None, exc: Exception
             log.error("task %s: its error branch failed too (%s); failing the execution", task.id, again)
     message = clean_text(f"{error['type']}: {error['message']}") or error["type"]
     kind = "timer" if task.kind == TaskKind.timer else "result"
-    ex._step(task, run, kind, lambda cm, s, now: semantics.failure(s, kind, payload.get("name"), message))
+    ex._step(
+        task, run, kind, lambda _: lambda cm, s, now: semantics.failure(s, kind, payload.get("name"), message)
+    )
 
 
 def _record_late(ex: Executor, task: Row[Any], run: InlineRun | None, ok: bool, output: JSON) -> None:
@@ -772,4 +722,4 @@ def _record_late(ex: Executor, task: Row[Any], run: InlineRun | None, ok: bool, 
     with ex._transaction(run) as conn:
         row = store.lock_execution(conn, task.execution_id)
         if row is not None:
-            steps.append_history(conn, row, [_late_record(task, row.state, ok, output)], now)
+            steps.append_history(conn, row, [late_record(task, row.state, ok, output)], now)

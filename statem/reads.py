@@ -116,7 +116,7 @@ class Reads:
             row = store.get_execution(conn, execution_id)
             if row is None:
                 raise ExecutionNotFound(execution_id)
-            if row.status in FINAL_STATUSES:
+            if row.status in FINAL_STATUSES or row.status == Status.paused:
                 return True
             return row.status == Status.waiting and not store.execution_has_tasks(conn, execution_id)
 

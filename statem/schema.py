@@ -160,6 +160,12 @@ steps = Table(
     Column("context", JSON, nullable=True),
     Column("error", Text, nullable=True),
     Column("idempotency_key", String(200), nullable=True),
+    Column(
+        "event",
+        JSON(none_as_null=True),
+        nullable=True,
+        comment="the event that began this chain of steps (replay, retry)",
+    ),
     PrimaryKeyConstraint("execution_id", "seq"),
     ForeignKeyConstraint(["execution_id"], ["statem_executions.id"]),
     Index(None, "execution_id", "idempotency_key", unique=True),

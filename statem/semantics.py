@@ -21,13 +21,14 @@ Rules (DESIGN.md section 1):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
 from .definition import Branch, CompiledMachine, ContextUpdate, Invoke, Transition
-from .errors import ActionNotAllowed, ExpressionError, LoopError
+from .errors import ActionNotAllowed, ExpressionError, LoopError, StatemError
 from .expressions import JSON, check_json
 from .kinds import FINAL_STATUSES, INLINE_KINDS, Status, TaskKind
 from .settings import MAX_ALWAYS_CHAIN
@@ -59,6 +60,8 @@ class StepRecord:
     output: JSON = None
     context: dict[str, Any] | None = None
     error: str | None = None
+    #: the event that began this chain (on its first step): what replay and retry re-run
+    event: JSON = None
 
 
 @dataclass
@@ -385,7 +388,9 @@ def start(
     snap = Snapshot(execution_id, m.id, m.version, m.start_at, Status.running, {})
     chain = _Chain(cm, snap, env, now, input)
     chain.context = chain.updated_context("", m.context) if m.context is not None else {}
-    chain.record("start", None, None, m.start_at)
+    chain.record(
+        "start", None, None, m.start_at, event={"type": "start", "version": m.version, "input": input}
+    )
     return chain.outcome(chain.settle())
 
 
@@ -414,10 +419,13 @@ def action(
     if not chain.holds(path, t.when):
         raise ActionNotAllowed(snap.id, name, snap.state, allowed, f"its guard is false: {t.when}")
     step_name = t.name or name
+    event = {"type": "action", "version": snap.machine_version, "action": name, "input": input}
     if t.wait_for is not None or t.invoke is not None:
         status = chain.arm(step_name, path, t)
+        chain.steps[0].event = event
         return chain.outcome(status if status is not None else chain.settle())
     chain.take("action", step_name, path, t)
+    chain.steps[0].event = event
     return chain.outcome(chain.settle())
 
 
@@ -427,13 +435,19 @@ def fire_timer(
     payload: Mapping[str, Any],
     env: Mapping[str, Any],
     now: dt.datetime,
+    task_id: int | None = None,
 ) -> Outcome:
     """Take the transition a due timer was armed for (its guard held when it was armed)."""
     path = str(payload["transition"])
-    t = transition_at(cm, path)
-    chain = _Chain(cm, snap, env, now, {})
-    chain.take("timer", payload.get("name"), path, t)
-    return chain.outcome(chain.settle())
+    event: dict[str, Any] = {
+        "type": "timer", "version": snap.machine_version, "transition": path, "name": payload.get("name"),
+    }  # fmt: skip
+    with _event_on_error(event, task_id, payload):
+        t = transition_at(cm, path)
+        chain = _Chain(cm, snap, env, now, {})
+        chain.take("timer", payload.get("name"), path, t)
+        chain.steps[0].event = event
+        return chain.outcome(chain.settle())
 
 
 def apply_result(
@@ -444,14 +458,37 @@ def apply_result(
     output: JSON,
     env: Mapping[str, Any],
     now: dt.datetime,
+    task_id: int | None = None,
 ) -> Outcome:
     """Take an invoke's success/error branch for an effect or child result.
 
     ``ok`` is False when the effect raised (after its retries) or the child failed or was
     canceled; ``output`` is then ``{'type': ..., 'message': ...}``. ``if`` (when given)
     judges a returned result. A missing branch fails the execution.
+
+    ``task_id`` (the effect or child task whose result this is) is recorded with the
+    event when the step fails, so that ``retry`` can invoke it again under the same key.
     """
     path = str(payload["transition"])
+    event: dict[str, Any] = {
+        "type": "result", "version": snap.machine_version, "transition": path, "name": payload.get("name"),
+        "ok": ok, "output": output,
+    }  # fmt: skip
+    with _event_on_error(event, task_id, payload):
+        return _apply_result(cm, snap, path, payload, ok, output, env, now, event)
+
+
+def _apply_result(
+    cm: CompiledMachine,
+    snap: Snapshot,
+    path: str,
+    payload: Mapping[str, Any],
+    ok: bool,
+    output: JSON,
+    env: Mapping[str, Any],
+    now: dt.datetime,
+    event: dict[str, Any],
+) -> Outcome:
     t = transition_at(cm, path)
     assert t.invoke is not None
     inv = t.invoke
@@ -471,6 +508,7 @@ def apply_result(
         raise InvokeFailed(f"{path}.invoke has no success branch")
     name = branch.name or payload.get("name")
     chain.take("result", name, branch_path, branch)
+    chain.steps[0].event = event
     return chain.outcome(chain.settle())
 
 
@@ -478,10 +516,64 @@ class InvokeFailed(Exception):
     """An invoke result has no branch to take: the execution fails with this message."""
 
 
-def failure(snap: Snapshot, kind: str, name: str | None, error: str, input: JSON = None) -> Outcome:
-    """The outcome of a step the executor could not apply: failed, state and context unchanged."""
-    step = StepRecord(kind, name, snap.state, snap.state, input=input, context=snap.context, error=error)
+def failure(
+    snap: Snapshot, kind: str, name: str | None, error: str, input: JSON = None, event: JSON = None
+) -> Outcome:
+    """The outcome of a step the executor could not apply: failed, state and context unchanged.
+
+    ``event`` is what the step tried to apply (see :func:`event_of`): ``retry`` re-runs it.
+    """
+    step = StepRecord(
+        kind, name, snap.state, snap.state, input=input, context=snap.context, error=error, event=event
+    )
     return Outcome(snap.state, Status.failed, snap.context, error=error, steps=[step])
+
+
+def event_of(exc: BaseException) -> JSON:
+    """The event a failed :func:`fire_timer` / :func:`apply_result` was applying (or None)."""
+    event: JSON = getattr(exc, "statem_event", None)
+    return event
+
+
+@contextmanager
+def _event_on_error(event: dict[str, Any], task_id: int | None, payload: Mapping[str, Any]) -> Iterator[None]:
+    """Attach the event (with the task it came from) to an error the step raises."""
+    try:
+        yield
+    except (StatemError, InvokeFailed) as exc:
+        # an effect that raised (or a child that failed) with no error branch: retry invokes it again
+        reinvoke = isinstance(exc, InvokeFailed) and event.get("ok") is False
+        task = {"id": task_id, "payload": dict(payload)}
+        exc.statem_event = {**event, "task": task, "reinvoke": reinvoke}  # type: ignore[union-attr]
+        raise
+
+
+def enter_state(
+    cm: CompiledMachine,
+    snap: Snapshot,
+    state: str,
+    changes: Mapping[str, Any],
+    env: Mapping[str, Any],
+    now: dt.datetime,
+    *,
+    kind: str | None,
+    input: JSON = None,
+    settle: bool = True,
+) -> Outcome:
+    """Put an execution in ``state`` with ``changes`` merged into its context (literal
+    values, not expressions), record a step of ``kind``, then enter the state as a
+    transition does: its ``always`` are tried (``settle=False``: not now; the step only
+    records the move). With ``kind`` None no step of its own is recorded (the state is
+    only entered again). The operator's ``move`` and an upgrade build on this."""
+    chain = _Chain(cm, snap, env, now, {})
+    from_state = snap.state
+    chain.state = state
+    chain.context = {**snap.context, **changes}
+    if kind is not None:
+        chain.record(kind, None, from_state, state, input=input, output=None)
+    if not settle:
+        return chain.outcome(Status.waiting)
+    return chain.outcome(chain.settle())
 
 
 # --------------------------------------------------------------------------- fan-out rules

@@ -13,6 +13,9 @@ module owns every way of writing one:
   claim. The fast path of ``execution_mode: sync``.
 * :func:`cancel` / :func:`append_history` -- a cancel (recursively, parent before
   child) and history that does not move the execution (retries).
+* :func:`write_in_place` -- a step that discards nothing: the operator's ``pause`` and
+  ``resume``, a kept trigger rejected after resume, an upgrade (statem.operations,
+  statem.upgrade).
 
 Arming (:func:`_arm`) is shared by all of them: tasks for workers are inserted pending
 (and workers notified); the tasks an :class:`InlineRun` will run next are inserted
@@ -33,12 +36,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Row
 
-from . import dialects, fanout, store
+from . import dialects, fanout, store, store_ops
 from . import store_fanout as sf
 from .definition import CompiledMachine
 from .errors import ExecutionNotFound
 from .expressions import JSON
-from .kinds import FINAL_STATUSES, INLINE_KINDS, Status, TaskKind, TaskStatus
+from .kinds import CLOSED_STATUSES, FINAL_STATUSES, INLINE_KINDS, Status, TaskKind, TaskStatus
 from .limits import check_outcome, clean_text
 from .semantics import Counts, ElementResult, Outcome, Snapshot, StepRecord, TaskSpec
 from .store import ClaimLost
@@ -57,6 +60,7 @@ __all__ = [
     "snapshot",
     "take_armed",
     "take_fanout",
+    "write_in_place",
 ]
 
 
@@ -129,10 +133,17 @@ def take_armed(conn: Connection, row: Row[Any], task: Row[Any]) -> list[Row[Any]
     """Delete every task armed on the locked execution ``row`` in one ``DELETE ...
     RETURNING``; ``task`` must be among them under its claim (ClaimLost otherwise, and the
     caller rolls back). Returns the others: the ones the coming step discards."""
+    return take_armed_own(conn, row, task)[1]
+
+
+def take_armed_own(conn: Connection, row: Row[Any], task: Row[Any]) -> tuple[Row[Any], list[Row[Any]]]:
+    """:func:`take_armed`, also returning ``task``'s row as stored (an upgrade may have
+    re-pointed its payload at the new version since it was claimed)."""
     taken = store.discard_tasks(conn, row.id)
-    if not any(t.id == task.id and t.claim == task.claim and t.status == TaskStatus.claimed for t in taken):
+    own = [t for t in taken if t.id == task.id and t.claim == task.claim and t.status == TaskStatus.claimed]
+    if not own:
         raise ClaimLost
-    return [t for t in taken if t.id != task.id]
+    return own[0], [t for t in taken if t.id != task.id]
 
 
 def take_fanout(
@@ -269,6 +280,34 @@ def append_history(conn: Connection, row: Row[Any], records: list[StepRecord], n
     store.write_seq(conn, row, last, now)
 
 
+def write_in_place(
+    metrics: Metrics,
+    conn: Connection,
+    row: Row[Any],
+    records: Sequence[StepRecord],
+    now: dt.datetime,
+    *,
+    tasks: Sequence[TaskSpec] = (),
+    **changes: Any,
+) -> Row[Any]:
+    """Write a step on the locked ``row`` that keeps its armed work (pause, resume, an
+    upgrade, a rejected kept trigger): ``records`` and the execution with ``changes``
+    (``state``, ``status``, ``context``, ``output``, ``error``, ``armed``; else as they
+    are), fenced by its version; ``tasks`` are armed for workers (notified)."""
+    values: dict[str, Any] = {
+        "state": row.state, "status": row.status, "context": row.context, "output": row.output,
+        "error": row.error, "armed": row.armed or bool(tasks),
+    }  # fmt: skip
+    values.update(changes)
+    for record in records:
+        metrics.step(record.kind)
+    written = store.record_step(conn, row, records, now, **values)
+    if tasks:
+        store.insert_tasks(conn, row.id, tasks, now)
+        dialects.notify(conn)
+    return written
+
+
 def cancel(metrics: Metrics, conn: Connection, execution_id: str, reason: str, now: dt.datetime) -> None:
     """Cancel an execution and, recursively, its unfinished children, inside an open
     transaction; a final one is left alone. Its parent (if any) gets the cancel as the
@@ -289,8 +328,10 @@ def _cancel(
 ) -> None:
     """Cancel the locked ``row`` (parent before child, never the reverse), reporting to
     ``parent`` (None: the parent is the one moving on, it wants no result)."""
-    if row.status in FINAL_STATUSES:
+    if row.status in CLOSED_STATUSES:
         return
+    if row.status == Status.paused and store_ops.has_kept_trigger(conn, row.id):  # the drain rejects them
+        store.insert_tasks(conn, row.id, [TaskSpec(TaskKind.drain, now, {})], now)
     step = StepRecord("cancel", None, row.state, row.state, context=row.context, error=reason)
     outcome = Outcome(row.state, Status.canceled, row.context, error=reason, steps=[step])
     for child_id in store.live_children(conn, row.id):

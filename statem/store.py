@@ -207,7 +207,14 @@ _INSERT_CLAIMED_MANY = insert(tasks).returning(tasks.c.id, sort_by_parameter_ord
 _HAS_KEY = select(steps.c.seq).where(
     steps.c.execution_id == bindparam("p_id"), steps.c.idempotency_key == bindparam("p_key")
 )
-_DISCARD_TASKS = delete(tasks).where(tasks.c.execution_id == bindparam("p_id")).returning(*tasks.c)
+#: Kinds a step never discards: a trigger kept while the execution was paused, and the
+#: task that applies the kept events one by one after ``resume`` (statem.operations).
+INBOX_KINDS = ("trigger", "drain")
+_DISCARD_TASKS = (
+    delete(tasks)
+    .where(tasks.c.execution_id == bindparam("p_id"), tasks.c.kind.not_in(INBOX_KINDS))
+    .returning(*tasks.c)
+)
 _FINISH_TASK = delete(tasks).where(
     tasks.c.id == bindparam("p_task"),
     tasks.c.claim == bindparam("p_claim"),
@@ -326,7 +333,7 @@ def live_children(conn: Connection, execution_id: str) -> list[str]:
     rows = conn.execute(
         select(executions.c.id).where(
             executions.c.parent_id == execution_id,
-            executions.c.status.in_((Status.running, Status.waiting)),
+            executions.c.status.in_((Status.running, Status.waiting, Status.paused, Status.failed)),
         )
     )
     return [r.id for r in rows]
@@ -357,7 +364,8 @@ def _step_rows(
     return [
         {"execution_id": execution_id, "seq": first_seq + i, "at": at, "kind": r.kind, "name": r.name,
          "from_state": r.from_state, "to_state": r.to_state, "input": r.input, "output": r.output,
-         "context": r.context, "error": r.error, "idempotency_key": idempotency_key if i == 0 else None}
+         "context": r.context, "error": r.error, "idempotency_key": idempotency_key if i == 0 else None,
+         "event": r.event}
         for i, r in enumerate(records)
     ]  # fmt: skip
 

@@ -49,7 +49,14 @@ DATA_TABLES = {
     "statem_fanouts",
     "statem_elements",
 }
-VIEWS = {"statem_active", "statem_failures", "statem_path", "statem_counts", "statem_pending_work"}
+VIEWS = {
+    "statem_active",
+    "statem_failures",
+    "statem_path",
+    "statem_counts",
+    "statem_pending_work",
+    "statem_operations",
+}
 VERSION_TABLE = statem.schema.VERSION_TABLE
 COMPARE_OPTS: dict[str, Any] = {
     "compare_type": True,

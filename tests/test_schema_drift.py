@@ -231,6 +231,8 @@ PUBLIC = {
     "Machine",
     "MachineInfo",
     "MachineNotFound",
+    "OperationNotAllowed",
+    "StateNotFound",
     "StatemError",
     "Step",
     "StoreError",
@@ -251,6 +253,8 @@ ERRORS = {
     "LimitExceeded",
     "LoopError",
     "MachineNotFound",
+    "OperationNotAllowed",
+    "StateNotFound",
     "StoreError",
 }
 

@@ -22,10 +22,6 @@ from .test_web_api import counter, problem_of
 from .test_web_console import history_heads, wait_for
 from .webserver import running
 
-pytestmark = pytest.mark.skipif(
-    not hasattr(Engine, "pause"), reason="engine.pause lands with the operations branch"
-)
-
 
 @pytest.fixture
 def client(engine: Engine) -> Iterator[httpx.Client]:

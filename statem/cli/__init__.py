@@ -20,6 +20,7 @@ import click
 
 from ..errors import DefinitionError, StatemError
 from . import commands as commands
+from . import operations as operations
 from . import purge as purge
 from . import serve as serve
 from . import services as services

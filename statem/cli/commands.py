@@ -149,8 +149,13 @@ def graph(c: Ctx, machine_id: str | None, version: int | None, fmt: str, executi
     current = None
     if execution_id is not None:
         ex = engine.get(execution_id)
-        machine_id, version = ex.machine_id, ex.machine_version
-        steps, current = engine.history(execution_id), ex.state
+        from ..replay import path_on_version  # across an upgrade: --version picks the old one
+
+        shown = version if version is not None else ex.machine_version
+        machine_id, version = ex.machine_id, shown
+        history = engine.history(execution_id)
+        steps = path_on_version(history, ex.machine_version, shown)
+        current = ex.state if shown == ex.machine_version else None
     if machine_id is None:
         raise click.UsageError("give a MACHINE_ID or --execution")
     click.echo(render(engine.get_machine(machine_id, version), fmt, steps, current))
@@ -243,7 +248,9 @@ def history(c: Ctx, execution_id: str) -> None:
 @cli.command("list")
 @click.option("--machine", "machine_id", help="Only this machine.")
 @click.option("--parent", "parent_id", metavar="EID", help="Only the children of this execution.")
-@click.option("--status", type=click.Choice(["running", "waiting", "finished", "failed", "canceled"]))
+@click.option(
+    "--status", type=click.Choice(["running", "waiting", "paused", "finished", "failed", "canceled"])
+)
 @click.option("--state", help="Only executions in this state.")
 @click.option("--older-than", "older", help="Not updated for this long: 30s, 15m, 2h, 7d.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
