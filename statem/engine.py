@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -222,11 +223,11 @@ class Engine(OperatorAPI, Reads):
                 if cm.machine.execution_mode == "sync":
                     run = self._executor.new_run(eid)
                 armed = steps.create_execution(rt.metrics, conn, cm, eid, data, now, outcome, run=run)
-        except IntegrityError:  # a concurrent start with the same execution_id won
+        except IntegrityError as exc:  # a concurrent start with the same execution_id won
             with rt.transaction(write=False) as conn:
                 row = store.get_execution(conn, eid)
-            if row is None:
-                raise
+            if row is None:  # the database refused the row for another reason
+                raise dialects.store_error(exc) from exc
             return replayed_start(row, machine_id, version, data)
         return self._after(run, eid, armed) or Execution(
             eid, cm.machine.id, cm.machine.version, outcome.state, outcome.status, outcome.context,
@@ -257,7 +258,7 @@ class Engine(OperatorAPI, Reads):
         now = self.clock()
         rt = self._runtime
         run: InlineRun | None = None
-        with rt.transaction() as conn:
+        with _refusals_as_store_errors(), rt.transaction() as conn:
             row = store.lock_execution(conn, execution_id)
             if row is None:
                 raise ExecutionNotFound(execution_id)
@@ -294,7 +295,7 @@ class Engine(OperatorAPI, Reads):
 
     def cancel(self, execution_id: str, reason: str = "canceled") -> Execution:
         """Cancel an execution and, recursively, its unfinished children. A no-op on a final one."""
-        with self._runtime.transaction() as conn:
+        with _refusals_as_store_errors(), self._runtime.transaction() as conn:
             steps.cancel(self.metrics, conn, execution_id, reason, self.clock())
         self._runtime.wake()
         return self.get(execution_id)
@@ -332,6 +333,16 @@ class Engine(OperatorAPI, Reads):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def _refusals_as_store_errors() -> Iterator[None]:
+    """A constraint the database enforces (an IntegrityError) reaches callers of the API as
+    a StoreError, like every other database error (the transaction rolled back)."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise dialects.store_error(exc) from exc
 
 
 def _check_input(value: JSON | None) -> JSON:

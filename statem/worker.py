@@ -28,6 +28,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Row
 
 from . import dialects, store
+from .effects import jittered
 from .errors import StatemError
 from .executor import Executor, default_owner, run_timers
 from .kinds import TaskKind
@@ -279,7 +280,8 @@ class Worker:
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             log.warning("worker %s lost the database (%s); retrying with backoff", self.owner, exc)
-        self._backoff = min(max(self._backoff * 2, 0.25), MAX_OUTAGE_BACKOFF_SECONDS)
+        # doubling, capped, spread by up to +10% so a fleet does not reconnect in step
+        self._backoff = jittered(min(max(self._backoff * 2, 0.25), MAX_OUTAGE_BACKOFF_SECONDS))
         self._retry_at = time.monotonic() + self._backoff
         self.wake(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._backoff))
 

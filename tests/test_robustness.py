@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from statem import (
     DefinitionError,
     Engine,
+    ExecutionNotFound,
     ExpressionError,
     InputError,
     StoreError,
@@ -582,3 +584,18 @@ def test_a_worker_does_not_wake_for_effects_it_cannot_run(engine: Engine) -> Non
         assert store.claim_tasks(conn, owner="w", claim="c", now=engine.clock(), lease_until=engine.clock(),
                                  limit=10, effects=["http.request.json"]) == []  # fmt: skip
     assert [t.attempts for t in engine.pending(ex.id)] == [0]
+
+
+def test_a_row_the_database_refuses_in_start_is_a_store_error(engine: Engine) -> None:
+    """Issue 10 item 27: an IntegrityError that is not a concurrent start of the same id
+    reaches the caller as a StoreError (here: the machine row was deleted under a warm cache,
+    so the execution's foreign key fails), and nothing is stored."""
+    engine.save_machine(timer_machine(seconds=60))
+    engine.start("t", execution_id="warm")  # compiles and caches version 1
+    with engine.db.begin() as conn:
+        for table in ("statem_tasks", "statem_steps", "statem_executions", "statem_machines"):
+            conn.execute(text(f"DELETE FROM {table}"))
+    with pytest.raises(StoreError, match="database error"):
+        engine.start("t", version=1, execution_id="refused")
+    with pytest.raises(ExecutionNotFound):
+        engine.get("refused")
