@@ -270,7 +270,8 @@ def test_a_zombie_elements_result_commits_nothing(fengine: Engine, clock: FakeCl
         calls.append(idempotency_key)
         return input["x"]
 
-    fengine.save_machine(fan_machine(max_concurrency=1))
+    # the zombie's claim uses up an attempt (attempts count at claim): the takeover is the second
+    fengine.save_machine(fan_machine(max_concurrency=1, retry={"max_attempts": 2}))
     ex = fengine.start("fan", {"xs": [7, 8]})
     [zombie] = fengine._executor.claim("zombie", 1, 30)  # element 0, then the zombie stalls
     clock.advance(31)  # its lease lapses; a live worker takes element 0 over

@@ -24,6 +24,8 @@ MACHINE: dict[str, Any] = {
             "effect": "pick",
             "input": "{'n': ctx['n'], 'i': index, 'item': item}",
             "max_concurrency": 5,
+            # a claim whose worker is killed uses up an attempt (attempts count at claim)
+            "retry": {"max_attempts": 100, "initial_seconds": 0.1},
             "success": {"state": "done", "context": {"picked": "output"}},
         }}]},
         "done": {"end": True, "return": "ctx['picked']"},
