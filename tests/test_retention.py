@@ -60,7 +60,12 @@ def finished(engine: Engine) -> str:
 def test_purge_deletes_old_final_executions_only(fengine: Engine, clock: FakeClock) -> None:
     fengine.save_machine(counter())
     fengine.save_machine(timer_machine(days=365))
-    fengine.save_machine(effect_machine(effect="nobody-registered-this", error=None))
+
+    def broken(input: Any, *, idempotency_key: str) -> Any:
+        raise RuntimeError("the service is down")
+
+    fengine.effects.register("broken", broken)  # no error branch: the execution fails
+    fengine.save_machine(effect_machine(effect="broken", error=None))
     done = finished(fengine)
     canceled = fengine.cancel(fengine.start("counter").id).id
     waiting = fengine.start("counter").id

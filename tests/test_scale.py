@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from statem import Engine, store
+from statem import Engine, store_stats
 
 from .conftest import TABLES
 from .helpers import timer_machine
@@ -38,7 +38,7 @@ def test_stats_estimates_on_big_postgresql_tables(pg_url: str, monkeypatch: pyte
             for table in TABLES:
                 conn.execute(text(f"ANALYZE {table}"))
             history = conn.execute(text("SELECT count(*) FROM statem_steps")).scalar()
-        monkeypatch.setattr(store, "STATS_EXACT_ROWS", 0)  # these few rows count as big
+        monkeypatch.setattr(store_stats, "STATS_EXACT_ROWS", 0)  # these few rows count as big
         db = engine.stats()["database"]
         # ANALYZE read every row of these small tables, so the estimates are exact here
         assert db["estimated"] == ["executions", "tasks", "steps"]
