@@ -168,8 +168,9 @@ def sqlite_like_statem(url: str) -> sa.Engine:
 
 
 @contextmanager
-def dbos_launched(url: str, same_durability: bool = False) -> Iterator[Run]:
-    """DBOS launched on ``url`` with the 10-step workflow registered; destroyed on exit."""
+def dbos_app(url: str, define: Callable[[], Any], same_durability: bool = False) -> Iterator[Any]:
+    """DBOS configured on ``url``; ``define()`` registers its functions before launch and
+    its return value is yielded; DBOS is destroyed on exit."""
     from dbos import DBOS
 
     config: dict[str, Any] = {
@@ -182,6 +183,19 @@ def dbos_launched(url: str, same_durability: bool = False) -> Iterator[Run]:
     if engine is not None:
         config["system_database_engine"] = engine
     DBOS(config=config)  # type: ignore[arg-type]
+    try:
+        defined = define()
+        DBOS.launch()
+        yield defined
+    finally:
+        DBOS.destroy(destroy_registry=True)
+        if engine is not None:
+            engine.dispose()
+
+
+def ten_steps() -> Run:
+    """The 10-step DBOS workflow (registered with DBOS)."""
+    from dbos import DBOS
 
     @DBOS.step()
     def step(ctx: dict[str, Any], i: int) -> dict[str, Any]:
@@ -194,13 +208,14 @@ def dbos_launched(url: str, same_durability: bool = False) -> Iterator[Run]:
             ctx = step(ctx, i)
         return ctx
 
-    DBOS.launch()
-    try:
+    return workflow
+
+
+@contextmanager
+def dbos_launched(url: str, same_durability: bool = False) -> Iterator[Run]:
+    """DBOS launched on ``url`` with the 10-step workflow registered; destroyed on exit."""
+    with dbos_app(url, ten_steps, same_durability) as workflow:
         yield workflow
-    finally:
-        DBOS.destroy(destroy_registry=True)
-        if engine is not None:
-            engine.dispose()
 
 
 # --------------------------------------------------------------------------- measuring
