@@ -24,7 +24,7 @@ from . import dialects, migrate, operations, retention, semantics, steps, store
 from .contracts import check_invokes
 from .definition import CompiledMachine, Machine, compile_machine, load_definition
 from .effects import Effect, ShapeSpec
-from .errors import DefinitionError, ExecutionNotFound, InputError, StatemError, StoreError
+from .errors import DefinitionError, ExecutionNotFound, InputError, StatemError, StoreError, version_taken
 from .executor import Executor
 from .expressions import JSON, check_json
 from .limits import check_execution_id, check_idempotency_key, check_text, check_value
@@ -34,6 +34,7 @@ from .records import Execution, MachineInfo
 from .replays import replayed_start, same_trigger
 from .retention import Progress, PurgeCounts
 from .runtime import Clock, Runtime, utcnow
+from .schema import machines
 from .semantics import Outcome
 from .services import Service, ServiceInfo
 from .settings import WorkerSettings
@@ -123,18 +124,11 @@ class Engine(OperatorAPI, Reads):
         try:
             with self._runtime.transaction() as conn:
                 for cm in compiled:
-                    m = cm.machine
-                    row = store.get_machine(conn, m.id, m.version)
-                    if row is None:
-                        store.insert_machine(
-                            conn, m.id, m.version, m.to_json(), cm.content_hash, self.clock()
-                        )
-                    elif row.content_hash != cm.content_hash:
-                        reason = (
-                            f"version {m.version} is already saved with different content; "
-                            "save the change as a new version"
-                        )
-                        raise DefinitionError(m.id, [("version", reason)])
+                    m, now = cm.machine, self.clock()
+                    if not store.save_definition(
+                        conn, machines, m.id, m.version, m.to_json(), cm.content_hash, now
+                    ):
+                        raise DefinitionError(m.id, [("version", version_taken(m.version))])
         except IntegrityError:  # a concurrent save of the same version won the race: compare again
             return self.save_machines([cm.machine for cm in compiled])
         self._runtime.cache(compiled)

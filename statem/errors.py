@@ -31,6 +31,11 @@ class StatemError(Exception):
     """Root of every error statem raises on purpose."""
 
 
+def version_taken(version: int) -> str:
+    """Why a definition cannot be saved under a version already saved with other content."""
+    return f"version {version} is already saved with different content; save the change as a new version"
+
+
 class DefinitionError(StatemError):
     """A machine definition is invalid.
 

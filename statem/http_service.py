@@ -31,8 +31,9 @@ from sqlalchemy.exc import IntegrityError
 from . import store
 from .definition import Retry
 from .effects import Effect, EffectFailed, EffectRegistry, UnknownEffect
-from .errors import InputError, StatemError
+from .errors import InputError, StatemError, version_taken
 from .expressions import JSON, check_json
+from .schema import services
 from .schemas import Mismatch, Shape
 from .services import (
     BODY_METHODS,
@@ -202,22 +203,11 @@ class ServiceCatalog:
         try:
             with self.engine.transaction() as conn:
                 for cs in compiled:
-                    row = store.get_service(conn, cs.service.id, cs.service.version)
-                    if row is None:
-                        store.insert_service(
-                            conn,
-                            cs.service.id,
-                            cs.service.version,
-                            cs.service.to_json(),
-                            cs.content_hash,
-                            now,
-                        )
-                    elif row.content_hash != cs.content_hash:
-                        reason = (
-                            f"version {cs.service.version} is already saved with different content; "
-                            "save the change as a new version"
-                        )
-                        raise ServiceDefinitionError(cs.service.id, [("version", reason)])
+                    svc = cs.service
+                    if not store.save_definition(
+                        conn, services, svc.id, svc.version, svc.to_json(), cs.content_hash, now
+                    ):
+                        raise ServiceDefinitionError(svc.id, [("version", version_taken(svc.version))])
         except IntegrityError:  # a concurrent save of the same version won the race: compare again
             return self.save([cs.service for cs in compiled])
         with self._lock:

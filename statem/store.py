@@ -19,6 +19,7 @@ from sqlalchemy import (
     JSON,
     Connection,
     Row,
+    Table,
     and_,
     bindparam,
     delete,
@@ -57,24 +58,36 @@ def latest_version(conn: Connection, machine_id: str) -> int | None:
     return version
 
 
-def insert_machine(
+def save_definition(
     conn: Connection,
-    machine_id: str,
+    table: Table,
+    key: str,
     version: int,
     definition: dict[str, Any],
     content_hash: str,
     now: dt.datetime,
-) -> None:
-    """Store a new machine version."""
+) -> bool:
+    """Store version ``version`` of the machine or service (``table``) ``key``, unless it is
+    saved already: True when it is stored now or was saved with the same content, False
+    when different content is saved under it (saved versions are immutable)."""
+    key_column = table.primary_key.columns.values()[0]
+    row = conn.execute(
+        select(table.c.content_hash).where(key_column == key, table.c.version == version)
+    ).first()
+    if row is not None:
+        return bool(row.content_hash == content_hash)
     conn.execute(
-        insert(machines).values(
-            machine_id=machine_id,
-            version=version,
-            definition=definition,
-            content_hash=content_hash,
-            created_at=now,
+        insert(table).values(
+            {
+                key_column.name: key,
+                "version": version,
+                "definition": definition,
+                "content_hash": content_hash,
+                "created_at": now,
+            }
         )
     )
+    return True
 
 
 def list_machines(conn: Connection) -> Sequence[Row[Any]]:
@@ -101,26 +114,6 @@ def latest_service_version(
         query = query.where(services.c.created_at <= saved_by)
     version: int | None = conn.execute(query).scalar()
     return version
-
-
-def insert_service(
-    conn: Connection,
-    service_id: str,
-    version: int,
-    definition: dict[str, Any],
-    content_hash: str,
-    now: dt.datetime,
-) -> None:
-    """Store a new service version."""
-    conn.execute(
-        insert(services).values(
-            service_id=service_id,
-            version=version,
-            definition=definition,
-            content_hash=content_hash,
-            created_at=now,
-        )
-    )
 
 
 def list_services(conn: Connection) -> Sequence[Row[Any]]:

@@ -53,7 +53,6 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "The request body is too large.",
         415: "The body is not application/json.",
         422: "Bad input: the body, a definition, an expression or a parameter.",
-        501: "This engine does not offer the operation.",
         503: "The database cannot be reached.",
     }
     return {
@@ -325,7 +324,7 @@ def build_router(engine: Engine, waiter: RestWaiter, stats: StatsCache) -> APIRo
 
     def operation(name: str) -> None:
         async def run(execution_id: ExecutionId, body: ReasonRequest | None = None) -> Response:
-            ex = await call(operate(engine, name), execution_id, reason=body.reason if body else None)
+            ex = await call(getattr(engine, name), execution_id, reason=body.reason if body else None)
             return JSONResponse(execution_json(ex))
 
         api.add_api_route(
@@ -333,7 +332,7 @@ def build_router(engine: Engine, waiter: RestWaiter, stats: StatsCache) -> APIRo
             run,
             methods=["POST"],
             response_model=ExecutionOut,
-            responses={**WRITE, **_problems(501)},
+            responses=WRITE,
             tags=["operations"],
             name=name,
             summary=f"{name.capitalize()} an execution (recorded with the reason)",
@@ -345,14 +344,12 @@ def build_router(engine: Engine, waiter: RestWaiter, stats: StatsCache) -> APIRo
     @api.post(
         "/executions/{execution_id}/move",
         response_model=ExecutionOut,
-        responses={**WRITE, **_problems(501)},
+        responses=WRITE,
         tags=["operations"],
         summary="Put an execution in a state, merging JSON into its context",
     )
     async def move(execution_id: ExecutionId, body: MoveRequest) -> Response:
-        ex = await call(
-            operate(engine, "move"), execution_id, body.state, context=body.context, reason=body.reason
-        )
+        ex = await call(engine.move, execution_id, body.state, context=body.context, reason=body.reason)
         return JSONResponse(execution_json(ex))
 
     @api.get(
@@ -366,13 +363,3 @@ def build_router(engine: Engine, waiter: RestWaiter, stats: StatsCache) -> APIRo
         return JSONResponse(await stats.get())
 
     return api
-
-
-def operate(engine: Engine, name: str) -> Callable[..., Any]:
-    """The engine's operator operation ``name`` (pause, resume, retry, move), or a 501."""
-    fn = getattr(engine, name, None)
-    if fn is None:
-        from starlette.exceptions import HTTPException
-
-        raise HTTPException(501, f"this engine has no {name!r} operation")
-    return fn  # type: ignore[no-any-return]

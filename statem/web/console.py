@@ -47,7 +47,6 @@ class Console:
         self.templates = Jinja2Templates(directory=str(templates))
         self.templates.env.filters["pretty"] = views.pretty
         self.templates.env.filters["compact"] = views.compact
-        self.offered = {op for op in ("pause", "resume", "retry", "move") if hasattr(engine, op)}
         self.router = APIRouter(include_in_schema=False)
         r = self.router
         r.add_api_route("/", self.executions_page, methods=["GET"])
@@ -180,7 +179,7 @@ class Console:
         ex = self.engine.get(eid)
         steps = self.engine.history(eid)
         machine = self.engine.get_machine(ex.machine_id, ex.machine_version)
-        ops = views.operations(ex, self.offered)
+        ops = views.operations(ex)
         return {
             "ex": ex,
             "timeline": views.timeline(steps),
@@ -188,7 +187,7 @@ class Console:
             "children": self.engine.executions(parent_id=eid, limit=50),
             "allowed": self.engine.allowed_actions(eid),
             "ops": ops,
-            "can_move": "move" in self.offered and ex.status not in views.FINAL,
+            "can_move": ex.status not in views.FINAL,
             "states": list(machine.states),
             "svg": render_svg(machine, steps, ex.state),
         }
@@ -240,15 +239,9 @@ class Console:
                 context = _json_field(form.get("context", ""), "context")
                 if context is not None and not isinstance(context, dict):
                     raise InputError('context: type a JSON object, e.g. {"key": 1}')
-                fn = getattr(self.engine, "move", None)
-                if fn is None:
-                    raise HTTPException(501, "this engine has no 'move' operation")
-                await run_in_threadpool(fn, eid, state, context=context, reason=reason)
+                await run_in_threadpool(self.engine.move, eid, state, context=context, reason=reason)
             else:
-                fn = getattr(self.engine, op, None)
-                if fn is None:
-                    raise HTTPException(501, f"this engine has no {op!r} operation")
-                await run_in_threadpool(fn, eid, reason=reason)
+                await run_in_threadpool(getattr(self.engine, op), eid, reason=reason)
         except StatemError as exc:
             return await self._redo(request, eid, exc, form)
         return RedirectResponse(f"/executions/{eid}?{urlencode({'done': op})}", status_code=303)

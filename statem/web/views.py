@@ -92,14 +92,14 @@ def ago(when: dt.datetime | None, now: dt.datetime) -> str:
     return f"in {text}" if future else f"{text} ago"
 
 
-def operations(ex: Execution, offered: set[str]) -> list[str]:
-    """The operator operations that apply to the execution now, among those the engine offers."""
+def operations(ex: Execution) -> list[str]:
+    """The operator operations that apply to the execution now."""
     ops: list[str] = []
-    if ex.status in ("running", "waiting") and "pause" in offered:
+    if ex.status in ("running", "waiting"):
         ops.append("pause")
-    if ex.status == "paused" and "resume" in offered:
+    if ex.status == "paused":
         ops.append("resume")
-    if ex.status == "failed" and "retry" in offered:
+    if ex.status == "failed":
         ops.append("retry")
     if ex.status not in FINAL:
         ops.append("cancel")
