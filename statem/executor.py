@@ -48,6 +48,7 @@ from .settings import DEFAULT_MAX_ATTEMPTS, MAX_STEP_CLAIMS
 from .steps import Armed, ClaimLost, InlineRun
 from .task_rules import (
     Done,
+    Item,
     Late,
     PayloadRule,
     Rule,
@@ -76,6 +77,9 @@ class Executor:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self._local = threading.local()  # .run: the InlineRun this thread is draining
+        #: commits a worker's effect results, in batches (statem.batch.GroupCommit); None:
+        #: each is its own transaction
+        self.committer: Callable[[Item], None] | None = None
         #: keeps inline callers' claims alive while their effects run
         self.leases = LeaseRenewer(runtime, runtime.worker_settings.lease_seconds)
 
@@ -224,7 +228,7 @@ class Executor:
         except ClaimLost:
             self._stale(task)
             if late is not None:
-                _record_late(self, task, run, *late)
+                record_late(self, task, run, *late)
             return
         if done is not None:
             self._after(task, run, kind, done)
@@ -337,15 +341,20 @@ class Executor:
         if fanout.is_element(task):
             element_result(self, task, run, ok, output)
             return
-        env = self.rt.env
-        self._step(
-            task,
-            run,
-            "result",
-            result_rule(task, ok, output, env),
-            {"ok": ok, "output": output},
-            late=(ok, output),
-        )
+        item = Item(task, "result", result_rule(task, ok, output, self.rt.env), {"ok": ok, "output": output},
+                    late=(ok, output))  # fmt: skip
+        if run is None and self.committer is not None:
+            self.committer(item)
+        else:
+            self._step(task, run, item.kind, item.rule_for, item.result, late=item.late)
+
+    def settle(self, item: Item) -> None:
+        """Commit one effect result as its own step (a batch's item run alone); never
+        raises (see :meth:`run`)."""
+        try:
+            self._step(item.task, None, item.kind, item.rule_for, item.result, late=item.late)
+        except Exception as exc:
+            _unexpected(self, item.task, None, exc)
 
     def _pin(self, task: Row[Any]) -> tuple[str, int]:
         with self.rt.transaction(write=False) as conn:
@@ -573,54 +582,6 @@ def join(ex: Executor, task: Row[Any], run: InlineRun | None) -> None:
     ex._committed(run, task.execution_id, armed)
 
 
-def run_timers(ex: Executor, tasks: Sequence[Row[Any]]) -> None:
-    """Fire claimed timers as steps of ONE transaction, each in its own savepoint.
-
-    Each step is still all-or-nothing, fenced by its claim and the execution's row lock
-    (or SQLite's write lock), with its own history rows: a stale claim or a database
-    error rolls back to that step's savepoint only, and the others commit. The rows are
-    locked in execution-id order, as every batch does, so two batches do not deadlock
-    on each other; should the batch's transaction fail as a whole (a deadlock with some
-    other writer, a lost connection), nothing of it committed and each timer is run on
-    its own. One task is run as :meth:`run` runs it.
-    """
-    if len(tasks) == 1:
-        ex.run(tasks[0])
-        return
-    now = ex.rt.clock()
-    done: list[tuple[Row[Any], Done]] = []
-    stale: list[Row[Any]] = []
-    alone: list[Row[Any]] = []
-    try:
-        with ex.rt.transaction() as conn:
-            for task in sorted(tasks, key=lambda t: (t.execution_id, t.id)):
-                try:
-                    with conn.begin_nested():
-                        step = ex._locked_step(conn, task, None, "timer", timer_rule(task, ex.rt.env), now)
-                except ClaimLost:
-                    stale.append(task)
-                except DBAPIError as exc:
-                    log.info("timer %s of %s: %s; run on its own", task.id, task.execution_id, exc)
-                    alone.append(task)
-                else:
-                    if step is not None:
-                        done.append((task, step))
-    except StatemError as exc:
-        log.info("a batch of %d timers rolled back (%s); running them one by one", len(tasks), exc)
-        for task in tasks:
-            ex.run(task)
-        return
-    for task in stale:
-        ex.rt.metrics.task(task.kind)
-        ex._stale(task)
-    for task, step in done:
-        ex.rt.metrics.task(task.kind)
-        ex.rt.metrics.timer_fired((now - task.due_at).total_seconds())
-        ex._after(task, None, "timer", step)
-    for task in alone:
-        ex.run(task)
-
-
 def _retry(ex: Executor, task: Row[Any], run: InlineRun | None, delay: float, error: dict[str, Any]) -> None:
     now = ex.rt.clock()
     due = now + dt.timedelta(seconds=delay)
@@ -713,7 +674,7 @@ def _give_up(ex: Executor, task: Row[Any], run: InlineRun | None, exc: Exception
     )
 
 
-def _record_late(ex: Executor, task: Row[Any], run: InlineRun | None, ok: bool, output: JSON) -> None:
+def record_late(ex: Executor, task: Row[Any], run: InlineRun | None, ok: bool, output: JSON) -> None:
     """Record an effect result that arrived after its task was discarded (a later step
     won, the execution ended) or taken over: a ``discard`` row with the output and error."""
     if run is not None:

@@ -37,6 +37,7 @@ from typing import Any
 from sqlalchemy import Connection, Row
 
 from . import dialects, fanout, store, store_ops
+from . import store_batch as sb
 from . import store_fanout as sf
 from .definition import CompiledMachine
 from .errors import ExecutionNotFound
@@ -274,6 +275,54 @@ def commit_known(
     return _arm(metrics, conn, written, outcome, now, _parent_of(row), run, done)
 
 
+def batchable(outcome: Outcome, dropped: Sequence[Row[Any]]) -> bool:
+    """True if :func:`commit_many` can write this step: it discards nothing (the task it
+    consumes was the execution's only armed one) and arms no fan-out."""
+    return not dropped and all(spec.kind != TaskKind.fanout for spec in outcome.tasks)
+
+
+def commit_many(
+    metrics: Metrics, conn: Connection, steps: Sequence[tuple[Row[Any], Outcome]], now: dt.datetime
+) -> list[Armed]:
+    """Write the steps of many executions at once, each on a row the caller locked and
+    whose armed tasks it has already taken (:func:`batchable`: nothing to discard, no
+    fan-out), as a few set-based statements (:mod:`statem.store_batch`). Each outcome
+    must have passed :func:`statem.limits.check_outcome` (the executor's evaluation does
+    that, turning what cannot be stored into the step's failure).
+
+    Each step writes exactly what :func:`commit_locked` would: its history rows after
+    the row's seq, the execution fenced by its version, its tasks pending for workers,
+    and an ended child's result for its parent. Any error rolls the caller's whole
+    transaction back. Returns each step's :class:`Armed`, in order.
+    """
+    writes: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
+    done: list[Armed] = []
+    for row, outcome in steps:  # outcomes checked by the caller (statem.limits.check_outcome)
+        for record in outcome.steps:
+            record.error = clean_text(record.error)
+            metrics.step(record.kind)
+        params = store.step_params(
+            row, state=outcome.state, status=outcome.status, context=outcome.context, output=outcome.output,
+            error=clean_text(outcome.error), seq=row.seq + len(outcome.steps), armed=bool(outcome.tasks),
+            now=now,
+        )  # fmt: skip
+        writes.append(params)
+        history += sb.history_rows(row.id, row.seq + 1, outcome.steps, now)
+        pending += sb.task_rows(row.id, outcome.tasks, now)
+        parent = _parent_of(row)
+        if outcome.status in FINAL_STATUSES and parent is not None:
+            pending += sb.task_rows(parent[0], [_result_for_parent(parent[1], outcome, now)], now)
+        done.append(Armed(store.as_written(row, params), [], bool(outcome.tasks) or parent is not None))
+    sb.write_executions(conn, writes)  # first: the fences, before any history row
+    sb.insert_history(conn, history)
+    sb.insert_pending(conn, pending)
+    if pending:
+        dialects.notify(conn)
+    return done
+
+
 def append_history(conn: Connection, row: Row[Any], records: list[StepRecord], now: dt.datetime) -> None:
     """Record history rows that do not move the execution (retries, stale results)."""
     last = store.insert_steps(conn, row.id, row.seq + 1, records, now)
@@ -459,9 +508,7 @@ def _arm(
         for_workers |= started.for_workers
     if outcome.status in FINAL_STATUSES and parent is not None:
         parent_id, parent_task_id = parent
-        ok = outcome.status == Status.finished
-        result = outcome.output if ok else {"type": outcome.status, "message": outcome.error or ""}
-        resume = [store.resume_spec(parent_task_id, ok, result, now)]
+        resume = [_result_for_parent(parent_task_id, outcome, now)]
         if claim is not None and run is not None and run.covers(parent_id):
             ready += store.insert_claimed_tasks(conn, parent_id, resume, now, claim)
         else:
@@ -470,6 +517,13 @@ def _arm(
     if for_workers:
         dialects.notify(conn)
     return Armed(written, ready, for_workers)
+
+
+def _result_for_parent(parent_task_id: int, outcome: Outcome, now: dt.datetime) -> TaskSpec:
+    """An ended child's result, as its parent's ``resume`` task."""
+    ok = outcome.status == Status.finished
+    result = outcome.output if ok else {"type": outcome.status, "message": outcome.error or ""}
+    return store.resume_spec(parent_task_id, ok, result, now)
 
 
 def _runs_inline(conn: Connection, spec: TaskSpec, run: InlineRun) -> bool:

@@ -249,22 +249,47 @@ def write_step(
     stored one. Returns the row as written (built here: no read). ``history`` (PostgreSQL
     only; see :func:`record_step`) is inserted by the same statement.
     """
-    params = {
-        "p_id": row.id, "p_version": row.version, "p_state": state, "p_status": status,
-        "p_context": context, "p_output": output, "p_error": error, "p_seq": seq, "p_armed": armed,
-        "p_now": now,
-    }  # fmt: skip
+    params = step_params(row, state=state, status=status, context=context, output=output, error=error,
+                         seq=seq, armed=armed, now=now)  # fmt: skip
     if history is not None:
         params["p_rows"] = history
         matched = len(conn.execute(_WRITE_STEP_WITH_HISTORY, params).all())
     else:
         matched = conn.execute(_WRITE_STEP, params).rowcount
     _fenced(conn, row, matched)
+    return as_written(row, params)
+
+
+def step_params(
+    row: Row[Any],
+    *,
+    state: str,
+    status: str,
+    context: Any,
+    output: Any,
+    error: str | None,
+    seq: int,
+    armed: bool,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """The parameters of the fenced execution write of a step on ``row``."""
+    return {
+        "p_id": row.id, "p_version": row.version, "p_state": state, "p_status": status,
+        "p_context": context, "p_output": output, "p_error": error, "p_seq": seq, "p_armed": armed,
+        "p_now": now,
+    }  # fmt: skip
+
+
+_WRITTEN = ("state", "status", "context", "output", "error", "seq", "armed")
+
+
+def as_written(row: Row[Any], params: dict[str, Any]) -> Row[Any]:
+    """``row`` as the write with ``params`` (:func:`step_params`) leaves it."""
     written = list(row)
-    for name, value in (("state", state), ("status", status), ("context", context), ("output", output),
-                        ("error", error), ("seq", seq), ("armed", armed), ("version", row.version + 1),
-                        ("updated_at", now)):  # fmt: skip
-        written[_EXECUTION_INDEX[name]] = value
+    for name in _WRITTEN:
+        written[_EXECUTION_INDEX[name]] = params["p_" + name]
+    written[_EXECUTION_INDEX["version"]] = row.version + 1
+    written[_EXECUTION_INDEX["updated_at"]] = params["p_now"]
     return _execution_row(written)
 
 

@@ -49,6 +49,19 @@ class Done:
 PayloadRule = Callable[[dict[str, Any]], Rule]
 
 
+@dataclass(frozen=True)
+class Item:
+    """A claimed task and the step it makes, for a batch (:mod:`statem.batch`): a due
+    timer, or an effect's result with what :meth:`Executor._step` takes along (``result``
+    kept if the execution is paused, ``late`` recorded if the claim was lost)."""
+
+    task: Row[Any]
+    kind: str
+    rule_for: PayloadRule
+    result: dict[str, Any] | None = None
+    late: Late = None
+
+
 def report(
     metrics: Metrics, task: Row[Any], row: Row[Any], kind: str, outcome: Outcome, failure: Exception | None
 ) -> None:

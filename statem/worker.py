@@ -28,9 +28,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Row
 
 from . import dialects, store
+from .batch import GroupCommit, run_timers
 from .effects import jittered
 from .errors import StatemError
-from .executor import Executor, default_owner, run_timers
+from .executor import Executor, default_owner
 from .kinds import TaskKind
 from .leases import LeaseRenewer
 from .runtime import Runtime
@@ -41,7 +42,7 @@ log = logging.getLogger("statem.worker")
 #: Longest pause between polls while the database is unreachable.
 MAX_OUTAGE_BACKOFF_SECONDS = 30.0
 #: Most timers one thread fires in one transaction when many are due at once.
-TIMER_BATCH_MAX = 64
+TIMER_BATCH_MAX = 128
 
 
 class Hosting(Protocol):
@@ -59,12 +60,14 @@ class Worker:
         self.settings = settings or self.rt.worker_settings
         self.owner = self.settings.name or default_owner()
         self.executor = Executor(self.rt)
+        #: the effect results of this worker's threads, committed in batches
+        self.results = GroupCommit(self.executor)
+        self.executor.committer = self.results.submit
         self._pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="statem-task")
         #: the claims of the tasks in flight (renewed by the ``renew`` job)
         self.leases = LeaseRenewer(self.rt, self.settings.lease_seconds, self._outage)
         #: the jobs in flight, by their first task's id: (future, the tasks it runs)
         self._futures: dict[int, tuple[Future[None], list[Row[Any]]]] = {}
-        self._timer_batch = 1
         #: the most timers one thread fired in one transaction so far
         self.largest_batch = 0
         self._lock = threading.Lock()
@@ -223,11 +226,13 @@ class Worker:
     def _claim(self) -> int:
         """Claim one task per free thread; under load, a batch of timers per thread.
 
-        The timer batch adapts: it is 1 while the claims come back short (an idle worker
-        fires a lone timer at once, on its own), doubles each time they come back full,
-        up to TIMER_BATCH_MAX, and falls back to 1 as soon as one does not. A thread
-        fires its batch in one transaction (:func:`statem.executor.run_timers`); every
-        other task runs on its own.
+        Timer batches adapt to load: the first claim asks for one task per free thread;
+        only when it comes back full, with timers among it, does a second claim ask for up
+        to TIMER_BATCH_MAX more timers per free thread. An idle worker thus fires a lone
+        timer at once, on its own; a burst of due timers is fired in batches from the
+        first poll that sees it. A thread fires its batch in one transaction
+        (:func:`statem.batch.run_timers`); every other task runs on its own (an effect's
+        result may share a transaction with others: :class:`statem.batch.GroupCommit`).
         """
         with self._lock:
             free = self.settings.concurrency - len(self._futures)
@@ -237,13 +242,9 @@ class Worker:
         tasks = self.executor.claim(self.owner, min(free, s.claim_batch), s.lease_seconds)
         timers = [t for t in tasks if t.kind == TaskKind.timer]
         jobs: list[list[Row[Any]]] = [[t] for t in tasks if t.kind != TaskKind.timer]
-        full = len(tasks) >= min(free, s.claim_batch)
-        if timers and full and self._timer_batch > 1:
-            want = free * self._timer_batch - len(timers)
-            extra = self.executor.claim(self.owner, want, s.lease_seconds, timers=True)
-            timers += extra
-            full = len(extra) >= want
-        self._timer_batch = min(self._timer_batch * 2, TIMER_BATCH_MAX) if full and timers else 1
+        if timers and len(tasks) >= min(free, s.claim_batch):
+            want = max(1, free - len(jobs)) * TIMER_BATCH_MAX - len(timers)
+            timers += self.executor.claim(self.owner, want, s.lease_seconds, timers=True)
         if timers:
             share = -(-len(timers) // max(1, free - len(jobs)))  # ceiling division
             jobs += [timers[i : i + share] for i in range(0, len(timers), share)]

@@ -1,15 +1,19 @@
-"""Timers fired in batches: one transaction, a savepoint per step (SQLite and PostgreSQL)."""
+"""Steps committed in batches (statem.batch): due timers, and effect results by group commit
+(SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from statem import Engine
-from statem.executor import run_timers
+from statem.batch import GroupCommit, run_timers
+from statem.settings import WorkerSettings
 from statem.testing import FakeClock
 
 MACHINE: dict[str, Any] = {
@@ -109,5 +113,206 @@ def test_a_worker_fires_many_due_timers_in_batches(db_url: str) -> None:
         assert all([s.kind for s in engine.history(e)] == ["start", "wait", "timer"] for e in ids)
         assert all(contiguous(engine, e) for e in ids)
         assert largest > 1  # the batch grew under load
+    finally:
+        engine.close()
+
+
+# --------------------------------------------------------------------------- set-based batches
+
+TO_MAP: dict[str, Any] = {
+    "id": "tomap",
+    "version": 1,
+    "start_at": "wait",
+    "states": {
+        "wait": {"always": [{"name": "later", "state": "fan", "wait_for": {"hours": 1}}]},
+        "fan": {
+            "always": [
+                {
+                    "name": "each",
+                    "invoke": {
+                        "map": "[1, 2, 3]",
+                        "effect": "double",
+                        "input": "{'n': item}",
+                        "success": {"state": "done", "context": {"r": "output"}},
+                    },
+                }
+            ]
+        },
+        "done": {"end": True},
+    },
+}
+PARENT: dict[str, Any] = {
+    "id": "parent",
+    "version": 1,
+    "start_at": "calling",
+    "states": {
+        "calling": {
+            "always": [{"name": "call", "invoke": {"machine": ["nag", 1], "success": {"state": "done"}}}]
+        },
+        "done": {"end": True},
+    },
+}
+EFFECT: dict[str, Any] = {
+    "id": "fx",
+    "version": 1,
+    "start_at": "calling",
+    "context": {"n": "input['n']"},
+    "states": {
+        "calling": {
+            "always": [
+                {
+                    "name": "call",
+                    "invoke": {
+                        "effect": "double",
+                        "input": "{'n': ctx['n']}",
+                        "success": {"state": "done", "context": {"twice": "output['n']"}},
+                    },
+                }
+            ]
+        },
+        "done": {"end": True},
+    },
+}
+
+
+def test_a_batch_mixes_set_based_steps_with_the_ordinary_paths(fengine: Engine, clock: FakeClock) -> None:
+    """One batch: plain timers and a child's last step (set-based), a timer whose step arms
+    a fan-out (the locking path, same transaction), a paused execution (its timer kept), a
+    canceled one (its timer dropped), a stale claim."""
+    fengine.save_machines([TO_MAP, PARENT])
+    fengine.effect("double")(lambda input, *, idempotency_key: {"n": input["n"] * 2})
+    plain = [fengine.start("nag").id for _ in range(3)]
+    fan = fengine.start("tomap").id
+    parent = fengine.start("parent").id
+    fengine.run_once()  # starts the child, which arms its timer
+    (child,) = [c.id for c in fengine.executions(parent_id=parent)]
+    paused = fengine.start("nag").id
+    canceled = fengine.start("nag").id
+    moved = fengine.start("nag").id
+    clock.advance(hours=2)
+    claimed = fengine._executor.claim("test", 100, 30.0)
+    assert len(claimed) == 8 and {t.kind for t in claimed} == {"timer"}
+    fengine.pause(paused, "hold it")
+    fengine.cancel(canceled, "not wanted")
+    fengine.trigger(moved, "skip")
+
+    run_timers(fengine._executor, claimed)
+
+    for eid in plain:
+        assert [s.kind for s in fengine.history(eid)] == ["start", "wait", "timer"]
+        assert fengine.get(eid).status == "finished"
+    assert [s.kind for s in fengine.history(fan)] == ["start", "wait", "timer", "invoke"]
+    assert fengine.get(child).status == "finished"
+    fengine.run_once()  # the parent applies its child's result; the fan-out's elements run
+    fengine.run_once()
+    assert fengine.get(fan).context["r"] == [{"n": 2}, {"n": 4}, {"n": 6}]
+    assert fengine.get(parent).state == "done"
+    assert fengine.get(paused).status == "paused" and fengine.get(paused).state == "wait"
+    fengine.resume(paused, "go on")
+    fengine.run_once()
+    assert fengine.get(paused).state == "late"  # the kept timer, applied after resume
+    assert fengine.get(canceled).status == "canceled"
+    assert "timer" not in [s.kind for s in fengine.history(canceled)]
+    assert fengine.get(moved).state == "skipped"
+    for eid in [*plain, fan, parent, child, paused, canceled, moved]:
+        assert contiguous(fengine, eid), eid
+    assert fengine.run_once() == 0
+
+
+def test_a_step_the_database_refuses_does_not_take_its_batch_down(pg_url: str) -> None:
+    """PostgreSQL refuses one execution's write (a trigger raises): the batch rolls back,
+    its steps run one by one, every other one commits, and the refused one stays
+    claimed (its lease lapses) with nothing of it half-written."""
+    from sqlalchemy import create_engine, text
+
+    from tests.conftest import _truncate
+
+    _truncate(pg_url)
+    clock = FakeClock()
+    engine = Engine(pg_url, clock=clock)
+    raw = create_engine(pg_url)
+    try:
+        engine.save_machine(MACHINE)
+        ids = [engine.start("nag", execution_id=f"ok-{i}").id for i in range(4)]
+        poison = engine.start("nag", execution_id="poison").id
+        with raw.begin() as conn:
+            conn.execute(text(
+                "CREATE FUNCTION statem_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.id = 'poison' AND NEW.version >= 2 THEN RAISE EXCEPTION 'refused by test'; END IF; "
+                "RETURN NEW; END $$"
+            ))  # fmt: skip
+            conn.execute(text(
+                "CREATE TRIGGER statem_test_refuse BEFORE UPDATE ON statem_executions "
+                "FOR EACH ROW EXECUTE FUNCTION statem_test_refuse()"
+            ))  # fmt: skip
+        clock.advance(hours=2)
+        run_timers(engine._executor, engine._executor.claim("test", 10, 30.0))
+        for eid in ids:
+            assert engine.get(eid).status == "finished" and contiguous(engine, eid)
+        refused = engine.get(poison)
+        assert (refused.state, refused.status) == ("wait", "waiting")
+        assert [s.kind for s in engine.history(poison)] == ["start", "wait"]
+    finally:
+        with raw.begin() as conn:
+            conn.execute(text("DROP TRIGGER IF EXISTS statem_test_refuse ON statem_executions"))
+            conn.execute(text("DROP FUNCTION IF EXISTS statem_test_refuse()"))
+        raw.dispose()
+        engine.close()
+
+
+def test_effect_results_share_transactions_under_load(tmp_path: Path) -> None:
+    """Group commit: results submitted while a batch is being written wait and are
+    written together by the next leader. The first leader (its batch: its own result) is
+    held up by another connection holding SQLite's write lock, so the five other results
+    queue behind it and share the next transaction."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    engine = Engine(url)
+    try:
+        engine.migrate()
+        engine.save_machine(EFFECT)
+        engine.effect("double")(lambda input, *, idempotency_key: {"n": input["n"] * 2})
+        ids = [engine.start("fx", {"n": i}).id for i in range(6)]
+        tasks = engine._executor.claim("test", 10, 30.0)
+        assert len(tasks) == 6
+        group = GroupCommit(engine._executor)
+        engine._executor.committer = group.submit
+        blocker = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        threads = [threading.Thread(target=engine._executor.run, args=(t,)) for t in tasks]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(group._queue) < 5 and time.monotonic() < deadline:  # all but the leader's own
+            time.sleep(0.01)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        for t in threads:
+            t.join(30)
+        for i, eid in enumerate(ids):
+            ex = engine.get(eid)
+            assert (ex.state, ex.context["twice"]) == ("done", 2 * i)
+            assert [s.kind for s in engine.history(eid)] == ["start", "invoke", "result"]
+            assert contiguous(engine, eid)
+        assert group.largest == 5  # the leader wrote its own; the next one the five queued meanwhile
+        assert engine.run_once() == 0
+    finally:
+        engine.close()
+
+
+def test_a_worker_commits_many_effect_results_correctly(db_url: str) -> None:
+    engine = Engine(db_url, worker_settings=WorkerSettings(concurrency=8, poll_seconds=0.2))
+    try:
+        engine.save_machine(EFFECT)
+        engine.effect("double")(lambda input, *, idempotency_key: {"n": input["n"] * 2})
+        ids = [engine.start("fx", {"n": i}).id for i in range(120)]
+        with engine.worker():
+            for eid in ids:
+                engine.wait(eid, timeout=60)
+        for i, eid in enumerate(ids):
+            ex = engine.get(eid)
+            assert (ex.status, ex.context["twice"]) == ("finished", 2 * i)
+            assert [s.kind for s in engine.history(eid)] == ["start", "invoke", "result"]
     finally:
         engine.close()
