@@ -60,6 +60,24 @@ def notify(conn: Connection) -> None:
         conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
 
 
+def lease_only(conn: Connection) -> None:
+    """PostgreSQL: this transaction writes only leases (a claim, a renewal), so its commit
+    need not wait for the WAL flush (``SET LOCAL synchronous_commit TO OFF``).
+
+    Atomicity and isolation are unchanged; only durability across a *server* crash is
+    relaxed, and that is safe for a lease: a claim lost with the last fraction of a second
+    of WAL leaves its task pending as before the claim, and the claimant's result step is
+    then refused by the claim fence (another worker runs the task: effects are at least
+    once). A step committed after the claim flushes the WAL up to and past it, so a step
+    never outlives its claim. Steps themselves always commit synchronously.
+    """
+    if not is_sqlite(conn):
+        conn.execute(_ASYNC_COMMIT)
+
+
+_ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
+
+
 def sqlalchemy_url(url: str) -> str:
     """The SQLAlchemy URL statem connects with: ``postgres://`` and ``postgresql://`` (the
     forms libpq, Heroku and most hosting dashboards print) become ``postgresql+psycopg://``

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from . import store
+from . import dialects, store
 from .errors import StatemError
 from .runtime import Runtime
 
@@ -74,6 +74,7 @@ class LeaseRenewer:
         until = self.runtime.clock() + dt.timedelta(seconds=self.lease_seconds)
         try:
             with self.runtime.transaction() as conn:
+                dialects.lease_only(conn)
                 store.renew_leases(conn, claims, until)
         except StatemError as exc:
             self.on_error(exc)

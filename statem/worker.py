@@ -213,7 +213,9 @@ class Worker:
             while self._again and not self._stopping.is_set():
                 self._again = False
                 claimed = self._claim()
-                upcoming = None if claimed else self._next_due()
+                # every thread busy: the first to finish polls again (see _run); looking up
+                # the next due time now would find one already due and poll in a loop
+                upcoming = None if claimed or self._saturated() else self._next_due()
             self._recovered()
         except StatemError as exc:
             self._outage(exc)
@@ -255,6 +257,10 @@ class Worker:
             with self._lock:
                 self._futures[job[0].id] = (self._pool.submit(self._run, job), job)
         return sum(len(job) for job in jobs)
+
+    def _saturated(self) -> bool:
+        with self._lock:
+            return len(self._futures) >= self.settings.concurrency
 
     def _next_due(self) -> dt.datetime | None:
         with self.rt.transaction(write=False) as conn:
