@@ -64,3 +64,19 @@ def test_a_connection_killed_while_in_steady_use_fails_one_call_then_recovers(pg
         pg_engine.cancel(ex.id, reason="first try")  # checked out at once: not pinged
     assert pg_engine.get(ex.id).status == "waiting"  # the failed call applied nothing
     assert pg_engine.cancel(ex.id, reason="second try").status == "canceled"
+
+
+def test_a_lease_transaction_does_not_wait_for_the_wal_flush_and_a_step_does(pg_url: str) -> None:
+    """Claims and renewals commit with synchronous_commit off, for their own transaction
+    only; every other transaction (a step) keeps the server's setting."""
+    from statem import dialects
+
+    db = dialects.make_engine(pg_url)
+    try:
+        with dialects.transaction(db) as conn:
+            dialects.lease_only(conn)
+            assert conn.execute(text("SHOW synchronous_commit")).scalar() == "off"
+        with dialects.transaction(db) as conn:  # the same pooled connection, a new transaction
+            assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
+    finally:
+        db.dispose()
