@@ -11,25 +11,43 @@ spoils the others:
 * :func:`take_claimed` -- one ``DELETE ... RETURNING`` of the armed tasks of the
   executions whose task in the batch is still claimed under our claim (a task reclaimed
   by another worker fences its execution out: nothing of it is deleted);
-* :func:`write_executions` -- the fenced execution ``UPDATE`` for each step
-  (``executemany``: psycopg sends it as one pipeline), each row fenced by its version;
+* :func:`write_executions` -- the fenced execution ``UPDATE`` of every step, each row
+  fenced by its version;
 * :func:`insert_history` / :func:`insert_pending` -- the history rows and armed tasks of
-  every step, one ``executemany`` each.
+  every step.
+
+On PostgreSQL each of the last three is ONE statement whatever the batch's size: the rows
+travel as one JSON array, unpacked by ``json_to_recordset`` / ``json_populate_recordset``
+on the server (the form :func:`statem.store.record_step` uses for one step's history). On
+SQLite, in-process, they are ``executemany`` calls (a loop in C).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, select, tuple_
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Row,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    text,
+    tuple_,
+)
 
 from . import dialects
 from .errors import ConcurrencyError
 from .kinds import TaskStatus
-from .schema import executions, tasks
+from .schema import executions, steps, tasks
 from .semantics import StepRecord, TaskSpec
 from .store import _INSERT_STEPS, _INSERT_TASKS, _WRITE_STEP, INBOX_KINDS, _step_rows, _task_rows
 
@@ -66,14 +84,52 @@ def take_claimed(conn: Connection, claims: Sequence[tuple[int, str]]) -> dict[st
 
 def write_executions(conn: Connection, writes: Sequence[dict[str, Any]]) -> None:
     """Write back each execution after its step, fenced by its version (``p_id``,
-    ``p_version`` and the new values, as :func:`statem.store.write_step` takes them).
+    ``p_version`` and the new values, as :func:`statem.store.step_params` makes them).
     Raises ConcurrencyError if any row's fence failed (the caller holds their locks, so
     that is a bug, and the whole batch rolls back)."""
     if not writes:
         return
-    matched = conn.execute(_WRITE_STEP, list(writes)).rowcount
+    if dialects.is_sqlite(conn):
+        matched = conn.execute(_WRITE_STEP, list(writes)).rowcount
+    else:
+        rows = [_pg_execution(w) for w in writes]
+        matched = conn.execute(_PG_WRITE_EXECUTIONS, {"p_rows": json.dumps(rows)}).rowcount
     if matched != len(writes):
         raise ConcurrencyError(f"{len(writes) - matched} of {len(writes)} executions in a batch moved")
+
+
+def _pg_execution(w: dict[str, Any]) -> dict[str, Any]:
+    # context and output travel as JSON text and are cast back, so a None output is stored
+    # as the JSON null the one-step path stores (SQLAlchemy's JSON type), not as SQL NULL
+    return {
+        "id": w["p_id"], "version": w["p_version"], "state": w["p_state"], "status": w["p_status"],
+        "context": json.dumps(w["p_context"]), "output": json.dumps(w["p_output"]), "error": w["p_error"],
+        "seq": w["p_seq"], "armed": w["p_armed"], "updated_at": w["p_now"].isoformat(),
+    }  # fmt: skip
+
+
+_PG_WRITE_EXECUTIONS = text(
+    "UPDATE statem_executions AS e SET version = e.version + 1, state = v.state, status = v.status, "
+    "context = CAST(v.context AS json), output = CAST(v.output AS json), error = v.error, seq = v.seq, "
+    "armed = v.armed, updated_at = v.updated_at "
+    "FROM json_to_recordset(CAST(:p_rows AS json)) AS v(id text, version integer, state text, "
+    "status text, context text, output text, error text, seq integer, armed boolean, updated_at timestamptz) "
+    "WHERE e.id = v.id AND e.version = v.version"
+)
+
+
+def _pg_insert_from_json(table: Any, names: Sequence[str]) -> Any:
+    """``INSERT INTO table (names) SELECT names FROM json_populate_recordset(NULL::table,
+    :p_rows)``: every row of a JSON array in one statement."""
+    rows = func.json_populate_recordset(
+        literal_column(f"NULL::{table.name}"), bindparam("p_rows", type_=JSON)
+    ).table_valued(*names)
+    return insert(table).from_select(list(names), select(*(rows.c[n] for n in names)))
+
+
+_PG_INSERT_HISTORY = _pg_insert_from_json(steps, [c.name for c in steps.c])
+_TASK_COLUMNS = [c.name for c in tasks.c if c.name != "id"]  # the id comes from its sequence
+_PG_INSERT_TASKS = _pg_insert_from_json(tasks, _TASK_COLUMNS)
 
 
 def history_rows(
@@ -84,9 +140,13 @@ def history_rows(
 
 
 def insert_history(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert the history rows of every step of the batch in one ``executemany``."""
-    if rows:
+    """Insert the history rows of every step of the batch."""
+    if not rows:
+        return
+    if dialects.is_sqlite(conn):
         conn.execute(_INSERT_STEPS, list(rows))
+    else:
+        conn.execute(_PG_INSERT_HISTORY, {"p_rows": [_iso(r, "at") for r in rows]})
 
 
 def task_rows(execution_id: str, specs: Sequence[TaskSpec], now: dt.datetime) -> list[dict[str, Any]]:
@@ -95,9 +155,23 @@ def task_rows(execution_id: str, specs: Sequence[TaskSpec], now: dt.datetime) ->
 
 
 def insert_pending(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert the tasks every step of the batch armed, pending for workers, in one ``executemany``."""
-    if rows:
+    """Insert the tasks every step of the batch armed, pending for workers."""
+    if not rows:
+        return
+    if dialects.is_sqlite(conn):
         conn.execute(_INSERT_TASKS, list(rows))
+    else:
+        conn.execute(_PG_INSERT_TASKS, {"p_rows": [_iso(r, "due_at", "created_at") for r in rows]})
+
+
+def _iso(row: dict[str, Any], *names: str) -> dict[str, Any]:
+    """``row`` with its datetimes as ISO text (JSON has no timestamps; PostgreSQL casts them back)."""
+    out = dict(row)
+    for name in names:
+        value = out.get(name)
+        if isinstance(value, dt.datetime):
+            out[name] = value.isoformat()
+    return out
 
 
 __all__ = [

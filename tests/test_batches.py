@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -316,3 +317,39 @@ def test_a_worker_commits_many_effect_results_correctly(db_url: str) -> None:
             assert [s.kind for s in engine.history(eid)] == ["start", "invoke", "result"]
     finally:
         engine.close()
+
+
+def test_a_batched_step_writes_exactly_what_a_lone_step_writes(fengine: Engine, clock: FakeClock) -> None:
+    """The set-based writes store the same rows, byte for byte in SQL, as the one-step
+    path: execution columns (JSON null outputs included), history rows and armed tasks."""
+    from sqlalchemy import text
+
+    fengine.save_machine(PARENT)
+    alone = fengine.start("parent", execution_id="alone").id
+    fengine.run_once()  # starts child alone~N, whose timer is armed
+    batched = [fengine.start("parent", execution_id=f"batched-{i}").id for i in range(2)]
+    fengine.run_once()
+    clock.advance(hours=2)
+    claims = {t.execution_id: t for t in fengine._executor.claim("test", 10, 30.0)}
+    assert len(claims) == 3
+    run_timers(fengine._executor, [t for e, t in claims.items() if e.startswith("alone")])
+    run_timers(fengine._executor, [t for e, t in claims.items() if e.startswith("batched")])
+
+    def rows(prefix: str) -> list[tuple[Any, ...]]:
+        with fengine.db.connect() as conn:
+            execution = conn.execute(text(
+                "SELECT state, status, CAST(context AS TEXT), CAST(output AS TEXT), output IS NULL, error, "
+                "seq, version, armed FROM statem_executions WHERE parent_id = :p"
+            ), {"p": prefix}).all()  # fmt: skip
+            history = conn.execute(text(
+                "SELECT s.seq, s.kind, s.name, s.from_state, s.to_state, CAST(s.input AS TEXT), "
+                "CAST(s.output AS TEXT), s.output IS NULL, CAST(s.context AS TEXT), s.error, s.event IS NULL "
+                "FROM statem_steps s JOIN statem_executions e ON e.id = s.execution_id "
+                "WHERE e.parent_id = :p ORDER BY s.seq"), {"p": prefix}).all()  # fmt: skip
+            resume = conn.execute(text(
+                "SELECT kind, status, CAST(payload AS TEXT), attempts, claim IS NULL, effect IS NULL "
+                "FROM statem_tasks WHERE execution_id = :p"), {"p": prefix}).all()  # fmt: skip
+        tasks = [(*r[:2], {k: v for k, v in json.loads(r[2]).items() if k != "task"}, *r[3:]) for r in resume]
+        return [tuple(r) for r in [*execution, *history, *tasks]]  # the parent's task ids differ
+
+    assert rows(alone) and rows(alone) == rows(batched[0]) == rows(batched[1])
