@@ -69,7 +69,9 @@ def take_claimed(conn: Connection, claims: Sequence[tuple[int, str]]) -> dict[st
     if not claims:
         return {}
     ours = select(tasks.c.execution_id).where(
-        tuple_(tasks.c.id, tasks.c.claim).in_(list(claims)), tasks.c.status == TaskStatus.claimed
+        tasks.c.id.in_([task_id for task_id, _ in claims]),  # the primary key: an index lookup
+        tuple_(tasks.c.id, tasks.c.claim).in_(list(claims)),
+        tasks.c.status == TaskStatus.claimed,
     )
     q = (
         delete(tasks)
