@@ -9,6 +9,9 @@ Jobs on a ``BackgroundScheduler``:
   process, or by another one through PostgreSQL ``LISTEN/NOTIFY``).
 * ``renew`` every ``lease_seconds / 3``: extend the leases of the tasks in flight.
 
+A thread that finished its task polls at once itself, so a busy worker goes from one
+task to the next without a scheduler job in between.
+
 The database is the source of truth: a worker that dies loses nothing, its claims lapse
 when their lease expires and another worker takes them over.
 """
@@ -280,7 +283,13 @@ class Worker:
                 self.leases.release(task.id)
             with self._lock:
                 self._futures.pop(job[0].id, None)
-            self.wake()
+        # the freed thread claims the next tasks itself (no hand-off to the scheduler's
+        # thread and back: that cost a job, two thread switches and a poll per task)
+        try:
+            self.poll()
+        except Exception:
+            if not self._stopping.is_set():
+                log.exception("worker %s: a poll after task %s failed", self.owner, job[0].id)
 
     # ------------------------------------------------------------------ outages
     def _outage(self, exc: StatemError) -> None:
