@@ -31,9 +31,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     Connection,
     Row,
+    any_,
     bindparam,
     delete,
     func,
@@ -55,10 +57,10 @@ from .store import _INSERT_STEPS, _INSERT_TASKS, _WRITE_STEP, INBOX_KINDS, _step
 def lock_executions(conn: Connection, ids: Sequence[str]) -> dict[str, Row[Any]]:
     """The execution rows of ``ids``, locked until the transaction ends, in id order
     (missing ids are absent). SQLite's writing transaction already holds its write lock."""
-    q = select(executions).where(executions.c.id.in_(sorted(ids))).order_by(executions.c.id)
-    if not dialects.is_sqlite(conn):
-        q = q.with_for_update(key_share=True)
-    return {row.id: row for row in conn.execute(q)}
+    if dialects.is_sqlite(conn):
+        q = select(executions).where(executions.c.id.in_(sorted(ids))).order_by(executions.c.id)
+        return {row.id: row for row in conn.execute(q)}
+    return {row.id: row for row in conn.execute(_PG_LOCK, {"p_ids": sorted(ids)})}
 
 
 def take_claimed(conn: Connection, claims: Sequence[tuple[int, str]]) -> dict[str, list[Row[Any]]]:
@@ -68,20 +70,41 @@ def take_claimed(conn: Connection, claims: Sequence[tuple[int, str]]) -> dict[st
     left untouched, and absent from the result."""
     if not claims:
         return {}
-    ours = select(tasks.c.execution_id).where(
-        tasks.c.id.in_([task_id for task_id, _ in claims]),  # the primary key: an index lookup
-        tuple_(tasks.c.id, tasks.c.claim).in_(list(claims)),
-        tasks.c.status == TaskStatus.claimed,
-    )
-    q = (
-        delete(tasks)
-        .where(tasks.c.execution_id.in_(ours.scalar_subquery()), tasks.c.kind.not_in(INBOX_KINDS))
-        .returning(*tasks.c)
-    )
+    if dialects.is_sqlite(conn):
+        ours = select(tasks.c.execution_id).where(
+            tuple_(tasks.c.id, tasks.c.claim).in_(list(claims)), tasks.c.status == TaskStatus.claimed
+        )
+        q = (
+            delete(tasks)
+            .where(tasks.c.execution_id.in_(ours.scalar_subquery()), tasks.c.kind.not_in(INBOX_KINDS))
+            .returning(*tasks.c)
+        )
+        result = conn.execute(q)
+    else:
+        ids, tokens = [task_id for task_id, _ in claims], [token for _, token in claims]
+        result = conn.execute(_PG_TAKE, {"p_ids": ids, "p_claims": tokens})
     taken: dict[str, list[Row[Any]]] = defaultdict(list)
-    for row in conn.execute(q):
+    for row in result:
         taken[row.execution_id].append(row)
     return taken
+
+
+# PostgreSQL: the ids travel as arrays, so each statement's text is the same whatever the
+# batch's size (prepared once per connection; an expanding IN is new SQL per size).
+_PG_LOCK = (
+    select(executions)
+    .where(executions.c.id == any_(bindparam("p_ids", type_=ARRAY(executions.c.id.type))))
+    .order_by(executions.c.id)
+    .with_for_update(key_share=True)
+)
+_PG_TAKE = text(
+    "DELETE FROM statem_tasks WHERE kind NOT IN ('trigger', 'drain') AND execution_id IN ("
+    " SELECT t.execution_id FROM statem_tasks t"
+    " JOIN unnest(CAST(:p_ids AS bigint[]), CAST(:p_claims AS text[])) AS c(id, claim)"
+    " ON t.id = c.id AND t.claim = c.claim WHERE t.status = 'claimed')"
+    " RETURNING *"
+).columns(*tasks.c)
+assert set(INBOX_KINDS) == {"trigger", "drain"}  # spelled out in _PG_TAKE
 
 
 def write_executions(conn: Connection, writes: Sequence[dict[str, Any]]) -> None:
