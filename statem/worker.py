@@ -19,6 +19,7 @@ when their lease expires and another worker takes them over.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import signal
 import threading
@@ -46,6 +47,25 @@ log = logging.getLogger("statem.worker")
 MAX_OUTAGE_BACKOFF_SECONDS = 30.0
 #: Most timers one thread fires in one transaction when many are due at once.
 TIMER_BATCH_MAX = 128
+
+
+#: A worker process's first-generation GC threshold (Python's default: 700 allocations).
+GC_GEN0_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """Tune the garbage collector of a process that is a worker and nothing else.
+
+    The objects alive after start-up (modules, compiled machines, SQLAlchemy's statement
+    caches) are frozen out of collection (``gc.freeze``), and the young generation is
+    collected every GC_GEN0_THRESHOLD allocations instead of 700: a batch of steps
+    allocates tens of thousands of short-lived rows and dicts, and collecting every 700 of
+    them, scanning the long-lived ones each time, cost about a fifth of a batched step's
+    CPU. Reference counting still frees everything that is not in a cycle at once.
+    """
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 class Hosting(Protocol):
@@ -153,7 +173,11 @@ class Worker:
         self.stop()
 
     def run_forever(self) -> None:
-        """Run in the foreground until SIGINT or SIGTERM, then shut down cleanly."""
+        """Run in the foreground until SIGINT or SIGTERM, then shut down cleanly.
+
+        The process is the worker's own, so its garbage collector is tuned for it
+        (:func:`tune_gc`)."""
+        tune_gc()
         done = threading.Event()
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -134,3 +134,18 @@ def test_sigterm_finishes_in_flight_work(engine: Engine, workers: Workers) -> No
     assert w.wait(timeout=20) == 0
     _one_result_each(engine, ids)
     assert "stopped after 2 tasks" in workers.logs()
+
+
+def test_a_foreground_worker_tunes_the_gc_of_its_own_process() -> None:
+    """``statem worker`` (run_forever) freezes start-up objects and raises the young
+    generation's threshold; run in a child process, since it changes process-wide state."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gc; from statem.worker import tune_gc, GC_GEN0_THRESHOLD; before = gc.get_freeze_count(); "
+        "tune_gc(); assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD, gc.get_threshold(); "
+        "assert gc.get_freeze_count() > before; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
