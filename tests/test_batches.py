@@ -353,3 +353,18 @@ def test_a_batched_step_writes_exactly_what_a_lone_step_writes(fengine: Engine, 
         return [tuple(r) for r in [*execution, *history, *tasks]]  # the parent's task ids differ
 
     assert rows(alone) and rows(alone) == rows(batched[0]) == rows(batched[1])
+
+
+def test_an_idle_worker_fires_a_lone_timer_on_its_own_never_early(db_url: str) -> None:
+    engine = Engine(db_url)
+    try:
+        engine.save_machine(QUICK)
+        eid = engine.start("quick").id
+        (due,) = [t.due_at for t in engine.pending(eid)]
+        with engine.worker() as worker:
+            engine.wait(eid, timeout=30)
+            assert worker.largest_batch == 1 and worker.results.largest == 0  # no batch, no result
+        timer = [s for s in engine.history(eid) if s.kind == "timer"]
+        assert len(timer) == 1 and timer[0].at >= due
+    finally:
+        engine.close()
