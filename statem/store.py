@@ -229,6 +229,32 @@ def lock_execution(conn: Connection, execution_id: str) -> Row[Any] | None:
     return conn.execute(q, {"p_id": execution_id}).first()
 
 
+# SQLite: the execution row and whether triggers kept while it was paused still wait
+# (tasks of kind "trigger"), in one statement. Only on SQLite: its writing transaction
+# holds the database lock from BEGIN IMMEDIATE, so this read sees every commit before it.
+# On PostgreSQL the EXISTS would be read in the snapshot the statement started with,
+# which may predate the commit it waited for the row lock on (a trigger kept meanwhile):
+# there the kept triggers are looked up by a statement of their own, after the lock.
+_KEPT_TRIGGER = (
+    select(tasks.c.id)
+    .where(tasks.c.execution_id == executions.c.id, tasks.c.kind == TaskKind.trigger)
+    .exists()
+    .label("statem_kept_trigger")
+)
+_GET_EXECUTION_KEPT = select(*executions.c, _KEPT_TRIGGER).where(executions.c.id == bindparam("p_id"))
+
+
+def lock_for_trigger(conn: Connection, execution_id: str) -> tuple[Row[Any] | None, bool | None]:
+    """:func:`lock_execution`, and on SQLite whether kept triggers wait (read by the same
+    statement); None for that on PostgreSQL (see :func:`statem.operations.must_keep_trigger`)."""
+    if not dialects.is_sqlite(conn):
+        return conn.execute(_LOCK_EXECUTION, {"p_id": execution_id}).first(), None
+    found = conn.execute(_GET_EXECUTION_KEPT, {"p_id": execution_id}).first()
+    if found is None:
+        return None, None
+    return _execution_row(found[:-1]), bool(found[-1])
+
+
 def write_step(
     conn: Connection,
     row: Row[Any],
@@ -332,15 +358,25 @@ def live_children(conn: Connection, execution_id: str) -> list[str]:
     return [r.id for r in rows]
 
 
-def depth(conn: Connection, execution_id: str, limit: int) -> int:
-    """How many ancestors an execution has (0 for a root), counted up to ``limit + 1``."""
-    first = select(executions.c.parent_id, literal(0).label("d")).where(executions.c.id == execution_id)
+def _depth_statement() -> Any:
+    first = select(executions.c.parent_id, literal(0).label("d")).where(executions.c.id == bindparam("p_id"))
     chain = first.cte("ancestry", recursive=True)
     up = executions.alias("up")
     chain = chain.union_all(
-        select(up.c.parent_id, chain.c.d + 1).where(up.c.id == chain.c.parent_id, chain.c.d <= limit)
+        select(up.c.parent_id, chain.c.d + 1).where(
+            up.c.id == chain.c.parent_id, chain.c.d <= bindparam("p_limit")
+        )
     )
-    found: int | None = conn.execute(select(func.max(chain.c.d))).scalar()
+    return select(func.max(chain.c.d))
+
+
+# built once: building this recursive statement costs far more than running it
+_DEPTH = _depth_statement()
+
+
+def depth(conn: Connection, execution_id: str, limit: int) -> int:
+    """How many ancestors an execution has (0 for a root), counted up to ``limit + 1``."""
+    found: int | None = conn.execute(_DEPTH, {"p_id": execution_id, "p_limit": limit}).scalar()
     return found or 0
 
 
@@ -415,11 +451,14 @@ def has_idempotency_key(conn: Connection, execution_id: str, key: str) -> bool:
     return conn.execute(_HAS_KEY, {"p_id": execution_id, "p_key": key}).first() is not None
 
 
+_STEP_WITH_KEY = select(steps).where(
+    steps.c.execution_id == bindparam("p_id"), steps.c.idempotency_key == bindparam("p_key")
+)
+
+
 def step_with_key(conn: Connection, execution_id: str, key: str) -> Row[Any] | None:
     """The first history row a step applied under ``key`` wrote (its action and input), or None."""
-    return conn.execute(
-        select(steps).where(steps.c.execution_id == execution_id, steps.c.idempotency_key == key)
-    ).first()
+    return conn.execute(_STEP_WITH_KEY, {"p_id": execution_id, "p_key": key}).first()
 
 
 def history(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
@@ -513,9 +552,12 @@ def pending_tasks(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
     ).all()
 
 
+_GET_TASK = select(tasks).where(tasks.c.id == bindparam("p_task"))
+
+
 def get_task(conn: Connection, task_id: int) -> Row[Any] | None:
     """A task row by id."""
-    return conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
+    return conn.execute(_GET_TASK, {"p_task": task_id}).first()
 
 
 _READY = or_(
@@ -669,6 +711,28 @@ def finish_task(conn: Connection, task_id: int, claim: str) -> bool:
     return conn.execute(_FINISH_TASK, {"p_task": task_id, "p_claim": claim}).rowcount == 1
 
 
+def _unclaim_statement(**values: Any) -> Any:
+    """Fenced: drop the claim ``p_claim`` on task ``p_task`` and set ``values`` (built once)."""
+    return (
+        update(tasks)
+        .where(
+            tasks.c.id == bindparam("p_task"),
+            tasks.c.claim == bindparam("p_claim"),
+            tasks.c.status == TaskStatus.claimed,
+        )
+        .values(claim=None, owner=None, lease_expires_at=None, **values)
+    )
+
+
+_HOLD_TASK = _unclaim_statement(status=TaskStatus.waiting, child_id=bindparam("p_child"))
+_RETRY_TASK = _unclaim_statement(
+    status=TaskStatus.pending,
+    due_at=bindparam("p_due", type_=tasks.c.due_at.type),
+    last_error=bindparam("p_error"),
+)
+_RELEASE_TASK = _unclaim_statement(status=TaskStatus.pending, attempts=tasks.c.attempts - 1)
+
+
 def _unclaim(conn: Connection, task_id: int, claim: str, **values: Any) -> bool:
     """Fenced: drop our claim on a task and set ``values``; False if the claim is no longer ours."""
     res = conn.execute(
@@ -679,41 +743,47 @@ def _unclaim(conn: Connection, task_id: int, claim: str, **values: Any) -> bool:
     return res.rowcount == 1
 
 
+def _unclaim_with(conn: Connection, statement: Any, task_id: int, claim: str, **params: Any) -> bool:
+    """:func:`_unclaim` with a statement built once (:func:`_unclaim_statement`)."""
+    return conn.execute(statement, {"p_task": task_id, "p_claim": claim, **params}).rowcount == 1
+
+
 def hold_task(conn: Connection, task_id: int, claim: str, child_id: str) -> bool:
     """Fenced: mark a child task as waiting for its child's result."""
-    return _unclaim(conn, task_id, claim, status=TaskStatus.waiting, child_id=child_id)
+    return _unclaim_with(conn, _HOLD_TASK, task_id, claim, p_child=child_id)
 
 
 def retry_task(conn: Connection, task_id: int, claim: str, due_at: dt.datetime, error: str) -> bool:
     """Fenced: put a failed attempt back as pending, due after its backoff."""
-    return _unclaim(conn, task_id, claim, status=TaskStatus.pending, due_at=due_at, last_error=error)
+    return _unclaim_with(conn, _RETRY_TASK, task_id, claim, p_due=due_at, p_error=error)
 
 
 def release_task(conn: Connection, task_id: int, claim: str) -> None:
     """Give a claimed task back unrun (a worker shutting down), without using an attempt."""
-    _unclaim(conn, task_id, claim, status=TaskStatus.pending, attempts=tasks.c.attempts - 1)
+    _unclaim_with(conn, _RELEASE_TASK, task_id, claim)
+
+
+_WAITING_TASK = select(tasks).where(tasks.c.id == bindparam("p_task"), tasks.c.status == TaskStatus.waiting)
+_DELETE_TASK = delete(tasks).where(tasks.c.id == bindparam("p_task"))
 
 
 def take_waiting_task(conn: Connection, task_id: int) -> Row[Any] | None:
     """Delete and return a child task still waiting for its result (None if it was discarded)."""
-    row = conn.execute(
-        select(tasks).where(tasks.c.id == task_id, tasks.c.status == TaskStatus.waiting)
-    ).first()
+    row = conn.execute(_WAITING_TASK, {"p_task": task_id}).first()
     if row is not None:
-        conn.execute(delete(tasks).where(tasks.c.id == task_id))
+        conn.execute(_DELETE_TASK, {"p_task": task_id})
     return row
+
+
+_NEXT_PENDING = select(func.min(tasks.c.due_at)).where(tasks.c.status == TaskStatus.pending, _CAN_RUN)
+_NEXT_LEASE = select(func.min(tasks.c.lease_expires_at)).where(tasks.c.status == TaskStatus.claimed, _CAN_RUN)
 
 
 def next_due(conn: Connection, effects: Sequence[str]) -> dt.datetime | None:
     """When the next pending task a process with ``effects`` can run is due, or the next
     lease on one expires."""
     can_run = {"p_effects": list(effects)}
-    pending = conn.execute(
-        select(func.min(tasks.c.due_at)).where(tasks.c.status == TaskStatus.pending, _CAN_RUN), can_run
-    ).scalar()
-    lease = conn.execute(
-        select(func.min(tasks.c.lease_expires_at)).where(tasks.c.status == TaskStatus.claimed, _CAN_RUN),
-        can_run,
-    ).scalar()
+    pending = conn.execute(_NEXT_PENDING, can_run).scalar()
+    lease = conn.execute(_NEXT_LEASE, can_run).scalar()
     times: list[dt.datetime] = [t for t in (pending, lease) if t is not None]
     return min(times) if times else None
