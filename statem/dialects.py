@@ -169,7 +169,6 @@ def _sqlite_engine(url: str, **kw: Any) -> Engine:
         # Straight to the driver: a full SQLAlchemy execution costs more than the BEGIN.
         mode = proxied.info.pop("statem_begin", "IMMEDIATE")
         if mode == "IMMEDIATE" and lock is not None:
-            release(proxied.info)  # (a connection holds at most one entry)
             if not lock.acquire(DB_TIMEOUT_SECONDS):
                 raise sqlite3.OperationalError(
                     f"database is locked (another thread of this process held it for over "
@@ -195,7 +194,7 @@ def _sqlite_engine(url: str, **kw: Any) -> Engine:
             release(_info(proxied))
 
     if lock is not None:
-        for name in ("checkin", "close", "invalidate"):  # a connection gone mid-transaction
+        for name in ("close", "invalidate"):  # a connection gone mid-transaction
 
             def _gone(_dbapi_conn: Any, record: Any, *_rest: Any) -> None:
                 if record is not None:

@@ -35,6 +35,7 @@ from sqlalchemy.engine import result_tuple
 
 from . import dialects
 from .errors import ConcurrencyError
+from .fastsql import Prepared
 from .kinds import Status, TaskKind, TaskStatus
 from .schema import executions, machines, services, steps, tasks
 from .semantics import StepRecord, TaskSpec
@@ -124,7 +125,8 @@ def list_services(conn: Connection) -> Sequence[Row[Any]]:
 # --------------------------------------------------------------------------- executions
 
 
-_INSERT_EXECUTION = insert(executions)
+# run straight on the driver on SQLite (statem.fastsql), for every column (steps.create_execution)
+_INSERT_EXECUTION = Prepared(insert(executions), [c.name for c in executions.c])
 
 # Rows as a write left them, built here instead of read back (RETURNING costs a column
 # decode per value): an INSERT stores exactly the values given, and a fenced UPDATE
@@ -135,8 +137,8 @@ _task_row = result_tuple([c.name for c in tasks.c])
 
 
 def insert_execution(conn: Connection, **values: Any) -> Row[Any]:
-    """Create an execution row; returns it as stored (built here: no read)."""
-    conn.execute(_INSERT_EXECUTION, values)
+    """Create an execution row (every column given); returns it as stored (built here: no read)."""
+    _INSERT_EXECUTION.execute(conn, values)
     return _execution_row(values[c.name] for c in executions.c)
 
 
@@ -215,9 +217,14 @@ _FINISH_TASK = delete(tasks).where(
 )
 
 
+# the statements every step runs, straight on the driver on SQLite (statem.fastsql)
+_FAST_GET_EXECUTION = Prepared(_GET_EXECUTION)
+_FAST_WRITE_STEP, _FAST_FINISH_TASK = Prepared(_WRITE_STEP), Prepared(_FINISH_TASK)
+
+
 def get_execution(conn: Connection, execution_id: str) -> Row[Any] | None:
     """The execution row, without locking it."""
-    return conn.execute(_GET_EXECUTION, {"p_id": execution_id}).first()
+    return _FAST_GET_EXECUTION.first(conn, {"p_id": execution_id})
 
 
 def lock_execution(conn: Connection, execution_id: str) -> Row[Any] | None:
@@ -225,23 +232,24 @@ def lock_execution(conn: Connection, execution_id: str) -> Row[Any] | None:
 
     SQLite has no row locks: its writing transactions already hold the database lock.
     """
-    q = _GET_EXECUTION if dialects.is_sqlite(conn) else _LOCK_EXECUTION
-    return conn.execute(q, {"p_id": execution_id}).first()
+    if dialects.is_sqlite(conn):
+        return _FAST_GET_EXECUTION.first(conn, {"p_id": execution_id})
+    return conn.execute(_LOCK_EXECUTION, {"p_id": execution_id}).first()
 
 
-# SQLite: the execution row and whether triggers kept while it was paused still wait
-# (tasks of kind "trigger"), in one statement. Only on SQLite: its writing transaction
-# holds the database lock from BEGIN IMMEDIATE, so this read sees every commit before it.
-# On PostgreSQL the EXISTS would be read in the snapshot the statement started with,
-# which may predate the commit it waited for the row lock on (a trigger kept meanwhile):
-# there the kept triggers are looked up by a statement of their own, after the lock.
+# SQLite: the execution row and whether kept triggers wait, in one statement (its write
+# transaction holds the database lock from BEGIN IMMEDIATE: this read sees every commit).
+# Not on PostgreSQL: there the EXISTS would be read in the statement's snapshot, older than
+# the commit it may have waited for the row lock on (a trigger kept meanwhile).
 _KEPT_TRIGGER = (
     select(tasks.c.id)
     .where(tasks.c.execution_id == executions.c.id, tasks.c.kind == TaskKind.trigger)
     .exists()
     .label("statem_kept_trigger")
 )
-_GET_EXECUTION_KEPT = select(*executions.c, _KEPT_TRIGGER).where(executions.c.id == bindparam("p_id"))
+_GET_EXECUTION_KEPT = Prepared(
+    select(*executions.c, _KEPT_TRIGGER).where(executions.c.id == bindparam("p_id"))
+)
 
 
 def lock_for_trigger(conn: Connection, execution_id: str) -> tuple[Row[Any] | None, bool | None]:
@@ -249,7 +257,7 @@ def lock_for_trigger(conn: Connection, execution_id: str) -> tuple[Row[Any] | No
     statement); None for that on PostgreSQL (see :func:`statem.operations.must_keep_trigger`)."""
     if not dialects.is_sqlite(conn):
         return conn.execute(_LOCK_EXECUTION, {"p_id": execution_id}).first(), None
-    found = conn.execute(_GET_EXECUTION_KEPT, {"p_id": execution_id}).first()
+    found = _GET_EXECUTION_KEPT.first(conn, {"p_id": execution_id})
     if found is None:
         return None, None
     return _execution_row(found[:-1]), bool(found[-1])
@@ -284,7 +292,7 @@ def write_step(
         params["p_rows"] = history
         matched = len(conn.execute(_WRITE_STEP_WITH_HISTORY, params).all())
     else:
-        matched = conn.execute(_WRITE_STEP, params).rowcount
+        matched = _FAST_WRITE_STEP.rowcount(conn, params)
     _fenced(conn, row, matched)
     written = list(row)
     for name, value in (("state", state), ("status", status), ("context", context), ("output", output),
@@ -370,8 +378,7 @@ def _depth_statement() -> Any:
     return select(func.max(chain.c.d))
 
 
-# built once: building this recursive statement costs far more than running it
-_DEPTH = _depth_statement()
+_DEPTH = _depth_statement()  # built once: building it costs far more than running it
 
 
 def depth(conn: Connection, execution_id: str, limit: int) -> int:
@@ -399,6 +406,10 @@ def _step_rows(
     ]  # fmt: skip
 
 
+#: the history INSERT (straight on the driver on SQLite), for the columns _step_rows gives
+_FAST_INSERT_STEPS = Prepared(_INSERT_STEPS, [c.name for c in steps.c if c.name != "id"])
+
+
 def insert_steps(
     conn: Connection,
     execution_id: str,
@@ -410,7 +421,7 @@ def insert_steps(
     """Append history rows numbered from ``first_seq``; returns the last seq written."""
     rows = _step_rows(execution_id, first_seq, records, now, idempotency_key)
     if rows:
-        conn.execute(_INSERT_STEPS, rows[0] if len(rows) == 1 else rows)
+        _FAST_INSERT_STEPS.execute(conn, rows[0] if len(rows) == 1 else rows)
     return first_seq + len(rows) - 1
 
 
@@ -708,7 +719,7 @@ def swap_task(
 
 def finish_task(conn: Connection, task_id: int, claim: str) -> bool:
     """Fenced delete: True only if this claim is still the current one on the task."""
-    return conn.execute(_FINISH_TASK, {"p_task": task_id, "p_claim": claim}).rowcount == 1
+    return _FAST_FINISH_TASK.rowcount(conn, {"p_task": task_id, "p_claim": claim}) == 1
 
 
 def _unclaim_statement(**values: Any) -> Any:
