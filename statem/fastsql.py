@@ -73,6 +73,8 @@ class Prepared:
 
     def _compile(self, dialect: Dialect) -> _Form:
         compiled: Any = self.statement.compile(dialect=dialect, column_keys=self.column_keys)
+        if "POSTCOMPILE" in compiled.string:
+            raise ValueError(f"statem.fastsql runs no expanding (IN) parameters: {compiled.string}")
         names = tuple(compiled.positiontup or ())
         processors = compiled._bind_processors
         defaults = {name: bind.value for name, bind in compiled.binds.items() if not bind.required}
@@ -107,13 +109,26 @@ class Prepared:
             return conn.execute(self.statement, params).first()
         form = self._form(conn.dialect)
         found = _run(conn, form.sql, self._args(form, params), many=False).fetchone()
-        if found is None:
-            return None
-        assert form.row is not None
-        return form.row(
-            value if process is None else process(value)
-            for process, value in zip(form.results, found, strict=True)
-        )
+        return None if found is None else _row(form, found)
+
+    def all(self, conn: Connection, params: dict[str, Any]) -> list[Row[Any]]:
+        """Every row of a SELECT (or RETURNING), processed as SQLAlchemy would."""
+        if conn.dialect.name != "sqlite":
+            return list(conn.execute(self.statement, params).all())
+        form = self._form(conn.dialect)
+        return [_row(form, found) for found in _run(conn, form.sql, self._args(form, params), many=False)]
+
+    def scalar(self, conn: Connection, params: dict[str, Any]) -> Any:
+        """The first column of the first row, or None."""
+        found = self.first(conn, params)
+        return None if found is None else found[0]
+
+    def inserted_id(self, conn: Connection, params: dict[str, Any]) -> int:
+        """SQLite: run an INSERT of one row; its rowid (the driver's ``lastrowid``)."""
+        form = self._form(conn.dialect)
+        rowid = _run(conn, form.sql, self._args(form, params), many=False).lastrowid
+        assert rowid is not None
+        return rowid
 
     def rowcount(self, conn: Connection, params: dict[str, Any]) -> int:
         """The rows an UPDATE or DELETE matched."""
@@ -122,6 +137,12 @@ class Prepared:
         form = self._form(conn.dialect)
         count: int = _run(conn, form.sql, self._args(form, params), many=False).rowcount
         return count
+
+
+def _row(form: _Form, found: Sequence[Any]) -> Row[Any]:
+    assert form.row is not None
+    pairs = zip(form.results, found, strict=True)
+    return form.row(value if process is None else process(value) for process, value in pairs)
 
 
 def _run(conn: Connection, sql: str, args: Any, *, many: bool) -> sqlite3.Cursor:

@@ -197,6 +197,10 @@ _WRITE_SEQ = (
 )
 _INSERT_STEPS = insert(steps)
 _INSERT_TASKS = insert(tasks)
+_TASK_KEYS = ["execution_id", "kind", "due_at", "payload", "effect", "created_at", "status", "attempts"]
+# (straight on the driver on SQLite) the INSERT of a pending task, of a claimed one: _task_rows
+_INSERT_PENDING, _INSERT_HELD = (Prepared(_INSERT_TASKS, _TASK_KEYS + extra)
+                                 for extra in ([], ["claim", "owner", "lease_expires_at"]))  # fmt: skip
 _INSERT_CLAIMED = insert(tasks).returning(tasks.c.id)
 _INSERT_CLAIMED_MANY = insert(tasks).returning(tasks.c.id, sort_by_parameter_order=True)
 _HAS_KEY = select(steps.c.seq).where(
@@ -378,12 +382,12 @@ def _depth_statement() -> Any:
     return select(func.max(chain.c.d))
 
 
-_DEPTH = _depth_statement()  # built once: building it costs far more than running it
+_DEPTH = Prepared(_depth_statement())  # built once: building it costs far more than running it
 
 
 def depth(conn: Connection, execution_id: str, limit: int) -> int:
     """How many ancestors an execution has (0 for a root), counted up to ``limit + 1``."""
-    found: int | None = conn.execute(_DEPTH, {"p_id": execution_id, "p_limit": limit}).scalar()
+    found: int | None = _DEPTH.scalar(conn, {"p_id": execution_id, "p_limit": limit})
     return found or 0
 
 
@@ -508,7 +512,8 @@ def _task_rows(
 def insert_tasks(conn: Connection, execution_id: str, specs: Sequence[TaskSpec], now: dt.datetime) -> None:
     """Arm tasks for an execution (pending, due at their due time)."""
     if specs:
-        conn.execute(_INSERT_TASKS, _task_rows(execution_id, specs, now, None))
+        rows = _task_rows(execution_id, specs, now, None)
+        _INSERT_PENDING.execute(conn, rows[0] if len(rows) == 1 else rows)
 
 
 def insert_claimed_tasks(
@@ -524,9 +529,7 @@ def insert_claimed_tasks(
     rows = _task_rows(execution_id, specs, now, claim)
     ids: Sequence[Any]
     if len(rows) == 1 and dialects.is_sqlite(conn):  # the driver's lastrowid: no result to fetch
-        key = conn.execute(_INSERT_TASKS, rows[0]).inserted_primary_key
-        assert key is not None
-        ids = [key[0]]
+        ids = [_INSERT_HELD.inserted_id(conn, rows[0])]
     elif len(rows) == 1:
         ids = conn.execute(_INSERT_CLAIMED, rows[0]).scalars().all()
     else:
@@ -563,12 +566,12 @@ def pending_tasks(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
     ).all()
 
 
-_GET_TASK = select(tasks).where(tasks.c.id == bindparam("p_task"))
+_GET_TASK = Prepared(select(tasks).where(tasks.c.id == bindparam("p_task")))
 
 
 def get_task(conn: Connection, task_id: int) -> Row[Any] | None:
     """A task row by id."""
-    return conn.execute(_GET_TASK, {"p_task": task_id}).first()
+    return _GET_TASK.first(conn, {"p_task": task_id})
 
 
 _READY = or_(
@@ -722,9 +725,9 @@ def finish_task(conn: Connection, task_id: int, claim: str) -> bool:
     return _FAST_FINISH_TASK.rowcount(conn, {"p_task": task_id, "p_claim": claim}) == 1
 
 
-def _unclaim_statement(**values: Any) -> Any:
+def _unclaim_statement(**values: Any) -> Prepared:
     """Fenced: drop the claim ``p_claim`` on task ``p_task`` and set ``values`` (built once)."""
-    return (
+    return Prepared(
         update(tasks)
         .where(
             tasks.c.id == bindparam("p_task"),
@@ -754,35 +757,31 @@ def _unclaim(conn: Connection, task_id: int, claim: str, **values: Any) -> bool:
     return res.rowcount == 1
 
 
-def _unclaim_with(conn: Connection, statement: Any, task_id: int, claim: str, **params: Any) -> bool:
-    """:func:`_unclaim` with a statement built once (:func:`_unclaim_statement`)."""
-    return conn.execute(statement, {"p_task": task_id, "p_claim": claim, **params}).rowcount == 1
-
-
 def hold_task(conn: Connection, task_id: int, claim: str, child_id: str) -> bool:
     """Fenced: mark a child task as waiting for its child's result."""
-    return _unclaim_with(conn, _HOLD_TASK, task_id, claim, p_child=child_id)
+    return _HOLD_TASK.rowcount(conn, {"p_task": task_id, "p_claim": claim, "p_child": child_id}) == 1
 
 
 def retry_task(conn: Connection, task_id: int, claim: str, due_at: dt.datetime, error: str) -> bool:
     """Fenced: put a failed attempt back as pending, due after its backoff."""
-    return _unclaim_with(conn, _RETRY_TASK, task_id, claim, p_due=due_at, p_error=error)
+    params = {"p_task": task_id, "p_claim": claim, "p_due": due_at, "p_error": error}
+    return _RETRY_TASK.rowcount(conn, params) == 1
 
 
 def release_task(conn: Connection, task_id: int, claim: str) -> None:
     """Give a claimed task back unrun (a worker shutting down), without using an attempt."""
-    _unclaim_with(conn, _RELEASE_TASK, task_id, claim)
+    _RELEASE_TASK.rowcount(conn, {"p_task": task_id, "p_claim": claim})
 
 
-_WAITING_TASK = select(tasks).where(tasks.c.id == bindparam("p_task"), tasks.c.status == TaskStatus.waiting)
-_DELETE_TASK = delete(tasks).where(tasks.c.id == bindparam("p_task"))
+_WAITING_TASK = Prepared(select(tasks).where(tasks.c.id == bindparam("p_task"), tasks.c.status == "waiting"))
+_DELETE_TASK = Prepared(delete(tasks).where(tasks.c.id == bindparam("p_task")))
 
 
 def take_waiting_task(conn: Connection, task_id: int) -> Row[Any] | None:
     """Delete and return a child task still waiting for its result (None if it was discarded)."""
-    row = conn.execute(_WAITING_TASK, {"p_task": task_id}).first()
+    row = _WAITING_TASK.first(conn, {"p_task": task_id})
     if row is not None:
-        conn.execute(_DELETE_TASK, {"p_task": task_id})
+        _DELETE_TASK.execute(conn, {"p_task": task_id})
     return row
 
 

@@ -15,7 +15,8 @@ from sqlalchemy.exc import IntegrityError
 
 from statem import Engine, store
 from statem.fastsql import Prepared
-from statem.schema import executions, steps
+from statem.schema import executions, steps, tasks
+from statem.semantics import TaskSpec
 
 
 def _values(eid: str, now: dt.datetime) -> dict[str, Any]:
@@ -97,3 +98,32 @@ def test_cursor_listeners_see_every_statement(lite: Any) -> None:
     sa.event.listen(engine.db, "after_cursor_execute", lambda c, cur, sql, *a: done.append(sql.split()[0]))
     engine.trigger(eid, "bump")
     assert seen == done == ["SELECT", "UPDATE", "INSERT"]
+
+
+def test_task_rows_inserted_and_read_as_sqlalchemy_does(lite: Any) -> None:
+    engine, path = lite
+    now = dt.datetime.now(dt.UTC)
+    spec = TaskSpec("effect", now, {"effect": "work", "input": {"n": [1, None]}})
+    claim = store.Claim("me", "token", now + dt.timedelta(seconds=30))
+    with engine.db.begin() as conn:
+        store.insert_execution(conn, **_values("a", now))
+        store.insert_execution(conn, **_values("b", now))
+        store.insert_tasks(conn, "a", [spec, spec], now)  # executemany
+        [held] = store.insert_claimed_tasks(conn, "a", [spec], now, claim)  # the driver's rowid
+        conn.execute(sa.insert(tasks), store._task_rows("b", [spec], now, None))
+        conn.execute(sa.insert(tasks), store._task_rows("b", [spec], now, claim))
+    rows = _raw_rows(path, "statem_tasks")  # by id: a's two pending, a's held, b's pending, b's held
+    assert [r[1] for r in rows] == ["a", "a", "a", "b", "b"]
+    tails = [r[2:] for r in rows]
+    assert tails[0] == tails[1] == tails[3] and tails[2] == tails[4]
+    with engine.db.begin() as conn:
+        assert store.get_task(conn, held.id) == held  # the row built at insert is the row stored
+        assert store.hold_task(conn, held.id, "token", "child")
+        assert store.take_waiting_task(conn, held.id) is not None
+        assert store.get_task(conn, held.id) is None
+
+
+def test_statements_with_expanding_parameters_are_refused(lite: Any) -> None:
+    engine, _ = lite
+    with engine.db.connect() as conn, pytest.raises(ValueError, match="expanding"):
+        Prepared(sa.select(tasks).where(tasks.c.kind.in_(["a", "b"]))).first(conn, {})
