@@ -146,6 +146,8 @@ def _row(form: _Form, found: Sequence[Any]) -> Row[Any]:
 
 
 def _run(conn: Connection, sql: str, args: Any, *, many: bool) -> sqlite3.Cursor:
+    if not conn.in_transaction():
+        conn.begin()  # as conn.execute does (autobegin): never a statement outside a transaction
     cursor: sqlite3.Cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr,assignment]
     dispatch = conn.dispatch
     if dispatch.before_cursor_execute:

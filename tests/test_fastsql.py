@@ -127,3 +127,14 @@ def test_statements_with_expanding_parameters_are_refused(lite: Any) -> None:
     engine, _ = lite
     with engine.db.connect() as conn, pytest.raises(ValueError, match="expanding"):
         Prepared(sa.select(tasks).where(tasks.c.kind.in_(["a", "b"]))).first(conn, {})
+
+
+def test_a_statement_on_a_connection_without_a_transaction_begins_one(lite: Any) -> None:
+    engine, _ = lite
+    now = dt.datetime.now(dt.UTC)
+    with engine.db.connect() as conn:
+        store.insert_execution(conn, **_values("autobegun", now))
+        assert conn.in_transaction()
+        conn.rollback()  # as after conn.execute: nothing was committed on its own
+    with engine.db.connect() as conn:
+        assert store.get_execution(conn, "autobegun") is None
