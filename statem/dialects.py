@@ -6,7 +6,11 @@ what SQLite does in two.)
 
 * Row locks: PostgreSQL locks an execution row with ``SELECT ... FOR UPDATE``; SQLite
   has no row locks, so every writing transaction starts with ``BEGIN IMMEDIATE`` and
-  holds the database's single write lock (readers go on, thanks to WAL).
+  holds the database's single write lock (readers go on, thanks to WAL). The writers of
+  one process queue for it on a process-local lock first (:mod:`statem.writelock`), taken
+  before ``BEGIN IMMEDIATE`` and handed on at ``COMMIT``/``ROLLBACK``: they wake at once,
+  in order, instead of sleeping in SQLite's busy handler (which still arbitrates between
+  processes).
 * Claims: PostgreSQL skips rows other workers hold (``FOR UPDATE SKIP LOCKED``).
 * Wake-ups: PostgreSQL ``NOTIFY``s workers when new tasks are armed.
 * WAL checkpoints (SQLite): a background thread per engine copies the WAL back into the
@@ -34,6 +38,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
 
+from . import writelock
 from .errors import StoreError
 from .settings import DB_TIMEOUT_SECONDS, PING_IDLE_SECONDS
 
@@ -132,6 +137,8 @@ def _ping_when_idle(engine: Engine) -> None:
 
 
 _BEGIN = {"IMMEDIATE": "BEGIN IMMEDIATE", "DEFERRED": "BEGIN DEFERRED"}
+#: The connection info key naming the thread whose entry of the write lock a connection holds.
+_WRITER = "statem_writer"
 
 
 def _sqlite_engine(url: str, **kw: Any) -> Engine:
@@ -140,6 +147,7 @@ def _sqlite_engine(url: str, **kw: Any) -> Engine:
     )
     path = _file_path(url)
     checkpointer = Checkpointer(path) if path is not None else None
+    lock = writelock.for_path(path) if path is not None else None
 
     @event.listens_for(engine, "engine_disposed")
     def _on_dispose(_engine: Engine) -> None:
@@ -165,6 +173,12 @@ def _sqlite_engine(url: str, **kw: Any) -> Engine:
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
         conn.connection.info["statem_begin"] = mode
 
+    def release(info: dict[Any, Any] | None) -> None:
+        """Hand on the write lock this connection holds, if it holds it."""
+        owner = info.pop(_WRITER, None) if info is not None else None
+        if owner is not None and lock is not None:
+            lock.release(owner)
+
     def do_begin(proxied: Any) -> None:
         # The BEGIN itself is sent here, in the dialect's do_begin, not in the listener:
         # SQLAlchemy wraps what do_begin raises (a lock held past the busy timeout is then
@@ -172,10 +186,55 @@ def _sqlite_engine(url: str, **kw: Any) -> Engine:
         # connection's state straight; an error raised by a listener escapes unwrapped.
         # Straight to the driver: a full SQLAlchemy execution costs more than the BEGIN.
         mode = proxied.info.pop("statem_begin", "IMMEDIATE")
-        proxied.driver_connection.execute(_BEGIN[mode])
+        if mode == "IMMEDIATE" and lock is not None:
+            if not lock.acquire(DB_TIMEOUT_SECONDS):
+                raise sqlite3.OperationalError(
+                    f"database is locked (another thread of this process held it for over "
+                    f"{DB_TIMEOUT_SECONDS:g}s)"
+                )
+            proxied.info[_WRITER] = threading.get_ident()
+        try:
+            proxied.driver_connection.execute(_BEGIN[mode])
+        except BaseException:
+            release(proxied.info)
+            raise
 
-    setattr(engine.dialect, "do_begin", do_begin)  # this engine's own dialect instance  # noqa: B010
+    def do_commit(proxied: Any) -> None:
+        proxied.commit()
+        if not proxied.driver_connection.in_transaction:
+            release(_info(proxied))
+        # else the COMMIT failed and left the transaction open: its ROLLBACK releases
+
+    def do_rollback(proxied: Any) -> None:
+        try:
+            proxied.rollback()
+        finally:
+            release(_info(proxied))
+
+    if lock is not None:
+        for name in ("close", "invalidate"):  # a connection gone mid-transaction
+
+            def _gone(_dbapi_conn: Any, record: Any, *_rest: Any) -> None:
+                if record is not None:
+                    release(record.info)
+
+            event.listen(engine, name, _gone)
+
+    dialect = engine.dialect  # this engine's own dialect instance
+    setattr(dialect, "do_begin", do_begin)  # noqa: B010
+    setattr(dialect, "do_commit", do_commit)  # noqa: B010
+    setattr(dialect, "do_rollback", do_rollback)  # noqa: B010
     return engine
+
+
+def _info(proxied: Any) -> dict[Any, Any] | None:
+    """A pooled connection's info; None for the bare connection SQLAlchemy sets the dialect
+    up on (it has none, and never began a transaction here)."""
+    try:
+        info: dict[Any, Any] = proxied.info
+    except NotImplementedError:
+        return None
+    return info
 
 
 # --------------------------------------------------------------------------- transactions

@@ -253,7 +253,7 @@ class Engine(OperatorAPI, Reads):
         rt = self._runtime
         run: InlineRun | None = None
         with _refusals_as_store_errors(), rt.transaction() as conn:
-            row = store.lock_execution(conn, execution_id)
+            row, kept = store.lock_for_trigger(conn, execution_id)
             if row is None:
                 raise ExecutionNotFound(execution_id)
             if idempotency_key is not None and (
@@ -262,7 +262,7 @@ class Engine(OperatorAPI, Reads):
                 cm = rt.compiled(row.machine_id, row.machine_version, conn)
                 same_trigger(cm, first, execution_id, idempotency_key, action, data)
                 return Execution.from_row(row, replayed=True)
-            if operations.must_keep_trigger(conn, row):  # paused: kept, applied in order after resume
+            if operations.must_keep_trigger(conn, row, kept):  # paused: kept, applied in order after resume
                 operations.keep_trigger(conn, row, action, data, idempotency_key, now)
                 return Execution.from_row(row)
             cm = rt.compiled(row.machine_id, row.machine_version, conn)

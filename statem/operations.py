@@ -163,12 +163,16 @@ def keep_trigger(
         store_ops.set_armed(conn, row.id)
 
 
-def must_keep_trigger(conn: Connection, row: Row[Any]) -> bool:
+def must_keep_trigger(conn: Connection, row: Row[Any], kept: bool | None = None) -> bool:
     """True if a trigger on this (locked) execution must be kept rather than applied now:
     it is paused, or triggers kept earlier have not all been applied yet (the row's
     ``armed`` flag cannot tell: a step that arms nothing clears it while kept triggers
-    wait, so this asks the tasks table, through its execution_id index)."""
-    return bool(row.status == Status.paused or store_ops.has_kept_trigger(conn, row.id))
+    wait, so this asks the tasks table, through its execution_id index). ``kept``: that
+    answer, when the statement that locked the row read it already
+    (:func:`statem.store.lock_for_trigger`)."""
+    if row.status == Status.paused:
+        return True
+    return kept if kept is not None else store_ops.has_kept_trigger(conn, row.id)
 
 
 def kept_while_paused(

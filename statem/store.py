@@ -35,6 +35,7 @@ from sqlalchemy.engine import result_tuple
 
 from . import dialects
 from .errors import ConcurrencyError
+from .fastsql import Prepared
 from .kinds import Status, TaskKind, TaskStatus
 from .schema import executions, machines, services, steps, tasks
 from .semantics import StepRecord, TaskSpec
@@ -124,7 +125,8 @@ def list_services(conn: Connection) -> Sequence[Row[Any]]:
 # --------------------------------------------------------------------------- executions
 
 
-_INSERT_EXECUTION = insert(executions)
+# run straight on the driver on SQLite (statem.fastsql), for every column (steps.create_execution)
+_INSERT_EXECUTION = Prepared(insert(executions), [c.name for c in executions.c])
 
 # Rows as a write left them, built here instead of read back (RETURNING costs a column
 # decode per value): an INSERT stores exactly the values given, and a fenced UPDATE
@@ -135,8 +137,8 @@ _task_row = result_tuple([c.name for c in tasks.c])
 
 
 def insert_execution(conn: Connection, **values: Any) -> Row[Any]:
-    """Create an execution row; returns it as stored (built here: no read)."""
-    conn.execute(_INSERT_EXECUTION, values)
+    """Create an execution row (every column given); returns it as stored (built here: no read)."""
+    _INSERT_EXECUTION.execute(conn, values)
     return _execution_row(values[c.name] for c in executions.c)
 
 
@@ -195,6 +197,10 @@ _WRITE_SEQ = (
 )
 _INSERT_STEPS = insert(steps)
 _INSERT_TASKS = insert(tasks)
+_TASK_KEYS = ["execution_id", "kind", "due_at", "payload", "effect", "created_at", "status", "attempts"]
+# (straight on the driver on SQLite) the INSERT of a pending task, of a claimed one: _task_rows
+_INSERT_PENDING, _INSERT_HELD = (Prepared(_INSERT_TASKS, _TASK_KEYS + extra)
+                                 for extra in ([], ["claim", "owner", "lease_expires_at"]))  # fmt: skip
 _INSERT_CLAIMED = insert(tasks).returning(tasks.c.id)
 _INSERT_CLAIMED_MANY = insert(tasks).returning(tasks.c.id, sort_by_parameter_order=True)
 _HAS_KEY = select(steps.c.seq).where(
@@ -215,9 +221,14 @@ _FINISH_TASK = delete(tasks).where(
 )
 
 
+# the statements every step runs, straight on the driver on SQLite (statem.fastsql)
+_FAST_GET_EXECUTION = Prepared(_GET_EXECUTION)
+_FAST_WRITE_STEP, _FAST_FINISH_TASK = Prepared(_WRITE_STEP), Prepared(_FINISH_TASK)
+
+
 def get_execution(conn: Connection, execution_id: str) -> Row[Any] | None:
     """The execution row, without locking it."""
-    return conn.execute(_GET_EXECUTION, {"p_id": execution_id}).first()
+    return _FAST_GET_EXECUTION.first(conn, {"p_id": execution_id})
 
 
 def lock_execution(conn: Connection, execution_id: str) -> Row[Any] | None:
@@ -225,8 +236,35 @@ def lock_execution(conn: Connection, execution_id: str) -> Row[Any] | None:
 
     SQLite has no row locks: its writing transactions already hold the database lock.
     """
-    q = _GET_EXECUTION if dialects.is_sqlite(conn) else _LOCK_EXECUTION
-    return conn.execute(q, {"p_id": execution_id}).first()
+    if dialects.is_sqlite(conn):
+        return _FAST_GET_EXECUTION.first(conn, {"p_id": execution_id})
+    return conn.execute(_LOCK_EXECUTION, {"p_id": execution_id}).first()
+
+
+# SQLite: the execution row and whether kept triggers wait, in one statement (its write
+# transaction holds the database lock from BEGIN IMMEDIATE: this read sees every commit).
+# Not on PostgreSQL: there the EXISTS would be read in the statement's snapshot, older than
+# the commit it may have waited for the row lock on (a trigger kept meanwhile).
+_KEPT_TRIGGER = (
+    select(tasks.c.id)
+    .where(tasks.c.execution_id == executions.c.id, tasks.c.kind == TaskKind.trigger)
+    .exists()
+    .label("statem_kept_trigger")
+)
+_GET_EXECUTION_KEPT = Prepared(
+    select(*executions.c, _KEPT_TRIGGER).where(executions.c.id == bindparam("p_id"))
+)
+
+
+def lock_for_trigger(conn: Connection, execution_id: str) -> tuple[Row[Any] | None, bool | None]:
+    """:func:`lock_execution`, and on SQLite whether kept triggers wait (read by the same
+    statement); None for that on PostgreSQL (see :func:`statem.operations.must_keep_trigger`)."""
+    if not dialects.is_sqlite(conn):
+        return conn.execute(_LOCK_EXECUTION, {"p_id": execution_id}).first(), None
+    found = _GET_EXECUTION_KEPT.first(conn, {"p_id": execution_id})
+    if found is None:
+        return None, None
+    return _execution_row(found[:-1]), bool(found[-1])
 
 
 def write_step(
@@ -255,7 +293,7 @@ def write_step(
         params["p_rows"] = history
         matched = len(conn.execute(_WRITE_STEP_WITH_HISTORY, params).all())
     else:
-        matched = conn.execute(_WRITE_STEP, params).rowcount
+        matched = _FAST_WRITE_STEP.rowcount(conn, params)
     _fenced(conn, row, matched)
     return as_written(row, params)
 
@@ -357,15 +395,24 @@ def live_children(conn: Connection, execution_id: str) -> list[str]:
     return [r.id for r in rows]
 
 
-def depth(conn: Connection, execution_id: str, limit: int) -> int:
-    """How many ancestors an execution has (0 for a root), counted up to ``limit + 1``."""
-    first = select(executions.c.parent_id, literal(0).label("d")).where(executions.c.id == execution_id)
+def _depth_statement() -> Any:
+    first = select(executions.c.parent_id, literal(0).label("d")).where(executions.c.id == bindparam("p_id"))
     chain = first.cte("ancestry", recursive=True)
     up = executions.alias("up")
     chain = chain.union_all(
-        select(up.c.parent_id, chain.c.d + 1).where(up.c.id == chain.c.parent_id, chain.c.d <= limit)
+        select(up.c.parent_id, chain.c.d + 1).where(
+            up.c.id == chain.c.parent_id, chain.c.d <= bindparam("p_limit")
+        )
     )
-    found: int | None = conn.execute(select(func.max(chain.c.d))).scalar()
+    return select(func.max(chain.c.d))
+
+
+_DEPTH = Prepared(_depth_statement())  # built once: building it costs far more than running it
+
+
+def depth(conn: Connection, execution_id: str, limit: int) -> int:
+    """How many ancestors an execution has (0 for a root), counted up to ``limit + 1``."""
+    found: int | None = _DEPTH.scalar(conn, {"p_id": execution_id, "p_limit": limit})
     return found or 0
 
 
@@ -388,6 +435,10 @@ def _step_rows(
     ]  # fmt: skip
 
 
+#: the history INSERT (straight on the driver on SQLite), for the columns _step_rows gives
+_FAST_INSERT_STEPS = Prepared(_INSERT_STEPS, [c.name for c in steps.c if c.name != "id"])
+
+
 def insert_steps(
     conn: Connection,
     execution_id: str,
@@ -399,7 +450,7 @@ def insert_steps(
     """Append history rows numbered from ``first_seq``; returns the last seq written."""
     rows = _step_rows(execution_id, first_seq, records, now, idempotency_key)
     if rows:
-        conn.execute(_INSERT_STEPS, rows[0] if len(rows) == 1 else rows)
+        _FAST_INSERT_STEPS.execute(conn, rows[0] if len(rows) == 1 else rows)
     return first_seq + len(rows) - 1
 
 
@@ -440,11 +491,14 @@ def has_idempotency_key(conn: Connection, execution_id: str, key: str) -> bool:
     return conn.execute(_HAS_KEY, {"p_id": execution_id, "p_key": key}).first() is not None
 
 
+_STEP_WITH_KEY = select(steps).where(
+    steps.c.execution_id == bindparam("p_id"), steps.c.idempotency_key == bindparam("p_key")
+)
+
+
 def step_with_key(conn: Connection, execution_id: str, key: str) -> Row[Any] | None:
     """The first history row a step applied under ``key`` wrote (its action and input), or None."""
-    return conn.execute(
-        select(steps).where(steps.c.execution_id == execution_id, steps.c.idempotency_key == key)
-    ).first()
+    return conn.execute(_STEP_WITH_KEY, {"p_id": execution_id, "p_key": key}).first()
 
 
 def history(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
@@ -483,7 +537,8 @@ def _task_rows(
 def insert_tasks(conn: Connection, execution_id: str, specs: Sequence[TaskSpec], now: dt.datetime) -> None:
     """Arm tasks for an execution (pending, due at their due time)."""
     if specs:
-        conn.execute(_INSERT_TASKS, _task_rows(execution_id, specs, now, None))
+        rows = _task_rows(execution_id, specs, now, None)
+        _INSERT_PENDING.execute(conn, rows[0] if len(rows) == 1 else rows)
 
 
 def insert_claimed_tasks(
@@ -499,9 +554,7 @@ def insert_claimed_tasks(
     rows = _task_rows(execution_id, specs, now, claim)
     ids: Sequence[Any]
     if len(rows) == 1 and dialects.is_sqlite(conn):  # the driver's lastrowid: no result to fetch
-        key = conn.execute(_INSERT_TASKS, rows[0]).inserted_primary_key
-        assert key is not None
-        ids = [key[0]]
+        ids = [_INSERT_HELD.inserted_id(conn, rows[0])]
     elif len(rows) == 1:
         ids = conn.execute(_INSERT_CLAIMED, rows[0]).scalars().all()
     else:
@@ -538,9 +591,12 @@ def pending_tasks(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
     ).all()
 
 
+_GET_TASK = Prepared(select(tasks).where(tasks.c.id == bindparam("p_task")))
+
+
 def get_task(conn: Connection, task_id: int) -> Row[Any] | None:
     """A task row by id."""
-    return conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
+    return _GET_TASK.first(conn, {"p_task": task_id})
 
 
 _READY = or_(
@@ -691,7 +747,29 @@ def swap_task(
 
 def finish_task(conn: Connection, task_id: int, claim: str) -> bool:
     """Fenced delete: True only if this claim is still the current one on the task."""
-    return conn.execute(_FINISH_TASK, {"p_task": task_id, "p_claim": claim}).rowcount == 1
+    return _FAST_FINISH_TASK.rowcount(conn, {"p_task": task_id, "p_claim": claim}) == 1
+
+
+def _unclaim_statement(**values: Any) -> Prepared:
+    """Fenced: drop the claim ``p_claim`` on task ``p_task`` and set ``values`` (built once)."""
+    return Prepared(
+        update(tasks)
+        .where(
+            tasks.c.id == bindparam("p_task"),
+            tasks.c.claim == bindparam("p_claim"),
+            tasks.c.status == TaskStatus.claimed,
+        )
+        .values(claim=None, owner=None, lease_expires_at=None, **values)
+    )
+
+
+_HOLD_TASK = _unclaim_statement(status=TaskStatus.waiting, child_id=bindparam("p_child"))
+_RETRY_TASK = _unclaim_statement(
+    status=TaskStatus.pending,
+    due_at=bindparam("p_due", type_=tasks.c.due_at.type),
+    last_error=bindparam("p_error"),
+)
+_RELEASE_TASK = _unclaim_statement(status=TaskStatus.pending, attempts=tasks.c.attempts - 1)
 
 
 def _unclaim(conn: Connection, task_id: int, claim: str, **values: Any) -> bool:
@@ -706,39 +784,41 @@ def _unclaim(conn: Connection, task_id: int, claim: str, **values: Any) -> bool:
 
 def hold_task(conn: Connection, task_id: int, claim: str, child_id: str) -> bool:
     """Fenced: mark a child task as waiting for its child's result."""
-    return _unclaim(conn, task_id, claim, status=TaskStatus.waiting, child_id=child_id)
+    return _HOLD_TASK.rowcount(conn, {"p_task": task_id, "p_claim": claim, "p_child": child_id}) == 1
 
 
 def retry_task(conn: Connection, task_id: int, claim: str, due_at: dt.datetime, error: str) -> bool:
     """Fenced: put a failed attempt back as pending, due after its backoff."""
-    return _unclaim(conn, task_id, claim, status=TaskStatus.pending, due_at=due_at, last_error=error)
+    params = {"p_task": task_id, "p_claim": claim, "p_due": due_at, "p_error": error}
+    return _RETRY_TASK.rowcount(conn, params) == 1
 
 
 def release_task(conn: Connection, task_id: int, claim: str) -> None:
     """Give a claimed task back unrun (a worker shutting down), without using an attempt."""
-    _unclaim(conn, task_id, claim, status=TaskStatus.pending, attempts=tasks.c.attempts - 1)
+    _RELEASE_TASK.rowcount(conn, {"p_task": task_id, "p_claim": claim})
+
+
+_WAITING_TASK = Prepared(select(tasks).where(tasks.c.id == bindparam("p_task"), tasks.c.status == "waiting"))
+_DELETE_TASK = Prepared(delete(tasks).where(tasks.c.id == bindparam("p_task")))
 
 
 def take_waiting_task(conn: Connection, task_id: int) -> Row[Any] | None:
     """Delete and return a child task still waiting for its result (None if it was discarded)."""
-    row = conn.execute(
-        select(tasks).where(tasks.c.id == task_id, tasks.c.status == TaskStatus.waiting)
-    ).first()
+    row = _WAITING_TASK.first(conn, {"p_task": task_id})
     if row is not None:
-        conn.execute(delete(tasks).where(tasks.c.id == task_id))
+        _DELETE_TASK.execute(conn, {"p_task": task_id})
     return row
+
+
+_NEXT_PENDING = select(func.min(tasks.c.due_at)).where(tasks.c.status == TaskStatus.pending, _CAN_RUN)
+_NEXT_LEASE = select(func.min(tasks.c.lease_expires_at)).where(tasks.c.status == TaskStatus.claimed, _CAN_RUN)
 
 
 def next_due(conn: Connection, effects: Sequence[str]) -> dt.datetime | None:
     """When the next pending task a process with ``effects`` can run is due, or the next
     lease on one expires."""
     can_run = {"p_effects": list(effects)}
-    pending = conn.execute(
-        select(func.min(tasks.c.due_at)).where(tasks.c.status == TaskStatus.pending, _CAN_RUN), can_run
-    ).scalar()
-    lease = conn.execute(
-        select(func.min(tasks.c.lease_expires_at)).where(tasks.c.status == TaskStatus.claimed, _CAN_RUN),
-        can_run,
-    ).scalar()
+    pending = conn.execute(_NEXT_PENDING, can_run).scalar()
+    lease = conn.execute(_NEXT_LEASE, can_run).scalar()
     times: list[dt.datetime] = [t for t in (pending, lease) if t is not None]
     return min(times) if times else None
