@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Row
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
 
-from . import dialects, migrate, operations, retention, semantics, steps, store
+from . import dialects, migrate, operations, retention, semantics, steps, store, store_definitions
 from .contracts import check_invokes
 from .definition import CompiledMachine, Machine, compile_machine, load_definition
 from .effects import Effect, ShapeSpec
@@ -125,7 +125,7 @@ class Engine(OperatorAPI, Reads):
             with self._runtime.transaction() as conn:
                 for cm in compiled:
                     m, now = cm.machine, self.clock()
-                    if not store.save_definition(
+                    if not store_definitions.save_definition(
                         conn, machines, m.id, m.version, m.to_json(), cm.content_hash, now
                     ):
                         raise DefinitionError(m.id, [("version", version_taken(m.version))])
@@ -148,7 +148,7 @@ class Engine(OperatorAPI, Reads):
     def machines(self) -> list[MachineInfo]:
         """Every saved machine version."""
         with self._runtime.transaction(write=False) as conn:
-            rows = store.list_machines(conn)
+            rows = store_definitions.list_machines(conn)
         return [
             MachineInfo(
                 r.machine_id,

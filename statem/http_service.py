@@ -28,7 +28,7 @@ import httpx
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from . import store
+from . import store_definitions
 from .definition import Retry
 from .effects import Effect, EffectFailed, EffectRegistry, UnknownEffect
 from .errors import InputError, StatemError, version_taken
@@ -204,7 +204,7 @@ class ServiceCatalog:
             with self.engine.transaction() as conn:
                 for cs in compiled:
                     svc = cs.service
-                    if not store.save_definition(
+                    if not store_definitions.save_definition(
                         conn, services, svc.id, svc.version, svc.to_json(), cs.content_hash, now
                     ):
                         raise ServiceDefinitionError(svc.id, [("version", version_taken(svc.version))])
@@ -236,14 +236,14 @@ class ServiceCatalog:
                 return self.compiled(service_id, version, c, saved_by=saved_by)
         if version is None:
             if saved_by is not None:
-                version = store.latest_service_version(conn, service_id, saved_by)
+                version = store_definitions.latest_service_version(conn, service_id, saved_by)
             if version is None:
-                version = store.latest_service_version(conn, service_id)
+                version = store_definitions.latest_service_version(conn, service_id)
             if version is None:
                 raise ServiceNotFound(service_id)
             if (cached := self._services.get((service_id, version))) is not None:
                 return cached
-        row = store.get_service(conn, service_id, version)
+        row = store_definitions.get_service(conn, service_id, version)
         if row is None:
             raise ServiceNotFound(service_id, version)
         cs = load_service(row.definition)
@@ -261,7 +261,7 @@ class ServiceCatalog:
     def infos(self) -> list[ServiceInfo]:
         """Every saved service version, by id then version."""
         with self.engine.transaction(write=False) as conn:
-            rows = store.list_services(conn)
+            rows = store_definitions.list_services(conn)
         return [
             ServiceInfo(
                 r.service_id,

@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from sqlalchemy import Connection
 from sqlalchemy import Engine as Database
 
-from . import dialects, store
+from . import dialects, store_definitions
 from .definition import CompiledMachine, compile_machine, load_definition
 from .effects import EffectRegistry
 from .errors import DefinitionError, MachineNotFound, StatemError
@@ -105,13 +105,13 @@ class Runtime:
             with self.transaction(write=False) as c:
                 return self.compiled(machine_id, version, c)
         if version is None:
-            version = store.latest_version(conn, machine_id)
+            version = store_definitions.latest_version(conn, machine_id)
             if version is None:
                 raise MachineNotFound(machine_id, None)
         cached = self._machines.get((machine_id, version))
         if cached is not None:
             return cached
-        row = store.get_machine(conn, machine_id, version)
+        row = store_definitions.get_machine(conn, machine_id, version)
         if row is None:
             raise MachineNotFound(machine_id, version)
         try:

@@ -36,7 +36,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row
 
-from . import dialects, fanout, store, store_ops
+from . import dialects, fanout, store, store_definitions, store_ops
 from . import store_batch as sb
 from . import store_fanout as sf
 from .definition import CompiledMachine
@@ -537,7 +537,10 @@ def _runs_inline(conn: Connection, spec: TaskSpec, run: InlineRun) -> bool:
     if name in run.effects:
         return True
     service, dot, operation = name.partition(".")
-    return bool(dot and service and operation) and store.latest_service_version(conn, service) is not None
+    return (
+        bool(dot and service and operation)
+        and store_definitions.latest_service_version(conn, service) is not None
+    )
 
 
 def _discard_record(task: Row[Any], state: str, progress: dict[int, Counts]) -> StepRecord:
