@@ -18,6 +18,7 @@ what SQLite does in two.)
   (one round trip); one in steady use is not. A server restarted in between costs at
   most one failed transaction per process (StoreError; the pool is then replaced),
   which nothing half-applies: the transaction rolls back.
+* JSON columns are decoded by :func:`statem.jsoncodec.loads` on both (orjson, exact).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
 
+from . import jsoncodec
 from .errors import StoreError
 from .settings import DB_TIMEOUT_SECONDS, PING_IDLE_SECONDS
 
@@ -80,6 +82,7 @@ def make_engine(url: str, **kw: Any) -> Engine:
     """A SQLAlchemy engine set up for statem on SQLite or PostgreSQL (URL forms: see
     :func:`sqlalchemy_url`)."""
     url = sqlalchemy_url(url)
+    kw.setdefault("json_deserializer", jsoncodec.loads)
     if make_url(url).get_backend_name() == "sqlite":
         return _sqlite_engine(url, **kw)
     connect_args = kw.pop("connect_args", {})
