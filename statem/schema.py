@@ -143,6 +143,17 @@ executions = Table(
         postgresql_where=text(UNFINISHED),
         sqlite_where=text(UNFINISHED),
     ),
+    # unfinished only, in group order: statem_live_counts finds each group and counts it
+    # (bounded) from this index (migration 0009)
+    Index(
+        "ix_statem_executions_live",
+        "machine_id",
+        "machine_version",
+        "state",
+        "status",
+        postgresql_where=text(UNFINISHED),
+        sqlite_where=text(UNFINISHED),
+    ),
 )
 
 steps = Table(
