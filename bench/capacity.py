@@ -1,6 +1,6 @@
 """Issue 14 (6): what one step costs on PostgreSQL, for the capacity section of docs/operations.md.
 
-For each kind of step, N executions on a scratch PostgreSQL database (N = 2,000; 300 in
+For each kind of step, N executions on a scratch PostgreSQL database (N = 2,000; 200 in
 quick mode), measured over the phase that runs just those steps:
 
 * ``start``: ``engine.start()`` of a machine that then waits for an action (one step);
@@ -8,7 +8,9 @@ quick mode), measured over the phase that runs just those steps:
 * ``timer``: a ``wait_for`` timer firing in a worker (its executions started beforehand);
 * ``effect``: an effect task in a worker: its claim, the no-op call and the result step;
 * ``child``: a parent invoking a child machine, in a worker: the child's start (the child
-  then finishes in the same step: start + always) and the parent's result step.
+  then finishes in the same step: start + always) and the parent's result step;
+* then the raw baseline and the effect task again with ``synchronous_commit = off`` (the
+  commit does not wait for the WAL flush): what the flush costs.
 
 The worker phases run an in-process worker (``engine.worker()``, 4 threads, as
 ``bench.executor`` (c) does) on tasks held back (due tomorrow) until it runs, then made
@@ -65,7 +67,7 @@ from .common import (
 )
 
 #: Executions per kind (quick mode: QUICK_UNITS).
-UNITS, QUICK_UNITS = 2_000, 300
+UNITS, QUICK_UNITS = 2_000, 200
 #: Threads of the in-process worker.
 THREADS = 4
 #: Longest a worker phase may take.
@@ -292,12 +294,21 @@ def in_worker(
             wait_until(admin, *end, units)
 
 
-def raw_phase(url: str, admin: sa.Engine, units: int, out: list[Cost]) -> None:
+#: libpq options of a session that commits without waiting for the WAL flush.
+NO_FLUSH_WAIT = "options=-c%20synchronous_commit%3Doff"
+
+
+def no_flush_wait(url: str) -> str:
+    """The URL with ``synchronous_commit = off`` for its sessions."""
+    return f"{url}{'&' if '?' in url else '?'}{NO_FLUSH_WAIT}"
+
+
+def raw_phase(url: str, admin: sa.Engine, units: int, out: list[Cost], label: str = "") -> None:
     """The raw baseline with the same counters: ``units`` one-UPDATE-one-INSERT transactions."""
     raw_setup(url, 100)
     raw = raw_engine(url)
     try:
-        with measured("raw transaction", url, raw, admin, units, out):
+        with measured(f"raw transaction{label}", url.split("?")[0], raw, admin, units, out):
             for i in range(units):
                 raw_transaction(raw, i % 100)
     finally:
@@ -311,7 +322,14 @@ def run_kinds(url: str, units: int) -> list[Cost]:
     engine = new_engine(url)
     try:
         register(engine)
-        for machine in (WAITING, TIMER, effect_machine(), CHILD, PARENT):
+        for machine in (
+            WAITING,
+            TIMER,
+            effect_machine(),
+            CHILD,
+            PARENT,
+            {**effect_machine(), "id": "cap_effect"},
+        ):
             engine.save_machine(machine)
         raw_phase(url, admin, units, out)
         ids: list[str] = []
@@ -329,6 +347,17 @@ def run_kinds(url: str, units: int) -> list[Cost]:
         for i in range(units):
             engine.start("cap_parent", {"i": i}, version=1)
         in_worker("child + result (in a worker)", url, engine, admin, units, out, ("cap_parent", "done"))
+    finally:
+        engine.close()
+    # the same without waiting for the WAL flush at commit (synchronous_commit = off)
+    label = ", synchronous_commit off"
+    engine = new_engine(no_flush_wait(url))
+    try:
+        register(engine)
+        raw_phase(no_flush_wait(url), admin, units, out, label)
+        for i in range(units):
+            engine.start("cap_effect", {"n": i}, version=1)
+        in_worker(f"effect task{label}", url, engine, admin, units, out, ("cap_effect", "done"))
     finally:
         engine.close()
         admin.dispose()

@@ -146,7 +146,8 @@ PG = Fill(
         SELECT 'mx-' || g, s, now() - (CAST(:n - g AS double precision) / :n) * interval '365 days'
                 + s * interval '1 minute',
             {_KIND}, CASE WHEN s = 1 THEN NULL ELSE 'bump' END,
-            CASE WHEN s = 1 THEN NULL ELSE 'open' END, 'open', '{{}}'::json, json_build_object('n', s), {_ERROR}
+            CASE WHEN s = 1 THEN NULL ELSE 'open' END, 'open', '{{}}'::json, json_build_object('n', s),
+            {_ERROR}
         FROM generate_series(CAST(:lo AS bigint), :hi) g, generate_series(1, {STEPS_EACH}) s""",
     long_steps=f"""
         INSERT INTO statem_steps (execution_id, seq, at, kind, name, from_state, to_state, input, context)
