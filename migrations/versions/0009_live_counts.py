@@ -2,7 +2,7 @@
 
 ``statem_counts`` counts every row of a group (exact, and read by the README cookbook until
 now): with a million executions, a quarter of them unfinished, it reads 250,000 index
-entries on every call (227 ms on the loaded 2-core machine; issue 14's target is 50 ms),
+entries on every call (227-262 ms on the loaded 2-core machine; issue 14's target is 50 ms),
 and it grows with the live set. This revision adds:
 
 * ``ix_statem_executions_live`` on ``statem_executions (machine_id, machine_version,
