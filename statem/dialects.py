@@ -18,7 +18,8 @@ what SQLite does in two.)
   (one round trip); one in steady use is not. A server restarted in between costs at
   most one failed transaction per process (StoreError; the pool is then replaced),
   which nothing half-applies: the transaction rolls back.
-* JSON columns are decoded by :func:`statem.jsoncodec.loads` on both (orjson, exact).
+* JSON columns are decoded by :func:`statem.jsoncodec.loads` on PostgreSQL (orjson, exact);
+  SQLite keeps the standard library's decoder.
 """
 
 from __future__ import annotations
@@ -82,9 +83,9 @@ def make_engine(url: str, **kw: Any) -> Engine:
     """A SQLAlchemy engine set up for statem on SQLite or PostgreSQL (URL forms: see
     :func:`sqlalchemy_url`)."""
     url = sqlalchemy_url(url)
-    kw.setdefault("json_deserializer", jsoncodec.loads)
     if make_url(url).get_backend_name() == "sqlite":
         return _sqlite_engine(url, **kw)
+    kw.setdefault("json_deserializer", jsoncodec.loads)
     connect_args = kw.pop("connect_args", {})
     connect_args.setdefault("connect_timeout", int(DB_TIMEOUT_SECONDS))
     engine = create_engine(url, connect_args=connect_args, **kw)

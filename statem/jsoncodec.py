@@ -1,5 +1,8 @@
-"""How statem decodes the JSON columns it reads: orjson, with the standard library's result
-wherever the two could differ.
+"""How statem decodes the JSON columns it reads on PostgreSQL: orjson, with the standard
+library's result wherever the two could differ. (SQLite engines keep ``json.loads``: with
+this decoder, ``tests/test_faults.py``'s SQLite crash torture left timers stuck, claimed
+again and again by workers killed before they fired them, in every run; the cause was not
+found, and the figures that asked for orjson were PostgreSQL's.)
 
 Decoding JSON is most of the client's time in a read of many rows (``history()`` of a
 1,000-step execution spent about two thirds of its CPU in ``json.loads``, called by
