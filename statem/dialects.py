@@ -18,8 +18,6 @@ what SQLite does in two.)
   (one round trip); one in steady use is not. A server restarted in between costs at
   most one failed transaction per process (StoreError; the pool is then replaced),
   which nothing half-applies: the transaction rolls back.
-* JSON columns are decoded by :func:`statem.jsoncodec.loads` on PostgreSQL (orjson, exact);
-  SQLite keeps the standard library's decoder.
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
 
-from . import jsoncodec
 from .errors import StoreError
 from .settings import DB_TIMEOUT_SECONDS, PING_IDLE_SECONDS
 
@@ -85,7 +82,6 @@ def make_engine(url: str, **kw: Any) -> Engine:
     url = sqlalchemy_url(url)
     if make_url(url).get_backend_name() == "sqlite":
         return _sqlite_engine(url, **kw)
-    kw.setdefault("json_deserializer", jsoncodec.loads)
     connect_args = kw.pop("connect_args", {})
     connect_args.setdefault("connect_timeout", int(DB_TIMEOUT_SECONDS))
     engine = create_engine(url, connect_args=connect_args, **kw)
