@@ -21,7 +21,18 @@ from types import ModuleType
 from .common import Result, quiet_logs, say, summary
 
 #: The benchmarks, in the order they run.
-BENCHMARKS = ("steps", "executor", "timers", "memory", "torture", "isolation", "million", "fanout", "upgrade")
+BENCHMARKS = (
+    "steps",
+    "executor",
+    "timers",
+    "memory",
+    "torture",
+    "isolation",
+    "million",
+    "fanout",
+    "upgrade",
+    "capacity",
+)
 #: Left out of ``--quick`` (filling takes minutes); ``--only million --quick`` runs it small.
 NOT_QUICK = ("million",)
 #: The peer comparison needs DBOS, which lives in its own virtualenv (``make bench`` makes it).

@@ -119,6 +119,10 @@ _STATUS = (
 )
 _STATE = f"CASE WHEN g % 10 = 0 THEN 'done' WHEN {_BUCKET} < 75 THEN 'paid' ELSE 'open' END"
 _MACHINE = "CASE WHEN g % 10 = 0 THEN 'mill_child' ELSE 'mill_order' END"
+# A failed execution's last step is the timer step that failed it (statem_failures finds it).
+_FAILING = f"s = {STEPS_EACH} AND {_STATUS} = 'failed'"
+_KIND = f"CASE WHEN s = 1 THEN 'start' WHEN {_FAILING} THEN 'timer' ELSE 'action' END"
+_ERROR = f"CASE WHEN {_FAILING} THEN 'boom' END"
 
 PG = Fill(
     executions=f"""
@@ -137,11 +141,13 @@ PG = Fill(
             CAST(:payload AS json), 0, now()
         FROM generate_series(CAST(:lo AS bigint), :hi) g WHERE {_STATUS} = 'waiting'""",
     steps=f"""
-        INSERT INTO statem_steps (execution_id, seq, at, kind, name, from_state, to_state, input, context)
+        INSERT INTO statem_steps (execution_id, seq, at, kind, name, from_state, to_state, input, context,
+            error)
         SELECT 'mx-' || g, s, now() - (CAST(:n - g AS double precision) / :n) * interval '365 days'
                 + s * interval '1 minute',
-            CASE WHEN s = 1 THEN 'start' ELSE 'action' END, CASE WHEN s = 1 THEN NULL ELSE 'bump' END,
-            CASE WHEN s = 1 THEN NULL ELSE 'open' END, 'open', '{{}}'::json, json_build_object('n', s)
+            {_KIND}, CASE WHEN s = 1 THEN NULL ELSE 'bump' END,
+            CASE WHEN s = 1 THEN NULL ELSE 'open' END, 'open', '{{}}'::json, json_build_object('n', s),
+            {_ERROR}
         FROM generate_series(CAST(:lo AS bigint), :hi) g, generate_series(1, {STEPS_EACH}) s""",
     long_steps=f"""
         INSERT INTO statem_steps (execution_id, seq, at, kind, name, from_state, to_state, input, context)
@@ -170,10 +176,11 @@ SQLITE = Fill(
             :payload, 0, {_SQLITE_AGE.format(seconds="0.0")}
         FROM g WHERE {_STATUS} = 'waiting'""",
     steps=f"""{_SERIES}, s(s) AS (SELECT 1 UNION ALL SELECT s + 1 FROM s WHERE s < {STEPS_EACH})
-        INSERT INTO statem_steps (execution_id, seq, at, kind, name, from_state, to_state, input, context)
+        INSERT INTO statem_steps (execution_id, seq, at, kind, name, from_state, to_state, input, context,
+            error)
         SELECT 'mx-' || g, s, {_SQLITE_AGE.format(seconds="60.0 * s - 31536000.0 * (:n - g) / :n")},
-            CASE WHEN s = 1 THEN 'start' ELSE 'action' END, CASE WHEN s = 1 THEN NULL ELSE 'bump' END,
-            CASE WHEN s = 1 THEN NULL ELSE 'open' END, 'open', '{{}}', json_object('n', s)
+            {_KIND}, CASE WHEN s = 1 THEN NULL ELSE 'bump' END,
+            CASE WHEN s = 1 THEN NULL ELSE 'open' END, 'open', '{{}}', json_object('n', s), {_ERROR}
         FROM g, s""",
     long_steps=f"""WITH RECURSIVE s(s) AS (SELECT 1 UNION ALL SELECT s + 1 FROM s WHERE s < {LONG})
         INSERT INTO statem_steps (execution_id, seq, at, kind, name, from_state, to_state, input, context)
@@ -234,8 +241,10 @@ def cookbook() -> list[tuple[str, str]]:
     found = []
     for block in re.findall(r"```sql\n(.*?)```", text, flags=re.S):
         sql = block.strip().rstrip(";").replace(COOKBOOK_ID, LONG_ID)
-        view = re.search(r"FROM (\w+)", sql)
-        found.append((f"sql {view.group(1) if view else sql[:20]}", sql))
+        view = re.search(r"FROM (statem_\w+)", sql)
+        name = f"sql {view.group(1) if view else sql[:20]}"
+        taken = sum(1 for n, _ in found if n == name or n.startswith(name + " ("))
+        found.append((f"{name} ({taken + 1})" if taken else name, sql))  # one name per query
     return found
 
 

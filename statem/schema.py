@@ -77,6 +77,8 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 #: The partial index of unfinished executions by last move covers rows matching this.
 UNFINISHED = "status NOT IN ('finished', 'canceled')"
+#: The operator steps (the statem_operations view's WHERE, as written there).
+OPERATOR_STEP = "kind IN ('pause', 'resume', 'move', 'upgrade') OR (kind = 'retry' AND input IS NOT NULL)"
 
 ID = String(200)
 BigID = BigInteger().with_variant(Integer, "sqlite")
@@ -143,6 +145,17 @@ executions = Table(
         postgresql_where=text(UNFINISHED),
         sqlite_where=text(UNFINISHED),
     ),
+    # unfinished only, in group order: statem_live_counts finds each group and counts it
+    # (bounded) from this index (migration 0009)
+    Index(
+        "ix_statem_executions_live",
+        "machine_id",
+        "machine_version",
+        "state",
+        "status",
+        postgresql_where=text(UNFINISHED),
+        sqlite_where=text(UNFINISHED),
+    ),
 )
 
 steps = Table(
@@ -170,6 +183,23 @@ steps = Table(
     ForeignKeyConstraint(["execution_id"], ["statem_executions.id"]),
     Index(None, "execution_id", "idempotency_key", unique=True),
     Index(None, "at"),
+    # the steps that failed an execution, for statem_failures (migration 0009)
+    Index(
+        "ix_statem_steps_failed",
+        "execution_id",
+        "seq",
+        "kind",
+        "name",
+        postgresql_where=text("error IS NOT NULL AND kind IN ('timer', 'result')"),
+        sqlite_where=text("error IS NOT NULL AND kind IN ('timer', 'result')"),
+    ),
+    # the operator steps, newest first, for statem_operations (migration 0009)
+    Index(
+        "ix_statem_steps_operator",
+        "at",
+        postgresql_where=text(OPERATOR_STEP),
+        sqlite_where=text(OPERATOR_STEP),
+    ),
 )
 
 tasks = Table(

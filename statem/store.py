@@ -418,9 +418,21 @@ def step_with_key(conn: Connection, execution_id: str, key: str) -> Row[Any] | N
     return conn.execute(_STEP_WITH_KEY, {"p_id": execution_id, "p_key": key}).first()
 
 
+#: The columns ``history`` reads, in the order of :class:`statem.records.Step`'s fields (not
+#: the idempotency key nor the event: a long history decodes one JSON column less per row).
+HISTORY_COLUMNS = (
+    "seq", "at", "kind", "name", "from_state", "to_state", "input", "output", "context", "error",
+)  # fmt: skip
+_history = (
+    select(*(steps.c[name] for name in HISTORY_COLUMNS))
+    .where(steps.c.execution_id == bindparam("execution_id"))
+    .order_by(steps.c.seq)
+)
+
+
 def history(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
-    """The steps of an execution, by seq."""
-    return conn.execute(select(steps).where(steps.c.execution_id == execution_id).order_by(steps.c.seq)).all()
+    """The steps of an execution, by seq: the columns of HISTORY_COLUMNS."""
+    return conn.execute(_history, {"execution_id": execution_id}).all()
 
 
 # --------------------------------------------------------------------------- tasks

@@ -84,6 +84,8 @@ def test_readme_cookbook_runs_on_both_databases(db_url: str) -> None:
     assert [r["id"] for r in failures] == [failed.id]
     assert "division by zero" in failures[0]["error"]
     assert sum(r["executions"] for r in counts) == 4  # order, its shipment, stuck, failed
+    assert not any(r["capped"] for r in counts)
+    assert [r["machine_id"] for r in counts] == sorted(r["machine_id"] for r in counts)
     assert sorted((r["kind"], r["name"]) for r in pending) == [
         ("child", "ship"),
         ("timer", "retry-later"),

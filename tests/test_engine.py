@@ -331,3 +331,36 @@ def test_pending_work_and_allowed_actions(engine: Engine) -> None:
     assert engine.allowed_actions(fx.id) == []
     with pytest.raises(ExecutionNotFound):
         engine.pending("nope")
+
+
+def test_history_reads_the_columns_of_step_in_order() -> None:
+    """history() builds each Step positionally from store.HISTORY_COLUMNS."""
+    import dataclasses
+
+    from statem import store
+    from statem.records import Step
+
+    assert tuple(f.name for f in dataclasses.fields(Step)) == store.HISTORY_COLUMNS
+
+
+def test_values_come_back_exactly_through_the_json_decoder(engine: Engine) -> None:
+    """Integers past 64 bits, long digit runs in text, floats and escapes read back as written."""
+    engine.save_machine(
+        {
+            "id": "keep",
+            "version": 1,
+            "start_at": "a",
+            "context": {"v": "input['v']"},
+            "states": {"a": {"actions": {"set": {"context": {"v": "input['v']"}}}}},
+        }
+    )
+    first = {"big": 2**64, "neg": -(10**30), "i64": 2**63 - 1, "digits": "1234567890123456789012"}
+    second = {"f": 0.1, "tiny": 5e-324, "neg0": -0.0, "text": 'é\n\t"\\ 漢', "deep": [[{"a": [1, 2.5]}]]}
+    ex = engine.start("keep", {"v": first})
+    engine.trigger(ex.id, "set", {"v": second})
+    assert engine.get(ex.id).context == {"v": second}
+    steps = engine.history(ex.id)
+    assert steps[0].context == {"v": first} and steps[0].input == {"v": first}
+    assert isinstance(steps[0].context["v"]["big"], int)  # not 1.8e19
+    assert steps[1].context == {"v": second} and steps[1].input == {"v": second}
+

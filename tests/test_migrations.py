@@ -56,6 +56,7 @@ VIEWS = {
     "statem_counts",
     "statem_pending_work",
     "statem_operations",
+    "statem_live_counts",
 }
 VERSION_TABLE = statem.schema.VERSION_TABLE
 COMPARE_OPTS: dict[str, Any] = {
@@ -236,6 +237,11 @@ def test_every_revision_steps_down_and_up_keeping_data(empty_url: str) -> None:
                 text("SELECT machine_id, state, status, executions FROM statem_counts")
             ).all()
         assert [tuple(r) for r in counts] == [("order", "cart", "waiting", 1)]
+        with e.db.connect() as conn:
+            live = conn.execute(
+                text("SELECT machine_id, state, status, executions, capped FROM statem_live_counts")
+            ).all()
+        assert [(*r[:4], bool(r[4])) for r in live] == [("order", "cart", "waiting", 1, False)]
         assert _diff(empty_url, statem.schema.metadata) == []
     finally:
         e.close()
