@@ -363,4 +363,3 @@ def test_values_come_back_exactly_through_the_json_decoder(engine: Engine) -> No
     assert steps[0].context == {"v": first} and steps[0].input == {"v": first}
     assert isinstance(steps[0].context["v"]["big"], int)  # not 1.8e19
     assert steps[1].context == {"v": second} and steps[1].input == {"v": second}
-
