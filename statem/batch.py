@@ -45,7 +45,6 @@ from . import store_batch as sb
 from .errors import StatemError
 from .executor import Executor, record_late
 from .kinds import FINAL_STATUSES, Status, TaskKind
-from .settings import MAX_STEP_CLAIMS
 from .steps import ClaimLost
 from .task_rules import Done, Item, timer_rule
 
@@ -66,14 +65,15 @@ class Written:
 
 
 def run_timers(ex: Executor, tasks: Sequence[Row[Any]]) -> None:
-    """Fire claimed timers as one batch (:func:`commit_batch`); a timer claimed too many
-    times is failed on its own, as :meth:`Executor.run` does."""
+    """Fire claimed timers as one batch (:func:`commit_batch`). A timer claimed before (a
+    worker died holding it, maybe because of it) is fired on its own first, as
+    :meth:`Executor.run` does (failed there if claimed too many times), so one poisonous
+    timer never costs the timers batched with it more than the one claim."""
     env = ex.rt.env
-    items = [Item(t, "timer", timer_rule(t, env)) for t in tasks if t.attempts <= MAX_STEP_CLAIMS]
     for task in tasks:
-        if task.attempts > MAX_STEP_CLAIMS:
+        if task.attempts > 1:
             ex.run(task)
-    commit_batch(ex, items)
+    commit_batch(ex, [Item(t, "timer", timer_rule(t, env)) for t in tasks if t.attempts <= 1])
 
 
 def commit_batch(ex: Executor, items: Sequence[Item]) -> None:

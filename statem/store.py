@@ -537,6 +537,11 @@ _READY = or_(
         tasks.c.lease_expires_at < bindparam("p_now", type_=tasks.c.due_at.type),
     ),
 )
+_FRESH = and_(
+    tasks.c.status == TaskStatus.pending,
+    tasks.c.attempts == 0,
+    tasks.c.due_at <= bindparam("p_now", type_=tasks.c.due_at.type),
+)
 _CLAIM_VALUES = {
     "status": TaskStatus.claimed,
     "claim": bindparam("p_claim"),
@@ -571,7 +576,8 @@ def _claim_statement(skip_locked: bool, kind: str | None = None) -> Any:
     Without ``kind``: any ready task this process can run (``_CAN_RUN``, bound by
     ``p_effects``); with ``kind``: ready tasks of that kind only (timers, which any
     process can run)."""
-    ready = select(tasks.c.id).where(_READY).order_by(tasks.c.due_at).limit(bindparam("p_limit"))
+    due = _READY if kind is None else _FRESH  # a batch takes fresh timers only: see claim_timers
+    ready = select(tasks.c.id).where(due).order_by(tasks.c.due_at).limit(bindparam("p_limit"))
     ready = ready.where(tasks.c.kind == kind) if kind is not None else ready.where(_CAN_RUN)
     if skip_locked:
         ready = ready.with_for_update(skip_locked=True)
@@ -614,7 +620,12 @@ def claim_tasks(
 def claim_timers(
     conn: Connection, *, owner: str, claim: str, now: dt.datetime, lease_until: dt.datetime, limit: int
 ) -> list[Row[Any]]:
-    """:func:`claim_tasks` of timers only: the extra timers a busy worker fires in batches."""
+    """The extra timers a busy worker fires in batches: pending timers never claimed before.
+
+    A timer whose earlier claim lapsed (its worker died, perhaps because of this very
+    timer) comes back only through :func:`claim_tasks`, and is fired on its own: a worker
+    that dies holding a batch costs each of the batch's timers one claim, once, never one
+    per crash while a poisonous timer keeps killing workers."""
     params = {"p_now": now, "p_limit": limit, "p_claim": claim, "p_owner": owner, "p_lease": lease_until}
     rows = conn.execute(_CLAIM_TIMERS[conn.dialect.name], params).all()
     return sorted(rows, key=lambda r: r.due_at)

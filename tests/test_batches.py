@@ -368,3 +368,19 @@ def test_an_idle_worker_fires_a_lone_timer_on_its_own_never_early(db_url: str) -
         assert len(timer) == 1 and timer[0].at >= due
     finally:
         engine.close()
+
+
+def test_timers_a_dead_worker_held_come_back_one_at_a_time(fengine: Engine, clock: FakeClock) -> None:
+    """A worker that died holding a batch costs its timers one claim each, once: their
+    lapsed claims are never taken by a batch claim again (only fresh timers are), and
+    when a poll takes them back they are fired on their own."""
+    ids = [fengine.start("nag").id for _ in range(3)]
+    clock.advance(hours=2)
+    held = fengine._executor.claim("dead", 10, 1.0)  # claimed by a worker that then died
+    assert len(held) == 3
+    clock.advance(seconds=5)  # its lease lapsed
+    assert fengine._executor.claim("batcher", 100, 30.0, timers=True) == []  # not fresh
+    again = fengine._executor.claim("next", 10, 30.0)
+    assert sorted(t.attempts for t in again) == [2, 2, 2]
+    run_timers(fengine._executor, again)
+    assert all(fengine.get(e).status == "finished" and contiguous(fengine, e) for e in ids)
