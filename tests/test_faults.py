@@ -233,7 +233,10 @@ def mixed_fleet_torture(db_url: str, tmp_path: Path, n: int, poisons: int, secon
     figures.update(poisoned=len(bad), poison_calls=sum(per_execution.values()), worker_deaths=deaths)
     engine.close()
     print(f"mixed fleet figures: {figures}")
-    assert deaths >= poisons  # each poison killed at least one worker
+    # the poison kills workers (at least one), but never more than its max_attempts (2)
+    # each: that bound is the guarantee. One death may use up the attempts of several
+    # poisons claimed by the same worker, so fewer deaths than poisons is fine.
+    assert 1 <= deaths <= 2 * poisons, deaths
     return figures
 
 
