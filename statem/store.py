@@ -185,27 +185,16 @@ def lock_for_trigger(conn: Connection, execution_id: str) -> tuple[Row[Any] | No
 
 
 def write_step(
-    conn: Connection,
-    row: Row[Any],
-    *,
-    state: str,
-    status: str,
-    context: Any,
-    output: Any,
-    error: str | None,
-    seq: int,
-    armed: bool,
-    now: dt.datetime,
-    history: list[dict[str, Any]] | None = None,
+    conn: Connection, row: Row[Any], *, history: list[dict[str, Any]] | None = None, **values: Any
 ) -> Row[Any]:
-    """Write back an execution after a step, fenced by its optimistic version.
+    """Write back an execution after a step, fenced by its optimistic version; ``values``
+    as :func:`step_params` takes them.
 
     Raises ConcurrencyError, changing nothing, when ``row.version`` is no longer the
     stored one. Returns the row as written (built here: no read). ``history`` (PostgreSQL
     only; see :func:`record_step`) is inserted by the same statement.
     """
-    params = step_params(row, state=state, status=status, context=context, output=output, error=error,
-                         seq=seq, armed=armed, now=now)  # fmt: skip
+    params = step_params(row, **values)
     if history is not None:
         params["p_rows"] = history
         matched = len(conn.execute(_WRITE_STEP_WITH_HISTORY, params).all())
