@@ -31,6 +31,7 @@ written; the worker sizes timer batches from how full its claims come back
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from collections.abc import Sequence
@@ -113,7 +114,7 @@ def commit_batch(ex: Executor, items: Sequence[Item]) -> None:
         _alone(ex, item)
 
 
-def _write(ex: Executor, conn: Connection, items: list[Item], now: Any) -> Written:
+def _write(ex: Executor, conn: Connection, items: list[Item], now: dt.datetime) -> Written:
     """The batch's transaction (see the module docstring)."""
     out = Written()
     rows = sb.lock_executions(conn, [i.task.execution_id for i in items])
