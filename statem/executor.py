@@ -91,7 +91,7 @@ class Executor:
         lease_until = now + dt.timedelta(seconds=lease_seconds)
         token = uuid.uuid4().hex
         with self.rt.transaction() as conn:
-            dialects.lease_only(conn)
+            dialects.lease_only(conn, claim=True)
             if timers:  # any process can fire a timer
                 return store.claim_timers(
                     conn, owner=owner, claim=token, now=now, lease_until=lease_until, limit=limit

@@ -19,7 +19,6 @@ from sqlalchemy import (
     JSON,
     Connection,
     Row,
-    and_,
     bindparam,
     delete,
     func,
@@ -28,6 +27,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.engine import result_tuple
@@ -517,20 +517,11 @@ def get_task(conn: Connection, task_id: int) -> Row[Any] | None:
     return _GET_TASK.first(conn, {"p_task": task_id})
 
 
-_READY = or_(
-    and_(
-        tasks.c.status == TaskStatus.pending, tasks.c.due_at <= bindparam("p_now", type_=tasks.c.due_at.type)
-    ),
-    and_(
-        tasks.c.status == TaskStatus.claimed,
-        tasks.c.lease_expires_at < bindparam("p_now", type_=tasks.c.due_at.type),
-    ),
-)
-_FRESH = and_(
-    tasks.c.status == TaskStatus.pending,
-    tasks.c.attempts == 0,
-    tasks.c.due_at <= bindparam("p_now", type_=tasks.c.due_at.type),
-)
+# The status of a claim's arms is spelled as a literal: only then can the planner (a
+# generic plan on PostgreSQL, any plan on SQLite) read the partial index of that status.
+_PENDING = tasks.c.status == literal_column(f"'{TaskStatus.pending}'")
+_CLAIMED = tasks.c.status == literal_column(f"'{TaskStatus.claimed}'")
+_NOW = bindparam("p_now", type_=tasks.c.due_at.type)
 _CLAIM_VALUES = {
     "status": TaskStatus.claimed,
     "claim": bindparam("p_claim"),
@@ -562,17 +553,30 @@ _CAN_RUN = or_(
 def _claim_statement(skip_locked: bool, kind: str | None = None) -> Any:
     """``UPDATE ... WHERE id IN (the soonest ready ids) RETURNING *``: a claim in one statement.
 
+    Ready is pending and due, or claimed under a lapsed lease (its worker died). Each is
+    its own arm, read in its own order from its own partial index (migration 0010) and
+    stopped at the limit, so a claim reads about ``p_limit`` index entries however many
+    tasks are ready; the soonest due of both arms are claimed.
+
     Without ``kind``: any ready task this process can run (``_CAN_RUN``, bound by
-    ``p_effects``); with ``kind``: ready tasks of that kind only (timers, which any
-    process can run)."""
-    due = _READY if kind is None else _FRESH  # a batch takes fresh timers only: see claim_timers
-    ready = select(tasks.c.id).where(due).order_by(tasks.c.due_at).limit(bindparam("p_limit"))
-    ready = ready.where(tasks.c.kind == kind) if kind is not None else ready.where(_CAN_RUN)
-    if skip_locked:
-        ready = ready.with_for_update(skip_locked=True)
-    return (
-        update(tasks).where(tasks.c.id.in_(ready.scalar_subquery())).values(_CLAIM_VALUES).returning(*tasks.c)
-    )
+    ``p_effects``); with ``kind``: fresh pending tasks of that kind only (timers, which any
+    process can run, and a batch takes fresh ones only: see :func:`claim_timers`)."""
+    limit = bindparam("p_limit")
+
+    def arm(status: Any, due: Any, order: Any) -> Any:
+        q = select(tasks.c.id, tasks.c.due_at).where(status, due).order_by(order).limit(limit)
+        q = q.where(tasks.c.kind == kind, tasks.c.attempts == 0) if kind is not None else q.where(_CAN_RUN)
+        return q.with_for_update(skip_locked=True) if skip_locked else q
+
+    pending = arm(_PENDING, tasks.c.due_at <= _NOW, tasks.c.due_at).subquery("pending")
+    if kind is not None:
+        ready = select(pending.c.id)
+    else:
+        lapsed = arm(_CLAIMED, tasks.c.lease_expires_at < _NOW, tasks.c.lease_expires_at).subquery("lapsed")
+        both = union_all(*(select(a.c.id, a.c.due_at) for a in (pending, lapsed))).subquery()
+        ready = select(both.c.id).order_by(both.c.due_at).limit(limit)
+    claimed = tasks.c.id.in_(ready.scalar_subquery())
+    return update(tasks).where(claimed).values(_CLAIM_VALUES).returning(*tasks.c)
 
 
 _CLAIM = {"sqlite": _claim_statement(skip_locked=False), "postgresql": _claim_statement(skip_locked=True)}
@@ -739,8 +743,8 @@ def take_waiting_task(conn: Connection, task_id: int) -> Row[Any] | None:
     return row
 
 
-_NEXT_PENDING = select(func.min(tasks.c.due_at)).where(tasks.c.status == TaskStatus.pending, _CAN_RUN)
-_NEXT_LEASE = select(func.min(tasks.c.lease_expires_at)).where(tasks.c.status == TaskStatus.claimed, _CAN_RUN)
+_NEXT_PENDING = select(func.min(tasks.c.due_at)).where(_PENDING, _CAN_RUN)
+_NEXT_LEASE = select(func.min(tasks.c.lease_expires_at)).where(_CLAIMED, _CAN_RUN)
 
 
 def next_due(conn: Connection, effects: Sequence[str]) -> dt.datetime | None:

@@ -99,9 +99,12 @@ _PG_LOCK = (
 )
 _PG_TAKE = text(
     "DELETE FROM statem_tasks WHERE kind NOT IN ('trigger', 'drain') AND execution_id IN ("
-    " SELECT t.execution_id FROM statem_tasks t"
-    " JOIN unnest(CAST(:p_ids AS bigint[]), CAST(:p_claims AS text[])) AS c(id, claim)"
-    " ON t.id = c.id AND t.claim = c.claim WHERE t.status = 'claimed')"
+    " SELECT t.execution_id FROM unnest(CAST(:p_ids AS bigint[]), CAST(:p_claims AS text[])) AS c(id, claim)"
+    # each task by its primary key: OFFSET 0 keeps the planner from folding the status
+    # test into the scan, where stale statistics ("no task is claimed") once made it read
+    # every claimed task once per task of the batch
+    " CROSS JOIN LATERAL (SELECT execution_id, claim, status FROM statem_tasks WHERE id = c.id OFFSET 0) AS t"
+    " WHERE t.claim = c.claim AND t.status = 'claimed')"
     " RETURNING *"
 ).columns(*tasks.c)
 assert set(INBOX_KINDS) == {"trigger", "drain"}  # spelled out in _PG_TAKE
@@ -118,7 +121,8 @@ def write_executions(conn: Connection, writes: Sequence[dict[str, Any]]) -> None
         matched = conn.execute(_WRITE_STEP, list(writes)).rowcount
     else:
         rows = [_pg_execution(w) for w in writes]
-        matched = conn.execute(_PG_WRITE_EXECUTIONS, {"p_rows": json.dumps(rows)}).rowcount
+        params = {"p_rows": json.dumps(rows), "p_ids": [w["p_id"] for w in writes]}
+        matched = conn.execute(_PG_WRITE_EXECUTIONS, params).rowcount
     if matched != len(writes):
         raise ConcurrencyError(f"{len(writes) - matched} of {len(writes)} executions in a batch moved")
 
@@ -139,7 +143,9 @@ _PG_WRITE_EXECUTIONS = text(
     "armed = v.armed, updated_at = v.updated_at "
     "FROM json_to_recordset(CAST(:p_rows AS json)) AS v(id text, version integer, state text, "
     "status text, context text, output text, error text, seq integer, armed boolean, updated_at timestamptz) "
-    "WHERE e.id = v.id AND e.version = v.version"
+    # the ids again as an array: an index condition on the primary key whatever the
+    # planner guesses of the JSON (else a small table's stale statistics plan a seq scan)
+    "WHERE e.id = ANY(CAST(:p_ids AS text[])) AND e.id = v.id AND e.version = v.version"
 )
 
 
