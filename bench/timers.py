@@ -1,13 +1,15 @@
-"""Issue 3 (b): timer lateness with many timers due in the same second, with and without a backlog.
+"""Issue 3 (b), issue 14: timer lateness with many timers due in the same second, with and without a backlog.
 
-On PostgreSQL with two ``statem worker`` subprocesses (4 threads each):
+On PostgreSQL with two ``statem worker`` subprocesses, and on SQLite with one (4 threads
+each):
 
 1. ``start()`` N executions of a machine whose start state waits ``until: input['at']``,
    the same ISO timestamp for all, far enough ahead that every insert (and the workers'
    start-up) is done before it is due. Lateness of a timer = the ``at`` of its ``timer``
    step row minus its due time. Printed: p50, p99, max, and the rate they fired at.
 2. Insert a backlog of pending timers due next year straight into ``statem_executions``
-   and ``statem_tasks`` with bulk SQL (1,000,000; 100,000 in quick mode), and repeat 1:
+   and ``statem_tasks`` with one bulk SQL statement each (1,000,000; 100,000 in quick
+   mode), and repeat 1:
    the backlog must not slow the due timers down.
 
 Target: p99 lateness under 1 s. Run: ``python -m bench.timers [--quick]``.
@@ -32,13 +34,13 @@ from .common import (
     new_engine,
     percentile,
     say,
-    scratch_pg,
+    scratch,
     start_many,
     wait_for_count,
 )
 
-#: Worker subprocesses and threads each.
-WORKERS, THREADS = 2, 4
+#: Worker subprocesses per database (issue 14), and threads each.
+WORKERS, THREADS = {"postgresql": 2, "sqlite": 1}, 4
 #: Threads that arm the timers with start().
 LOADERS = 4
 #: Seconds between the end of the inserts (and workers' start) and the due time.
@@ -105,7 +107,7 @@ def fire(url: str, engine: Engine, count: int) -> Lateness:
     """Arm ``count`` timers, run the workers through their due time, measure lateness."""
     already = _finished(engine)
     due = arm(engine, count)
-    with WorkerProcesses(url, WORKERS, THREADS) as workers:
+    with WorkerProcesses(url, WORKERS[engine.db.dialect.name], THREADS) as workers:
         workers.wait_ready()
         wait_for_count(engine.db, "bench_timer", already + count, TIMEOUT_SECONDS + count / 50)
     check_states(engine.db, "bench_timer", "awake", already + count)
@@ -133,7 +135,7 @@ def template(engine: Engine) -> tuple[str, str, str]:
             sa.text("SELECT state, status FROM statem_executions WHERE id = :i"), {"i": eid}
         ).one()
         payload = conn.execute(
-            sa.text("SELECT payload::text FROM statem_tasks WHERE execution_id = :i"), {"i": eid}
+            sa.text("SELECT CAST(payload AS TEXT) FROM statem_tasks WHERE execution_id = :i"), {"i": eid}
         ).scalar_one()
     return row.state, row.status, payload
 
@@ -145,6 +147,7 @@ def insert_backlog(engine: Engine, count: int) -> None:
     due = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
     params = {
         "n": count,
+        "due_text": due.replace(tzinfo=None).isoformat(sep=" "),
         "state": state,
         "status": status,
         "payload": payload,
@@ -152,29 +155,39 @@ def insert_backlog(engine: Engine, count: int) -> None:
         "at": due.isoformat(),
     }
     with engine.db.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO statem_executions (id, machine_id, machine_version, state, status, context, "
-                "input, seq, version, armed, created_at, updated_at) "
-                "SELECT 'backlog-' || g, 'bench_timer', 1, :state, :status, '{}'::json, "
-                "json_build_object('at', CAST(:at AS text)), 1, 1, true, now(), now() "
-                "FROM generate_series(1, :n) g"
-            ),
-            params,
-        )
-        conn.execute(
-            sa.text(
-                "INSERT INTO statem_tasks "
-                "(execution_id, kind, status, due_at, payload, attempts, created_at) "
-                "SELECT 'backlog-' || g, 'timer', 'pending', :due + g * interval '1 second', "
-                "CAST(:payload AS json), 0, now() FROM generate_series(1, :n) g"
-            ),
-            params,
-        )
+        for statement in BACKLOG[engine.db.dialect.name]:
+            conn.execute(sa.text(statement), params)
     with engine.db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("ANALYZE statem_executions"))
         conn.execute(sa.text("ANALYZE statem_tasks"))
     say(f"    inserted a backlog of {count:,} pending timers in {time.monotonic() - began:.1f} s")
+
+
+#: The backlog's bulk inserts: executions resting on a timer, and the timers, due one a
+#: second from a year ahead (SQLite stores times as ISO text, which sorts as they do).
+BACKLOG = {
+    "postgresql": [
+        "INSERT INTO statem_executions (id, machine_id, machine_version, state, status, context, "
+        "input, seq, version, armed, created_at, updated_at) "
+        "SELECT 'backlog-' || g, 'bench_timer', 1, :state, :status, '{}'::json, "
+        "json_build_object('at', CAST(:at AS text)), 1, 1, true, now(), now() "
+        "FROM generate_series(1, :n) g",
+        "INSERT INTO statem_tasks (execution_id, kind, status, due_at, payload, attempts, created_at) "
+        "SELECT 'backlog-' || g, 'timer', 'pending', :due + g * interval '1 second', "
+        "CAST(:payload AS json), 0, now() FROM generate_series(1, :n) g",
+    ],
+    "sqlite": [
+        "INSERT INTO statem_executions (id, machine_id, machine_version, state, status, context, "
+        "input, seq, version, armed, created_at, updated_at) "
+        "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < :n) "
+        "SELECT 'backlog-' || n, 'bench_timer', 1, :state, :status, '{}', json_object('at', :at), "
+        "1, 1, 1, :due_text, :due_text FROM g",
+        "INSERT INTO statem_tasks (execution_id, kind, status, due_at, payload, attempts, created_at) "
+        "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < :n) "
+        "SELECT 'backlog-' || n, 'timer', 'pending', datetime(:due_text, '+' || n || ' seconds'), "
+        ":payload, 0, :due_text FROM g",
+    ],
+}
 
 
 def result(name: str, late: Lateness, baseline: Lateness | None = None) -> list[Result]:
@@ -202,23 +215,26 @@ def result(name: str, late: Lateness, baseline: Lateness | None = None) -> list[
 
 
 def run(quick: bool) -> list[Result]:
-    """Issue 3 b."""
+    """Issue 3 b, on both databases (issue 14)."""
     sizes = QUICK if quick else FULL
-    with scratch_pg("timers") as url:
-        engine = new_engine(url)
-        try:
-            engine.save_machine(timer_machine())
-            say(f"  {sizes.due:,} timers due in the same second, no backlog")
-            alone = fire(url, engine, sizes.due)
-            say(f"  {sizes.due:,} timers due in the same second, {sizes.backlog:,} pending future timers")
-            insert_backlog(engine, sizes.backlog)
-            loaded = fire(url, engine, sizes.due)
-        finally:
-            engine.close()
-    backlog = f"{sizes.backlog // 1000:,}k"
-    return result(f"timers/postgresql: {sizes.due:,} due", alone) + result(
-        f"timers/postgresql: {sizes.due:,} due + {backlog} pending", loaded, alone
-    )
+    out: list[Result] = []
+    for kind in ("postgresql", "sqlite"):
+        with scratch(kind, "timers") as url:
+            engine = new_engine(url)
+            try:
+                engine.save_machine(timer_machine())
+                workers = f"{WORKERS[kind]} worker(s)"
+                say(f"  {kind}, {workers}: {sizes.due:,} timers due in the same second, no backlog")
+                alone = fire(url, engine, sizes.due)
+                say(f"  {kind}, {workers}: the same with {sizes.backlog:,} future timers pending")
+                insert_backlog(engine, sizes.backlog)
+                loaded = fire(url, engine, sizes.due)
+            finally:
+                engine.close()
+        backlog = f"{sizes.backlog // 1000:,}k"
+        out += result(f"timers/{kind}: {sizes.due:,} due", alone)
+        out += result(f"timers/{kind}: {sizes.due:,} due + {backlog} pending", loaded, alone)
+    return out
 
 
 def main() -> None:
