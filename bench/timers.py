@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from statem import Engine
+from statem.schema import executions, steps
 
 from .app import timer_machine
 from .common import (
@@ -95,12 +96,13 @@ def arm(engine: Engine, count: int) -> dt.datetime:
 
 def lateness(db: sa.Engine, due: dt.datetime) -> list[float]:
     """Seconds between ``due`` and each timer step of the executions armed for it."""
-    q = sa.text(
-        "SELECT s.at FROM statem_steps s JOIN statem_executions e ON e.id = s.execution_id "
-        "WHERE s.kind = 'timer' AND e.input->>'at' = :at"
+    q = (
+        sa.select(steps.c.at)
+        .join(executions, executions.c.id == steps.c.execution_id)
+        .where(steps.c.kind == "timer", executions.c.input["at"].as_string() == due.isoformat())
     )
     with db.connect() as conn:
-        return [(at - due).total_seconds() for (at,) in conn.execute(q, {"at": due.isoformat()})]
+        return [(at - due).total_seconds() for (at,) in conn.execute(q)]
 
 
 def fire(url: str, engine: Engine, count: int) -> Lateness:
