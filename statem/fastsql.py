@@ -92,16 +92,17 @@ class Prepared:
             for name, process in zip(form.names, form.binds)  # noqa: B905 (same length)
         )
 
-    def execute(self, conn: Connection, params: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
-        """Run with one set of parameters, or once per set in a list (``executemany``)."""
+    def execute(self, conn: Connection, params: dict[str, Any] | Sequence[dict[str, Any]]) -> int:
+        """Run with one set of parameters, or once per set in a list (``executemany``);
+        returns the rows it changed (for ``executemany``, summed over the sets)."""
         if conn.dialect.name != "sqlite":
-            conn.execute(self.statement, params)
-            return
+            return conn.execute(self.statement, params).rowcount
         form = self._form(conn.dialect)
         if isinstance(params, dict):
-            _run(conn, form.sql, self._args(form, params), many=False)
+            cursor = _run(conn, form.sql, self._args(form, params), many=False)
         else:
-            _run(conn, form.sql, [self._args(form, p) for p in params], many=True)
+            cursor = _run(conn, form.sql, [self._args(form, p) for p in params], many=True)
+        return cursor.rowcount
 
     def first(self, conn: Connection, params: dict[str, Any]) -> Row[Any] | None:
         """The first row of a SELECT (or RETURNING), processed as SQLAlchemy would; or None."""

@@ -561,7 +561,7 @@ def _claim_statement(skip_locked: bool, kind: str | None = None) -> Any:
     Without ``kind``: any ready task this process can run (``_CAN_RUN``, bound by
     ``p_effects``); with ``kind``: fresh pending tasks of that kind only (timers, which any
     process can run, and a batch takes fresh ones only: see :func:`claim_timers`)."""
-    limit = bindparam("p_limit")
+    limit: Any = bindparam("p_limit")
 
     def arm(status: Any, due: Any, order: Any) -> Any:
         q = select(tasks.c.id, tasks.c.due_at).where(status, due).order_by(order).limit(limit)

@@ -19,7 +19,9 @@ spoils the others:
 On PostgreSQL each of the last three is ONE statement whatever the batch's size: the rows
 travel as one JSON array, unpacked by ``json_to_recordset`` / ``json_populate_recordset``
 on the server (the form :func:`statem.store.record_step` uses for one step's history). On
-SQLite, in-process, they are ``executemany`` calls (a loop in C).
+SQLite, in-process, they are ``executemany`` calls (a loop in C) run straight on the driver
+(:mod:`statem.fastsql`: SQLAlchemy's per-row parameter handling cost more than SQLite's
+work).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from .errors import ConcurrencyError
 from .kinds import TaskStatus
 from .schema import executions, steps, tasks
 from .semantics import StepRecord, TaskSpec
-from .store import _INSERT_STEPS, _INSERT_TASKS, _WRITE_STEP, INBOX_KINDS, _step_rows, _task_rows
+from .store import _FAST_INSERT_STEPS, _FAST_WRITE_STEP, _INSERT_PENDING, INBOX_KINDS, _step_rows, _task_rows
 
 
 def lock_executions(conn: Connection, ids: Sequence[str]) -> dict[str, Row[Any]]:
@@ -118,7 +120,7 @@ def write_executions(conn: Connection, writes: Sequence[dict[str, Any]]) -> None
     if not writes:
         return
     if dialects.is_sqlite(conn):
-        matched = conn.execute(_WRITE_STEP, list(writes)).rowcount
+        matched = _FAST_WRITE_STEP.execute(conn, list(writes))
     else:
         rows = [_pg_execution(w) for w in writes]
         params = {"p_rows": json.dumps(rows), "p_ids": [w["p_id"] for w in writes]}
@@ -175,7 +177,7 @@ def insert_history(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
     if dialects.is_sqlite(conn):
-        conn.execute(_INSERT_STEPS, list(rows))
+        _FAST_INSERT_STEPS.execute(conn, list(rows))
     else:
         conn.execute(_PG_INSERT_HISTORY, {"p_rows": [_iso(r, "at") for r in rows]})
 
@@ -190,7 +192,7 @@ def insert_pending(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
     if dialects.is_sqlite(conn):
-        conn.execute(_INSERT_TASKS, list(rows))
+        _INSERT_PENDING.execute(conn, list(rows))
     else:
         conn.execute(_PG_INSERT_TASKS, {"p_rows": [_iso(r, "due_at", "created_at") for r in rows]})
 
