@@ -38,7 +38,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
 
-from . import writelock
+from . import jsoncodec, writelock
 from .errors import StoreError
 from .settings import DB_TIMEOUT_SECONDS, PING_IDLE_SECONDS
 
@@ -115,6 +115,8 @@ def make_engine(url: str, **kw: Any) -> Engine:
     """A SQLAlchemy engine set up for statem on SQLite or PostgreSQL (URL forms: see
     :func:`sqlalchemy_url`)."""
     url = sqlalchemy_url(url)
+    kw.setdefault("json_serializer", jsoncodec.dumps)
+    kw.setdefault("json_deserializer", jsoncodec.loads)
     if make_url(url).get_backend_name() == "sqlite":
         return _sqlite_engine(url, **kw)
     connect_args = kw.pop("connect_args", {})

@@ -27,7 +27,6 @@ work).
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -48,7 +47,7 @@ from sqlalchemy import (
     tuple_,
 )
 
-from . import dialects
+from . import dialects, jsoncodec
 from .errors import ConcurrencyError
 from .kinds import TaskStatus
 from .schema import executions, steps, tasks
@@ -123,7 +122,7 @@ def write_executions(conn: Connection, writes: Sequence[dict[str, Any]]) -> None
         matched = _FAST_WRITE_STEP.execute(conn, list(writes))
     else:
         rows = [_pg_execution(w) for w in writes]
-        params = {"p_rows": json.dumps(rows), "p_ids": [w["p_id"] for w in writes]}
+        params = {"p_rows": jsoncodec.dumps(rows), "p_ids": [w["p_id"] for w in writes]}
         matched = conn.execute(_PG_WRITE_EXECUTIONS, params).rowcount
     if matched != len(writes):
         raise ConcurrencyError(f"{len(writes) - matched} of {len(writes)} executions in a batch moved")
@@ -134,7 +133,8 @@ def _pg_execution(w: dict[str, Any]) -> dict[str, Any]:
     # as the JSON null the one-step path stores (SQLAlchemy's JSON type), not as SQL NULL
     return {
         "id": w["p_id"], "version": w["p_version"], "state": w["p_state"], "status": w["p_status"],
-        "context": json.dumps(w["p_context"]), "output": json.dumps(w["p_output"]), "error": w["p_error"],
+        "context": jsoncodec.dumps(w["p_context"]), "output": jsoncodec.dumps(w["p_output"]),
+        "error": w["p_error"],
         "seq": w["p_seq"], "armed": w["p_armed"], "updated_at": w["p_now"].isoformat(),
     }  # fmt: skip
 
