@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -46,7 +47,10 @@ def wait_for(driver: WebDriver, css: str, text: str | None = None, timeout: floa
         if text is not None
         else ec.presence_of_element_located((By.CSS_SELECTOR, css))
     )
-    WebDriverWait(driver, timeout).until(condition)
+    # a form's POST navigates to a new page: until it is in, Chromium may answer a read of
+    # the old page's element with a generic "node does not belong to the document" error
+    # instead of a stale-element one; both mean "not yet", the timeout still fails the test
+    WebDriverWait(driver, timeout, ignored_exceptions=(WebDriverException,)).until(condition)
 
 
 def fire(driver: WebDriver, action: str, data: str) -> None:
