@@ -216,6 +216,8 @@ def test_filters_paging_and_the_machine_page(browser: WebDriver, sqlite_engine: 
         browser.get(base + "/")
         Select(browser.find_element(By.ID, "f-status")).select_by_value("canceled")
         browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+        # the new page's table, not the old one's (present until the navigation lands)
+        WebDriverWait(browser, 20).until(ec.url_contains("status=canceled"))
         wait_for(browser, "table.list")
         shown = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "table.list tbody td:first-child a")]
         assert sorted(shown) == sorted(ids[:3])
