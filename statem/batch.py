@@ -34,7 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,15 +77,24 @@ def run_timers(ex: Executor, tasks: Sequence[Row[Any]]) -> None:
     commit_batch(ex, [Item(t, "timer", timer_rule(t, env)) for t in tasks if t.attempts <= 1])
 
 
-def commit_batch(ex: Executor, items: Sequence[Item]) -> None:
+#: Claims the next tasks inside a batch's transaction, at its end (``GroupCommit(refill=)``):
+#: given the connection and how many items the batch holds, returns the tasks claimed.
+Refill = Callable[[Connection, int], list[Row[Any]]]
+
+
+def commit_batch(ex: Executor, items: Sequence[Item], refill: Refill | None = None) -> list[Row[Any]]:
     """Commit ``items`` (claimed tasks and the steps they make) as one transaction; never
     raises. A lone item, an execution's second item, and every item of a batch whose
     transaction failed as a whole (a deadlock with another writer, a lost connection) are
-    run on their own, exactly as without batching."""
-    if len(items) <= 1:
+    run on their own, exactly as without batching.
+
+    ``refill``: run at the end of the batch's transaction (a lone item then goes through
+    the batch's path too), committed with the batch; returns what it claimed, or nothing
+    when the batch was not written as one."""
+    if not items or (len(items) == 1 and refill is None):
         for item in items:
             _alone(ex, item)
-        return
+        return []
     first: dict[str, Item] = {}
     later: list[Item] = []
     for item in sorted(items, key=lambda i: (i.task.execution_id, i.task.id)):
@@ -97,12 +106,13 @@ def commit_batch(ex: Executor, items: Sequence[Item]) -> None:
     try:
         with ex.rt.transaction() as conn:
             written = _write(ex, conn, list(first.values()), now)
+            claimed = refill(conn, len(items)) if refill is not None else []
     except Exception as exc:
         level = logging.INFO if isinstance(exc, DBAPIError | StatemError) else logging.WARNING
         log.log(level, "a batch of %d steps rolled back (%s); running them one by one", len(items), exc)
         for item in items:
             _alone(ex, item)
-        return
+        return []
     for item, step in written.done:
         if item.task.kind == TaskKind.timer:
             ex.rt.metrics.task(item.task.kind)
@@ -112,6 +122,7 @@ def commit_batch(ex: Executor, items: Sequence[Item]) -> None:
         _stale(ex, item)
     for item in written.alone + later:
         _alone(ex, item)
+    return claimed
 
 
 def _write(ex: Executor, conn: Connection, items: list[Item], now: dt.datetime) -> Written:
@@ -192,6 +203,7 @@ class _Waiter:
     item: Item
     woken: threading.Event = field(default_factory=threading.Event)
     lead: bool = False
+    handed: Row[Any] | None = None
 
 
 class GroupCommit:
@@ -203,16 +215,25 @@ class GroupCommit:
     meanwhile wait; when the batch is done, the oldest of them leads the next one. An idle
     worker's lone result is therefore committed at once, on its own; a busy one's results
     share transactions.
+
+    ``refill`` (the worker's): the batch's transaction ends by claiming up to one next
+    task per result in it, for the threads those results free, so a busy thread goes from
+    one task to the next without a claim transaction of its own. A thread takes the task
+    handed to it with :meth:`take_handed` once the executor returns.
     """
 
-    def __init__(self, executor: Executor, limit: int = BATCH_MAX) -> None:
+    def __init__(self, executor: Executor, limit: int = BATCH_MAX, refill: Refill | None = None) -> None:
         self._ex = executor
         self._limit = limit
+        self._refill = refill
         self._lock = threading.Lock()
         self._queue: list[_Waiter] = []
         self._busy = False
+        self._handed = threading.local()
         #: the most results one batch committed so far
         self.largest = 0
+        #: the tasks claimed for threads in their results' transactions so far
+        self.handed = 0
 
     def submit(self, item: Item) -> None:
         """Commit ``item`` (alone or with others); returns when it is done."""
@@ -225,13 +246,23 @@ class GroupCommit:
             me.woken.wait()
         if me.lead:
             self._write()
+        self._handed.task = me.handed
+
+    def take_handed(self) -> Row[Any] | None:
+        """The task claimed for this thread with its last result (once), or None."""
+        task: Row[Any] | None = getattr(self._handed, "task", None)
+        self._handed.task = None
+        return task
 
     def _write(self) -> None:
         with self._lock:
             batch, self._queue = self._queue[: self._limit], self._queue[self._limit :]
         self.largest = max(self.largest, len(batch))
         try:
-            commit_batch(self._ex, [w.item for w in batch])
+            claimed = commit_batch(self._ex, [w.item for w in batch], self._refill)
+            for waiter, task in zip(batch, claimed, strict=False):
+                waiter.handed = task
+            self.handed += len(claimed)
         finally:
             with self._lock:
                 nxt = self._queue[0] if self._queue else None

@@ -88,11 +88,18 @@ def lease_only(conn: Connection, *, claim: bool = False) -> None:
         conn.execute(_CLAIM_SETTINGS if claim else _ASYNC_COMMIT)
 
 
+def claim_plan(conn: Connection) -> None:
+    """PostgreSQL: the rest of this transaction plans a claim as :func:`lease_only` does
+    with ``claim`` (the ordered index walk), its commit unchanged: for a claim made at the
+    end of a step's transaction (:class:`statem.batch.GroupCommit`)."""
+    if not is_sqlite(conn):
+        conn.execute(_CLAIM_PLAN)
+
+
 _ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
-_CLAIM_SETTINGS = text(
-    "SELECT set_config('synchronous_commit', 'off', true), set_config('enable_bitmapscan', 'off', true),"
-    " set_config('enable_seqscan', 'off', true)"
-)
+_PLAN = "set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true)"
+_CLAIM_SETTINGS = text(f"SELECT set_config('synchronous_commit', 'off', true), {_PLAN}")
+_CLAIM_PLAN = text(f"SELECT {_PLAN}")
 
 
 def sqlalchemy_url(url: str) -> str:

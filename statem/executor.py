@@ -86,18 +86,26 @@ class Executor:
     # ------------------------------------------------------------------ claiming
     def claim(self, owner: str, limit: int, lease_seconds: float, *, timers: bool = False) -> list[Row[Any]]:
         """Claim up to ``limit`` ready tasks (``timers``: timers only) under a fresh fencing
-        token, soonest due first."""
+        token, soonest due first, in a transaction of their own."""
+        with self.rt.transaction() as conn:
+            dialects.lease_only(conn, claim=True)
+            return self.claim_on(conn, owner, limit, lease_seconds, timers=timers)
+
+    def claim_on(
+        self, conn: Connection, owner: str, limit: int, lease_seconds: float, *, timers: bool = False
+    ) -> list[Row[Any]]:
+        """:meth:`claim` inside the caller's transaction (committed with it, or not at all)."""
         now = self.rt.clock()
         lease_until = now + dt.timedelta(seconds=lease_seconds)
         token = uuid.uuid4().hex
-        with self.rt.transaction() as conn:
-            dialects.lease_only(conn, claim=True)
-            if timers:  # any process can fire a timer
-                return store.claim_timers(
-                    conn, owner=owner, claim=token, now=now, lease_until=lease_until, limit=limit
-                )
-            return store.claim_tasks(conn, owner=owner, claim=token, now=now, lease_until=lease_until,
-                                     limit=limit, effects=self.rt.effects.names())  # fmt: skip
+        if timers:  # any process can fire a timer
+            return store.claim_timers(
+                conn, owner=owner, claim=token, now=now, lease_until=lease_until, limit=limit
+            )
+        return store.claim_tasks(
+            conn, owner=owner, claim=token, now=now, lease_until=lease_until, limit=limit,
+            effects=self.rt.effects.names(),
+        )  # fmt: skip
 
     def run_once(self, limit: int = 100, owner: str = "run_once") -> int:
         """Claim the ready tasks and run each in this thread; returns how many ran."""

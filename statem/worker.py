@@ -29,7 +29,7 @@ from types import FrameType, TracebackType
 from typing import Any, Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Row
+from sqlalchemy import Connection, Row
 
 from . import dialects, store
 from .batch import GroupCommit, run_timers
@@ -83,8 +83,9 @@ class Worker:
         self.settings = settings or self.rt.worker_settings
         self.owner = self.settings.name or default_owner()
         self.executor = Executor(self.rt)
-        #: the effect results of this worker's threads, committed in batches
-        self.results = GroupCommit(self.executor)
+        #: the effect results of this worker's threads, committed in batches, each batch
+        #: claiming the next task of each thread it frees (``_refill``)
+        self.results = GroupCommit(self.executor, refill=self._refill)
         self.executor.committer = self.results.submit
         self._pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="statem-task")
         #: the claims of the tasks in flight (renewed by the ``renew`` job)
@@ -109,6 +110,9 @@ class Worker:
         self._retry_at = 0.0
         self._listener: threading.Thread | None = None
         self.tasks_run = 0
+        #: the tasks this worker's polls claimed (the others it ran were handed to its
+        #: threads with their results: ``results.handed``)
+        self.claimed = 0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Worker:
@@ -277,13 +281,26 @@ class Worker:
         if timers:
             share = -(-len(timers) // max(1, free - len(jobs)))  # ceiling division
             jobs += [timers[i : i + share] for i in range(0, len(timers), share)]
+        count = sum(len(job) for job in jobs)
+        self.claimed += count
         for job in jobs:
             self.largest_batch = max(self.largest_batch, len(job))
             for task in job:
                 self.leases.hold(task.id, task.claim)
             with self._lock:
                 self._futures[job[0].id] = (self._pool.submit(self._run, job), job)
-        return sum(len(job) for job in jobs)
+        return count
+
+    def _refill(self, conn: Connection, results: int) -> list[Row[Any]]:
+        """At the end of a batch of ``results`` effect results (:class:`GroupCommit`): claim
+        up to one next task per thread the batch frees, in its transaction. That saves each
+        busy thread a claim transaction per task; the claim's commit is the batch's own.
+        Nothing while stopping."""
+        if self._stopping.is_set() or time.monotonic() < self._retry_at:
+            return []
+        dialects.claim_plan(conn)
+        s = self.settings
+        return self.executor.claim_on(conn, self.owner, min(results, s.claim_batch), s.lease_seconds)
 
     def _saturated(self) -> bool:
         with self._lock:
@@ -294,19 +311,27 @@ class Worker:
             return store.next_due(conn, self.rt.effects.names())
 
     def _run(self, job: list[Row[Any]]) -> None:
-        try:
-            if len(job) == 1:
-                self.executor.run(job[0])
-            else:
-                run_timers(self.executor, job)
-            self.tasks_run += len(job)
-        except Exception:
-            log.exception("task %s crashed the executor; its lease will lapse", job[0].id)
-        finally:
-            for task in job:
-                self.leases.release(task.id)
-            with self._lock:
-                self._futures.pop(job[0].id, None)
+        first = job[0].id
+        while True:
+            try:
+                if len(job) == 1:
+                    self.executor.run(job[0])
+                else:
+                    run_timers(self.executor, job)
+                self.tasks_run += len(job)
+            except Exception:
+                log.exception("task %s crashed the executor; its lease will lapse", job[0].id)
+            finally:
+                for task in job:
+                    self.leases.release(task.id)
+            # the task claimed for this thread in its result's transaction, if any (_refill)
+            handed = self.results.take_handed()
+            if handed is None:
+                break
+            self.leases.hold(handed.id, handed.claim)
+            job = [handed]
+        with self._lock:
+            self._futures.pop(first, None)
         # the freed thread claims the next tasks itself (no hand-off to the scheduler's
         # thread and back: that cost a job, two thread switches and a poll per task)
         try:

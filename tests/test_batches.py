@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from statem import Engine
 from statem.batch import GroupCommit, run_timers
@@ -315,6 +316,72 @@ def test_a_worker_commits_many_effect_results_correctly(db_url: str) -> None:
             ex = engine.get(eid)
             assert (ex.status, ex.context["twice"]) == ("finished", 2 * i)
             assert [s.kind for s in engine.history(eid)] == ["start", "invoke", "result"]
+    finally:
+        engine.close()
+
+
+def test_a_busy_thread_gets_its_next_task_in_its_results_transaction(db_url: str) -> None:
+    """GroupCommit's refill: a batch of results ends by claiming the next task of each
+    thread it frees, so a busy worker runs most tasks without a claim transaction of its
+    own; every task still runs once, under its own claim, and nothing stays claimed."""
+    engine = Engine(db_url, worker_settings=WorkerSettings(concurrency=4, poll_seconds=0.2))
+    calls: list[int] = []
+    try:
+        engine.save_machine(EFFECT)
+
+        @engine.effect("double")
+        def double(input: dict[str, Any], *, idempotency_key: str) -> Any:
+            calls.append(input["n"])
+            return {"n": input["n"] * 2}
+
+        ids = [engine.start("fx", {"n": i}).id for i in range(80)]
+        with engine.worker() as worker:
+            for eid in ids:
+                engine.wait(eid, timeout=60)
+            handed, claimed = worker.results.handed, worker.claimed
+        assert sorted(calls) == list(range(80))  # each once
+        assert handed > 0 and claimed + handed == 80  # each task claimed once, by a poll or handed
+        for i, eid in enumerate(ids):
+            ex = engine.get(eid)
+            assert (ex.status, ex.context["twice"]) == ("finished", 2 * i)
+            assert [s.kind for s in engine.history(eid)] == ["start", "invoke", "result"]
+        with engine.db.connect() as conn:
+            assert conn.execute(text("SELECT COUNT(*) FROM statem_tasks")).scalar() == 0
+    finally:
+        engine.close()
+
+
+def test_a_worker_stopping_runs_or_releases_every_task_it_was_handed(db_url: str) -> None:
+    """Stopped while results hand threads their next tasks: what it was handed it runs
+    before stop() returns, what it had not started it releases; nothing is left claimed,
+    and a second worker finishes the rest, each effect called once."""
+    engine = Engine(db_url, worker_settings=WorkerSettings(concurrency=4, poll_seconds=0.2))
+    calls: list[int] = []
+    try:
+        engine.save_machine(EFFECT)
+
+        @engine.effect("double")
+        def double(input: dict[str, Any], *, idempotency_key: str) -> Any:
+            calls.append(input["n"])
+            time.sleep(0.002)
+            return {"n": input["n"] * 2}
+
+        ids = [engine.start("fx", {"n": i}).id for i in range(150)]
+        worker = engine.worker().start()
+        deadline = time.monotonic() + 30
+        while len(calls) < 40 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        worker.stop()
+        assert 40 <= len(calls) < 150 and worker.results.handed > 0
+        with engine.db.connect() as conn:
+            assert (
+                conn.execute(text("SELECT COUNT(*) FROM statem_tasks WHERE status = 'claimed'")).scalar() == 0
+            )
+        with engine.worker():
+            for eid in ids:
+                engine.wait(eid, timeout=60)
+        assert sorted(calls) == list(range(150))
+        assert all(engine.get(eid).status == "finished" for eid in ids)
     finally:
         engine.close()
 
