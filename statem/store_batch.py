@@ -36,8 +36,10 @@ from sqlalchemy import (
     JSON,
     Connection,
     Row,
+    Text,
     any_,
     bindparam,
+    cast,
     delete,
     func,
     insert,
@@ -60,8 +62,8 @@ def lock_executions(conn: Connection, ids: Sequence[str]) -> dict[str, Row[Any]]
     (missing ids are absent). SQLite's writing transaction already holds its write lock."""
     if dialects.is_sqlite(conn):
         q = select(executions).where(executions.c.id.in_(sorted(ids))).order_by(executions.c.id)
-        return {row.id: row for row in conn.execute(q)}
-    return {row.id: row for row in conn.execute(_PG_LOCK, {"p_ids": sorted(ids)})}
+        return {row.id: row for row in conn.execute(q).all()}
+    return {row.id: row for row in conn.execute(_PG_LOCK, {"p_ids": sorted(ids)}).all()}
 
 
 def take_claimed(conn: Connection, claims: Sequence[tuple[int, str]]) -> dict[str, list[Row[Any]]]:
@@ -85,7 +87,7 @@ def take_claimed(conn: Connection, claims: Sequence[tuple[int, str]]) -> dict[st
         ids, tokens = [task_id for task_id, _ in claims], [token for _, token in claims]
         result = conn.execute(_PG_TAKE, {"p_ids": ids, "p_claims": tokens})
     taken: dict[str, list[Row[Any]]] = defaultdict(list)
-    for row in result:
+    for row in result.all():
         taken[row.execution_id].append(row)
     return taken
 
@@ -155,7 +157,7 @@ def _pg_insert_from_json(table: Any, names: Sequence[str]) -> Any:
     """``INSERT INTO table (names) SELECT names FROM json_populate_recordset(NULL::table,
     :p_rows)``: every row of a JSON array in one statement."""
     rows = func.json_populate_recordset(
-        literal_column(f"NULL::{table.name}"), bindparam("p_rows", type_=JSON)
+        literal_column(f"NULL::{table.name}"), cast(bindparam("p_rows", type_=Text), JSON)
     ).table_valued(*names)
     return insert(table).from_select(list(names), select(*(rows.c[n] for n in names)))
 
@@ -179,7 +181,7 @@ def insert_history(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if dialects.is_sqlite(conn):
         _FAST_INSERT_STEPS.execute(conn, list(rows))
     else:
-        conn.execute(_PG_INSERT_HISTORY, {"p_rows": [_iso(r, "at") for r in rows]})
+        conn.execute(_PG_INSERT_HISTORY, {"p_rows": jsoncodec.dumps_rows(rows)})
 
 
 def task_rows(execution_id: str, specs: Sequence[TaskSpec], now: dt.datetime) -> list[dict[str, Any]]:
@@ -194,17 +196,7 @@ def insert_pending(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if dialects.is_sqlite(conn):
         _INSERT_PENDING.execute(conn, list(rows))
     else:
-        conn.execute(_PG_INSERT_TASKS, {"p_rows": [_iso(r, "due_at", "created_at") for r in rows]})
-
-
-def _iso(row: dict[str, Any], *names: str) -> dict[str, Any]:
-    """``row`` with its datetimes as ISO text (JSON has no timestamps; PostgreSQL casts them back)."""
-    out = dict(row)
-    for name in names:
-        value = out.get(name)
-        if isinstance(value, dt.datetime):
-            out[name] = value.isoformat()
-    return out
+        conn.execute(_PG_INSERT_TASKS, {"p_rows": jsoncodec.dumps_rows(rows)})
 
 
 __all__ = [
