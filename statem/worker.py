@@ -271,13 +271,15 @@ class Worker:
             free = self.settings.concurrency - len(self._futures)
         if free <= 0:
             return 0
-        s = self.settings
-        tasks = self.executor.claim(self.owner, min(free, s.claim_batch), s.lease_seconds)
-        timers = [t for t in tasks if t.kind == TaskKind.timer]
-        jobs: list[list[Row[Any]]] = [[t] for t in tasks if t.kind != TaskKind.timer]
-        if timers and len(tasks) >= min(free, s.claim_batch):
-            want = max(1, free - len(jobs)) * TIMER_BATCH_MAX - len(timers)
-            timers += self.executor.claim(self.owner, want, s.lease_seconds, timers=True)
+        s, ex = self.settings, self.executor
+        with self.rt.transaction() as conn:  # both claims, one transaction
+            dialects.lease_only(conn, claim=True)
+            tasks = ex.claim_on(conn, self.owner, min(free, s.claim_batch), s.lease_seconds)
+            timers = [t for t in tasks if t.kind == TaskKind.timer]
+            jobs: list[list[Row[Any]]] = [[t] for t in tasks if t.kind != TaskKind.timer]
+            if timers and len(tasks) >= min(free, s.claim_batch):
+                want = max(1, free - len(jobs)) * TIMER_BATCH_MAX - len(timers)
+                timers += ex.claim_on(conn, self.owner, want, s.lease_seconds, timers=True)
         if timers:
             share = -(-len(timers) // max(1, free - len(jobs)))  # ceiling division
             jobs += [timers[i : i + share] for i in range(0, len(timers), share)]
