@@ -235,15 +235,21 @@ def check_outcome(outcome: Outcome, now: dt.datetime) -> None:
 def _check_rows(records: Sequence[StepRecord], memo: dict[int, int]) -> None:
     total = 0
     for i, r in enumerate(records):
-        what = f"history row {i + 1} of the step ({r.kind} {r.name or ''})".replace(" )", ")")
-        row = (
-            _measure(r.input, f"{what}: input", memo)
-            + _measure(r.output, f"{what}: output", memo)
-            + _measure(r.context, f"{what}: context", memo)
-        )
-        check_size(row, what, MAX_STEP_ROW_BYTES)
+        try:  # the row's name is only spelled out for an error (this runs on every step)
+            row = _size(r.input, memo) + _size(r.output, memo) + _size(r.context, memo)
+        except _Bad:
+            what = _row_name(i, r)
+            for part in ("input", "output", "context"):
+                _measure(getattr(r, part), f"{what}: {part}", memo)
+            raise
+        if row > MAX_STEP_ROW_BYTES:
+            check_size(row, _row_name(i, r), MAX_STEP_ROW_BYTES)
         total += row
     check_size(total, "the history rows of one step", MAX_STEP_BYTES)
+
+
+def _row_name(i: int, r: StepRecord) -> str:
+    return f"history row {i + 1} of the step ({r.kind} {r.name or ''})".replace(" )", ")")
 
 
 def check_size(size: int, what: str, limit: int) -> None:
