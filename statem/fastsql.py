@@ -20,6 +20,7 @@ as before (on PostgreSQL a round trip dwarfs SQLAlchemy's share).
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -45,6 +46,10 @@ class _Form:
     binds: tuple[Processor, ...]
     results: tuple[Processor, ...]
     row: Callable[[Iterable[Any]], Row[Any]] | None
+    #: the bind values in order from a dict holding every name (a C-level getter)
+    values: Callable[[dict[str, Any]], tuple[Any, ...]]
+    #: (position, processor) of the binds that have a processor
+    processed: tuple[tuple[int, Callable[[Any], Any]], ...]
 
 
 class Prepared:
@@ -81,16 +86,21 @@ class Prepared:
         columns = compiled._result_columns or []
         results = tuple(c.type._cached_result_processor(dialect, None) for c in columns)
         row = result_tuple([c.keyname for c in columns]) if columns else None
-        return _Form(compiled.string, names, defaults, tuple(processors.get(n) for n in names), results, row)
+        binds = tuple(processors.get(n) for n in names)
+        processed = tuple((i, p) for i, p in enumerate(binds) if p is not None)
+        return _Form(compiled.string, names, defaults, binds, results, row, _getter(names), processed)
 
-    def _args(self, form: _Form, params: dict[str, Any]) -> tuple[Any, ...]:
-        defaults = form.defaults
-        return tuple(
-            (params[name] if name in params else defaults[name])
-            if process is None
-            else process(params[name] if name in params else defaults[name])
-            for name, process in zip(form.names, form.binds)  # noqa: B905 (same length)
-        )
+    def _args(self, form: _Form, params: dict[str, Any]) -> tuple[Any, ...] | list[Any]:
+        try:
+            values: tuple[Any, ...] | list[Any] = form.values(params)
+        except KeyError:  # a bind left to its default
+            defaults = form.defaults
+            values = tuple(params[name] if name in params else defaults[name] for name in form.names)
+        if form.processed:
+            values = list(values)
+            for i, process in form.processed:
+                values[i] = process(values[i])
+        return values
 
     def execute(self, conn: Connection, params: dict[str, Any] | Sequence[dict[str, Any]]) -> int:
         """Run with one set of parameters, or once per set in a list (``executemany``);
@@ -140,6 +150,15 @@ class Prepared:
         return count
 
 
+def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    if not names:
+        return lambda _params: ()
+    if len(names) == 1:
+        name = names[0]
+        return lambda params: (params[name],)
+    return operator.itemgetter(*names)
+
+
 def _row(form: _Form, found: Sequence[Any]) -> Row[Any]:
     assert form.row is not None
     pairs = zip(form.results, found, strict=True)
@@ -150,9 +169,11 @@ def _run(conn: Connection, sql: str, args: Any, *, many: bool) -> sqlite3.Cursor
     if not conn.in_transaction():
         conn.begin()  # as conn.execute does (autobegin): never a statement outside a transaction
     cursor: sqlite3.Cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr,assignment]
-    dispatch = conn.dispatch
-    if dispatch.before_cursor_execute:
-        dispatch.before_cursor_execute(conn, cursor, sql, args, None, many)
+    # the listeners, looked up only when the engine has any (a plain attribute: looking
+    # the event collections up costs more than SQLite's own work on a small statement)
+    events = conn._has_events or conn.engine._has_events
+    if events and conn.dispatch.before_cursor_execute:
+        conn.dispatch.before_cursor_execute(conn, cursor, sql, args, None, many)
     try:
         if many:
             cursor.executemany(sql, args)
@@ -160,6 +181,6 @@ def _run(conn: Connection, sql: str, args: Any, *, many: bool) -> sqlite3.Cursor
             cursor.execute(sql, args)
     except sqlite3.Error as exc:
         raise DBAPIError.instance(sql, args, exc, sqlite3.Error, dialect=conn.dialect) from exc
-    if dispatch.after_cursor_execute:
-        dispatch.after_cursor_execute(conn, cursor, sql, args, None, many)
+    if events and conn.dispatch.after_cursor_execute:
+        conn.dispatch.after_cursor_execute(conn, cursor, sql, args, None, many)
     return cursor
