@@ -320,20 +320,28 @@ def test_a_worker_commits_many_effect_results_correctly(db_url: str) -> None:
         engine.close()
 
 
+def counted_doubles(db_url: str, pause: float) -> tuple[Engine, list[int]]:
+    """An engine (a 4-thread worker's settings) with EFFECT saved and its effect counting
+    its calls (the ``n`` of each) in the list returned, each call taking ``pause`` s."""
+    engine = Engine(db_url, worker_settings=WorkerSettings(concurrency=4, poll_seconds=0.2))
+    calls: list[int] = []
+    engine.save_machine(EFFECT)
+
+    @engine.effect("double")
+    def double(input: dict[str, Any], *, idempotency_key: str) -> Any:
+        calls.append(input["n"])
+        time.sleep(pause)
+        return {"n": input["n"] * 2}
+
+    return engine, calls
+
+
 def test_a_busy_thread_gets_its_next_task_in_its_results_transaction(db_url: str) -> None:
     """GroupCommit's refill: a batch of results ends by claiming the next task of each
     thread it frees, so a busy worker runs most tasks without a claim transaction of its
     own; every task still runs once, under its own claim, and nothing stays claimed."""
-    engine = Engine(db_url, worker_settings=WorkerSettings(concurrency=4, poll_seconds=0.2))
-    calls: list[int] = []
+    engine, calls = counted_doubles(db_url, pause=0.0)
     try:
-        engine.save_machine(EFFECT)
-
-        @engine.effect("double")
-        def double(input: dict[str, Any], *, idempotency_key: str) -> Any:
-            calls.append(input["n"])
-            return {"n": input["n"] * 2}
-
         ids = [engine.start("fx", {"n": i}).id for i in range(80)]
         with engine.worker() as worker:
             for eid in ids:
@@ -355,17 +363,8 @@ def test_a_worker_stopping_runs_or_releases_every_task_it_was_handed(db_url: str
     """Stopped while results hand threads their next tasks: what it was handed it runs
     before stop() returns, what it had not started it releases; nothing is left claimed,
     and a second worker finishes the rest, each effect called once."""
-    engine = Engine(db_url, worker_settings=WorkerSettings(concurrency=4, poll_seconds=0.2))
-    calls: list[int] = []
+    engine, calls = counted_doubles(db_url, pause=0.002)
     try:
-        engine.save_machine(EFFECT)
-
-        @engine.effect("double")
-        def double(input: dict[str, Any], *, idempotency_key: str) -> Any:
-            calls.append(input["n"])
-            time.sleep(0.002)
-            return {"n": input["n"] * 2}
-
         ids = [engine.start("fx", {"n": i}).id for i in range(150)]
         worker = engine.worker().start()
         deadline = time.monotonic() + 30
