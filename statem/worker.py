@@ -46,7 +46,7 @@ log = logging.getLogger("statem.worker")
 #: Longest pause between polls while the database is unreachable.
 MAX_OUTAGE_BACKOFF_SECONDS = 30.0
 #: Most timers one thread fires in one transaction when many are due at once.
-TIMER_BATCH_MAX = 128
+TIMER_BATCH_MAX = 256
 
 
 #: A worker process's first-generation GC threshold (Python's default: 700 allocations).
