@@ -51,6 +51,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from statem import Engine, WorkerSettings
+from statem.settings import WORKER_CONCURRENCY
 
 from .app import effect_machine, register
 from .common import (
@@ -69,7 +70,7 @@ from .common import (
 #: Executions per kind (quick mode: QUICK_UNITS).
 UNITS, QUICK_UNITS = 2_000, 200
 #: Threads of the in-process worker.
-THREADS = 4
+THREADS = WORKER_CONCURRENCY
 #: Longest a worker phase may take.
 TIMEOUT_SECONDS = 300.0
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from statem import Engine, WorkerSettings
+from statem.settings import WORKER_CONCURRENCY
 
 from .app import effect_machine, order_machines
 from .common import (
@@ -50,7 +51,7 @@ from .common import (
 #: Worker processes tried in (a).
 PROCESSES = (1, 2, 4)
 #: Threads per worker process (statem's default).
-THREADS = 4
+THREADS = WORKER_CONCURRENCY
 #: Threads that pre-load executions with start() on PostgreSQL.
 LOADERS = 4
 #: Longest a timed phase may take before the benchmark gives up.

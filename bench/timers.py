@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from statem import Engine
 from statem.schema import executions, steps
+from statem.settings import WORKER_CONCURRENCY
 
 from .app import timer_machine
 from .common import (
@@ -41,7 +42,7 @@ from .common import (
 )
 
 #: Worker subprocesses per database (issue 14), and threads each.
-WORKERS, THREADS = {"postgresql": 2, "sqlite": 1}, 4
+WORKERS, THREADS = {"postgresql": 2, "sqlite": 1}, WORKER_CONCURRENCY
 #: Threads that arm the timers with start().
 LOADERS = 4
 #: Seconds between the end of the inserts (and workers' start) and the due time.
