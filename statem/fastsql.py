@@ -104,7 +104,7 @@ class Prepared:
 
     def execute(self, conn: Connection, params: dict[str, Any] | Sequence[dict[str, Any]]) -> int:
         """Run with one set of parameters, or once per set in a list (``executemany``);
-        returns the rows it changed (for ``executemany``, summed over the sets)."""
+        returns the rows an INSERT, UPDATE or DELETE changed (summed over the sets)."""
         if conn.dialect.name != "sqlite":
             return conn.execute(self.statement, params).rowcount
         form = self._form(conn.dialect)
@@ -140,15 +140,6 @@ class Prepared:
         rowid = _run(conn, form.sql, self._args(form, params), many=False).lastrowid
         assert rowid is not None
         return rowid
-
-    def rowcount(self, conn: Connection, params: dict[str, Any]) -> int:
-        """The rows an UPDATE or DELETE matched."""
-        if conn.dialect.name != "sqlite":
-            return conn.execute(self.statement, params).rowcount
-        form = self._form(conn.dialect)
-        count: int = _run(conn, form.sql, self._args(form, params), many=False).rowcount
-        return count
-
 
 def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     if not names:

@@ -199,7 +199,7 @@ def write_step(
         params["p_rows"] = history
         matched = len(conn.execute(_WRITE_STEP_WITH_HISTORY, params).all())
     else:
-        matched = _FAST_WRITE_STEP.rowcount(conn, params)
+        matched = _FAST_WRITE_STEP.execute(conn, params)
     _fenced(conn, row, matched)
     return as_written(row, params)
 
@@ -680,7 +680,7 @@ def swap_task(
 
 def finish_task(conn: Connection, task_id: int, claim: str) -> bool:
     """Fenced delete: True only if this claim is still the current one on the task."""
-    return _FAST_FINISH_TASK.rowcount(conn, {"p_task": task_id, "p_claim": claim}) == 1
+    return _FAST_FINISH_TASK.execute(conn, {"p_task": task_id, "p_claim": claim}) == 1
 
 
 def _unclaim_statement(**values: Any) -> Prepared:
@@ -717,18 +717,18 @@ def _unclaim(conn: Connection, task_id: int, claim: str, **values: Any) -> bool:
 
 def hold_task(conn: Connection, task_id: int, claim: str, child_id: str) -> bool:
     """Fenced: mark a child task as waiting for its child's result."""
-    return _HOLD_TASK.rowcount(conn, {"p_task": task_id, "p_claim": claim, "p_child": child_id}) == 1
+    return _HOLD_TASK.execute(conn, {"p_task": task_id, "p_claim": claim, "p_child": child_id}) == 1
 
 
 def retry_task(conn: Connection, task_id: int, claim: str, due_at: dt.datetime, error: str) -> bool:
     """Fenced: put a failed attempt back as pending, due after its backoff."""
     params = {"p_task": task_id, "p_claim": claim, "p_due": due_at, "p_error": error}
-    return _RETRY_TASK.rowcount(conn, params) == 1
+    return _RETRY_TASK.execute(conn, params) == 1
 
 
 def release_task(conn: Connection, task_id: int, claim: str) -> None:
     """Give a claimed task back unrun (a worker shutting down), without using an attempt."""
-    _RELEASE_TASK.rowcount(conn, {"p_task": task_id, "p_claim": claim})
+    _RELEASE_TASK.execute(conn, {"p_task": task_id, "p_claim": claim})
 
 
 _WAITING_TASK = Prepared(select(tasks).where(tasks.c.id == bindparam("p_task"), tasks.c.status == "waiting"))

@@ -1,4 +1,6 @@
-"""The stored-JSON codec: orjson's speed, the standard module's answers."""
+"""The stored-JSON codec: orjson's speed, the standard module's answers. (Values through
+the engine and both databases: tests/test_engine.py,
+test_values_come_back_exactly_through_the_json_decoder.)"""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from statem import Engine, jsoncodec
+from statem import jsoncodec
 
 SAME = [
     None,
@@ -47,21 +49,3 @@ def test_what_orjson_refuses_or_converts_is_answered_as_the_standard_module_does
             jsoncodec.dumps(value)
     else:
         assert jsoncodec.loads(jsoncodec.dumps(value)) == json.loads(expected)
-
-
-def test_an_execution_keeps_wide_integers_through_the_store(db_url: str) -> None:
-    engine = Engine(db_url)
-    try:
-        go = {"state": "b", "context": {"m": "input['m'] * 2"}}
-        engine.save_machine(
-            {"id": "wide", "version": 1, "start_at": "a", "context": {"n": "input['n']", "ok": "input['ok']"},
-             "states": {"a": {"actions": {"go": go}}, "b": {}}}
-        )  # fmt: skip
-        big = 10**40 + 7
-        ex = engine.start("wide", {"n": big, "ok": 2**63})
-        assert engine.get(ex.id).context == {"n": big, "ok": 2**63}
-        engine.trigger(ex.id, "go", {"m": -big})
-        assert engine.get(ex.id).context == {"n": big, "ok": 2**63, "m": -2 * big}
-        assert any(step.input == {"m": -big} for step in engine.history(ex.id))
-    finally:
-        engine.close()
