@@ -158,6 +158,10 @@ def _ping_when_idle(engine: Engine) -> None:
 
 
 _BEGIN = {"IMMEDIATE": "BEGIN IMMEDIATE", "DEFERRED": "BEGIN DEFERRED"}
+#: The connection info key a read-only transaction sets to begin DEFERRED (no write lock). Not
+#: a "begin" listener reading an execution option: any connection event listener makes
+#: SQLAlchemy (and statem.fastsql) look its event collections up on every statement.
+_BEGIN_MODE = "statem_begin"
 #: The connection info key naming the thread whose entry of the write lock a connection holds.
 _WRITER = "statem_writer"
 
@@ -175,6 +179,13 @@ def _sqlite_engine(url: str, **kw: Any) -> Engine:
         if checkpointer is not None:
             checkpointer.stop()
 
+    # Any connection-event listener sets this flag, and with it SQLAlchemy (and fastsql)
+    # look the event collections up around every BEGIN, statement and COMMIT: about 10
+    # microseconds of a 180-microsecond trigger(). ``dispose()`` dispatches
+    # engine_disposed whatever the flag says, and a listener added later (a benchmark's
+    # statement counter) sets it again.
+    engine._has_events = False
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
@@ -189,11 +200,6 @@ def _sqlite_engine(url: str, **kw: Any) -> Engine:
             checkpointer.ensure_running()
         cur.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-        conn.connection.info["statem_begin"] = mode
-
     def release(info: dict[Any, Any] | None) -> None:
         """Hand on the write lock this connection holds, if it holds it."""
         owner = info.pop(_WRITER, None) if info is not None else None
@@ -206,7 +212,7 @@ def _sqlite_engine(url: str, **kw: Any) -> Engine:
         # an OperationalError, which the engine reports as StoreError) and keeps the
         # connection's state straight; an error raised by a listener escapes unwrapped.
         # Straight to the driver: a full SQLAlchemy execution costs more than the BEGIN.
-        mode = proxied.info.pop("statem_begin", "IMMEDIATE")
+        mode = proxied.info.pop(_BEGIN_MODE, "IMMEDIATE")
         if mode == "IMMEDIATE" and lock is not None:
             if not lock.acquire(DB_TIMEOUT_SECONDS):
                 raise sqlite3.OperationalError(
@@ -271,7 +277,7 @@ def transaction(db: Engine, *, write: bool = True) -> Iterator[Connection]:
     try:
         with db.connect() as conn:
             if not write and is_sqlite(conn):
-                conn = conn.execution_options(sqlite_begin="DEFERRED")
+                conn.connection.info[_BEGIN_MODE] = "DEFERRED"  # read by do_begin, once
             with conn.begin():
                 yield conn
     except IntegrityError:

@@ -100,6 +100,19 @@ def test_cursor_listeners_see_every_statement(lite: Any) -> None:
     assert seen == done == ["SELECT", "UPDATE", "INSERT"]
 
 
+def test_events_are_dispatched_only_once_someone_listens(lite: Any) -> None:
+    """statem's own SQLite engine registers no per-statement listener, so SQLAlchemy skips
+    its event dispatch; a listener added later is still called. (Its engine_disposed hook
+    still stops the checkpointer: test_checkpoint.)"""
+    engine, _ = lite
+    assert engine.db._has_events is False
+    seen: list[str] = []
+    sa.event.listen(engine.db, "commit", lambda conn: seen.append("commit"))
+    assert engine.db._has_events is True
+    engine.start("m")
+    assert seen == ["commit"]
+
+
 def test_task_rows_inserted_and_read_as_sqlalchemy_does(lite: Any) -> None:
     engine, path = lite
     now = dt.datetime.now(dt.UTC)
