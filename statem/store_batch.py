@@ -40,18 +40,16 @@ from sqlalchemy import (
     any_,
     bindparam,
     cast,
-    delete,
     func,
     insert,
     literal_column,
     select,
     text,
-    tuple_,
 )
 
 from . import dialects, jsoncodec
 from .errors import ConcurrencyError
-from .kinds import TaskStatus
+from .fastsql import Prepared
 from .schema import executions, steps, tasks
 from .semantics import StepRecord, TaskSpec
 from .store import _FAST_INSERT_STEPS, _FAST_WRITE_STEP, _INSERT_PENDING, INBOX_KINDS, _step_rows, _task_rows
@@ -61,8 +59,7 @@ def lock_executions(conn: Connection, ids: Sequence[str]) -> dict[str, Row[Any]]
     """The execution rows of ``ids``, locked until the transaction ends, in id order
     (missing ids are absent). SQLite's writing transaction already holds its write lock."""
     if dialects.is_sqlite(conn):
-        q = select(executions).where(executions.c.id.in_(sorted(ids))).order_by(executions.c.id)
-        return {row.id: row for row in conn.execute(q).all()}
+        return {row.id: row for row in _LITE_LOCK.all(conn, {"p_ids": jsoncodec.dumps(list(ids))})}
     return {row.id: row for row in conn.execute(_PG_LOCK, {"p_ids": sorted(ids)}).all()}
 
 
@@ -74,22 +71,33 @@ def take_claimed(conn: Connection, claims: Sequence[tuple[int, str]]) -> dict[st
     if not claims:
         return {}
     if dialects.is_sqlite(conn):
-        ours = select(tasks.c.execution_id).where(
-            tuple_(tasks.c.id, tasks.c.claim).in_(list(claims)), tasks.c.status == TaskStatus.claimed
-        )
-        q = (
-            delete(tasks)
-            .where(tasks.c.execution_id.in_(ours.scalar_subquery()), tasks.c.kind.not_in(INBOX_KINDS))
-            .returning(*tasks.c)
-        )
-        result = conn.execute(q)
+        rows = _LITE_TAKE.all(conn, {"p_claims": jsoncodec.dumps(list(claims))})
     else:
         ids, tokens = [task_id for task_id, _ in claims], [token for _, token in claims]
-        result = conn.execute(_PG_TAKE, {"p_ids": ids, "p_claims": tokens})
+        rows = list(conn.execute(_PG_TAKE, {"p_ids": ids, "p_claims": tokens}).all())
     taken: dict[str, list[Row[Any]]] = defaultdict(list)
-    for row in result.all():
+    for row in rows:
         taken[row.execution_id].append(row)
     return taken
+
+
+# SQLite: the ids travel as one JSON array unpacked by json_each, so the statement's text
+# is the same whatever the batch's size, compiled once and run on the driver
+# (statem.fastsql); an expanding IN is rendered anew by SQLAlchemy for every batch.
+_LITE_LOCK = Prepared(
+    text(
+        "SELECT * FROM statem_executions WHERE id IN (SELECT value FROM json_each(:p_ids)) ORDER BY id"
+    ).columns(*executions.c)
+)
+_LITE_TAKE = Prepared(
+    text(
+        "DELETE FROM statem_tasks WHERE kind NOT IN ('trigger', 'drain') AND execution_id IN ("
+        " SELECT t.execution_id FROM json_each(:p_claims) AS c"
+        " JOIN statem_tasks AS t ON t.id = json_extract(c.value, '$[0]')"
+        " WHERE t.claim = json_extract(c.value, '$[1]') AND t.status = 'claimed')"
+        " RETURNING *"
+    ).columns(*tasks.c)
+)
 
 
 # PostgreSQL: the ids travel as arrays, so each statement's text is the same whatever the
