@@ -505,6 +505,43 @@ def test_worker_threads_and_wait(db_url: str, tmp_path: Path) -> None:
         engine.close()
 
 
+def test_work_armed_now_is_polled_for_without_a_scheduler_job(db_url: str) -> None:
+    """A start that arms an effect wakes the worker's poll thread at once: the work runs
+    well before the (long) poll interval, and no scheduler job is added to run now; the
+    jobs added are wake-ups for later (a timer, a lease that would lapse)."""
+    import datetime as dt
+
+    from apscheduler.events import EVENT_JOB_ADDED, JobEvent
+
+    from statem import WorkerSettings
+
+    engine = Engine(db_url)
+    engine.effects.register("work", lambda input, *, idempotency_key: input["n"] * 10)
+    engine.save_machine(effect_machine())
+    engine.save_machine(
+        {"id": "tick", "version": 1, "start_at": "w",
+         "states": {"w": {"always": [{"state": "done", "wait_for": {"seconds": 0.5}}]}, "done": {"end": True}}}
+    )  # fmt: skip
+    ahead: list[float] = []  # per job added: how far ahead of its adding it is due (seconds)
+    try:
+        with engine.worker(WorkerSettings(concurrency=2, poll_seconds=60)) as worker:
+
+            def added(event: JobEvent) -> None:
+                job = worker._scheduler.get_job(event.job_id)
+                if job is not None and job.next_run_time is not None:
+                    ahead.append((job.next_run_time - dt.datetime.now(dt.UTC)).total_seconds())
+
+            worker._scheduler.add_listener(added, EVENT_JOB_ADDED)
+            for i in range(10):
+                assert engine.wait(engine.start("fx", {"n": i}).id, timeout=10).output == i * 10
+            tick = engine.start("tick")
+            assert engine.wait(tick.id, timeout=10).status == "finished"
+        assert ahead, "the timer's wake-up is a scheduler job"
+        assert min(ahead) > 0, f"a job was added to run at once: {ahead}"
+    finally:
+        engine.close()
+
+
 def test_task_for_a_machine_that_no_longer_validates_fails_the_execution(db_url: str) -> None:
     from sqlalchemy import text
 
