@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     Connection,
     Row,
+    Text,
+    any_,
     bindparam,
     delete,
     func,
@@ -31,8 +34,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import result_tuple
+from sqlalchemy.sql.elements import ColumnElement
 
-from . import dialects
+from . import dialects, jsoncodec
 from .errors import ConcurrencyError
 from .fastsql import Prepared
 from .kinds import Status, TaskKind, TaskStatus
@@ -543,14 +547,29 @@ _SERVICE_OPERATION = (
     )
     .exists()
 )
-_CAN_RUN = or_(
-    tasks.c.effect.is_(None),
-    tasks.c.effect.in_(bindparam("p_effects", expanding=True)),
-    _SERVICE_OPERATION,
-)
 
 
-def _claim_statement(skip_locked: bool, kind: str | None = None) -> Any:
+def _can_run(dialect: str) -> Any:
+    """The tasks a process can run. Its effect names travel as one value, so the
+    statement's text is the same whatever they are (compiled once, and run on the driver
+    on SQLite): a PostgreSQL array, a SQLite JSON array unpacked by ``json_each``
+    (:func:`effects_param`). An expanding IN was rendered anew by SQLAlchemy on every
+    claim and every next-due lookup."""
+    mine: ColumnElement[bool]
+    if dialect == "sqlite":
+        names = bindparam("p_effects", type_=Text)
+        mine = tasks.c.effect.in_(select(literal_column("value")).select_from(func.json_each(names)))
+    else:
+        mine = tasks.c.effect == any_(bindparam("p_effects", type_=ARRAY(Text)))
+    return or_(tasks.c.effect.is_(None), mine, _SERVICE_OPERATION)
+
+
+def effects_param(conn: Connection, effects: Sequence[str]) -> Any:
+    """``p_effects`` of the claim and next-due statements, as :func:`_can_run` binds it."""
+    return jsoncodec.dumps(list(effects)) if dialects.is_sqlite(conn) else list(effects)
+
+
+def _claim_statement(dialect: str, kind: str | None = None) -> Prepared:
     """``UPDATE ... WHERE id IN (the soonest ready ids) RETURNING *``: a claim in one statement.
 
     Ready is pending and due, or claimed under a lapsed lease (its worker died). Each is
@@ -558,16 +577,18 @@ def _claim_statement(skip_locked: bool, kind: str | None = None) -> Any:
     stopped at the limit, so a claim reads about ``p_limit`` index entries however many
     tasks are ready; the soonest due of both arms are claimed.
 
-    Without ``kind``: any ready task this process can run (``_CAN_RUN``, bound by
+    Without ``kind``: any ready task this process can run (:func:`_can_run`, bound by
     ``p_effects``); with ``kind``: fresh pending tasks of that kind only (timers, which any
     process can run, and a batch takes fresh ones only: see :func:`claim_timers`)."""
     limit: Any = bindparam("p_limit")
+    skip_locked = dialect != "sqlite"
 
     def arm(status: Any, due: Any, order: Any) -> Any:
         q = select(tasks.c.id, tasks.c.due_at).where(status, due).order_by(order).limit(limit)
-        q = q.where(tasks.c.kind == kind, tasks.c.attempts == 0) if kind is not None else q.where(_CAN_RUN)
+        q = q.where(tasks.c.kind == kind, tasks.c.attempts == 0) if kind is not None else q.where(can_run)
         return q.with_for_update(skip_locked=True) if skip_locked else q
 
+    can_run = _can_run(dialect)
     pending = arm(_PENDING, tasks.c.due_at <= _NOW, tasks.c.due_at).subquery("pending")
     if kind is not None:
         ready = select(pending.c.id)
@@ -576,14 +597,11 @@ def _claim_statement(skip_locked: bool, kind: str | None = None) -> Any:
         both = union_all(*(select(a.c.id, a.c.due_at) for a in (pending, lapsed))).subquery()
         ready = select(both.c.id).order_by(both.c.due_at).limit(limit)
     claimed = tasks.c.id.in_(ready.scalar_subquery())
-    return update(tasks).where(claimed).values(_CLAIM_VALUES).returning(*tasks.c)
+    return Prepared(update(tasks).where(claimed).values(_CLAIM_VALUES).returning(*tasks.c))
 
 
-_CLAIM = {"sqlite": _claim_statement(skip_locked=False), "postgresql": _claim_statement(skip_locked=True)}
-_CLAIM_TIMERS = {
-    "sqlite": _claim_statement(skip_locked=False, kind=TaskKind.timer),
-    "postgresql": _claim_statement(skip_locked=True, kind=TaskKind.timer),
-}
+_CLAIM = {name: _claim_statement(name) for name in ("sqlite", "postgresql")}
+_CLAIM_TIMERS = {name: _claim_statement(name, kind=TaskKind.timer) for name in ("sqlite", "postgresql")}
 
 
 def claim_tasks(
@@ -605,8 +623,8 @@ def claim_tasks(
     Each claimed row gets a fresh ``claim`` token: results are committed only under it.
     """
     params = {"p_now": now, "p_limit": limit, "p_claim": claim, "p_owner": owner, "p_lease": lease_until,
-              "p_effects": list(effects)}  # fmt: skip
-    rows = conn.execute(_CLAIM[conn.dialect.name], params).all()
+              "p_effects": effects_param(conn, effects)}  # fmt: skip
+    rows = _CLAIM[conn.dialect.name].all(conn, params)
     return sorted(rows, key=lambda r: r.due_at)
 
 
@@ -620,7 +638,7 @@ def claim_timers(
     that dies holding a batch costs each of the batch's timers one claim, once, never one
     per crash while a poisonous timer keeps killing workers."""
     params = {"p_now": now, "p_limit": limit, "p_claim": claim, "p_owner": owner, "p_lease": lease_until}
-    rows = conn.execute(_CLAIM_TIMERS[conn.dialect.name], params).all()
+    rows = _CLAIM_TIMERS[conn.dialect.name].all(conn, params)
     return sorted(rows, key=lambda r: r.due_at)
 
 
@@ -745,15 +763,22 @@ def take_waiting_task(conn: Connection, task_id: int) -> Row[Any] | None:
 
 # both in one statement (one round trip): the next pending task's due time, the next
 # lapse of a claim's lease; each an ordered walk of its partial index
-_NEXT_DUE = select(
-    select(func.min(tasks.c.due_at)).where(_PENDING, _CAN_RUN).scalar_subquery(),
-    select(func.min(tasks.c.lease_expires_at)).where(_CLAIMED, _CAN_RUN).scalar_subquery(),
-)
+_NEXT_DUE = {
+    name: Prepared(
+        select(
+            select(func.min(tasks.c.due_at)).where(_PENDING, _can_run(name)).scalar_subquery(),
+            select(func.min(tasks.c.lease_expires_at)).where(_CLAIMED, _can_run(name)).scalar_subquery(),
+        )
+    )
+    for name in ("sqlite", "postgresql")
+}
 
 
 def next_due(conn: Connection, effects: Sequence[str]) -> dt.datetime | None:
     """When the next pending task a process with ``effects`` can run is due, or the next
     lease on one expires."""
-    pending, lease = conn.execute(_NEXT_DUE, {"p_effects": list(effects)}).one()
+    found = _NEXT_DUE[conn.dialect.name].first(conn, {"p_effects": effects_param(conn, effects)})
+    assert found is not None  # an aggregate: always one row
+    pending, lease = tuple(found)
     times: list[dt.datetime] = [t for t in (pending, lease) if t is not None]
     return min(times) if times else None
