@@ -29,7 +29,7 @@ from typing import Any
 
 from .definition import Branch, CompiledMachine, ContextUpdate, Invoke, Transition
 from .errors import ActionNotAllowed, ExpressionError, LoopError, StatemError
-from .expressions import JSON, check_json
+from .expressions import JSON
 from .kinds import FINAL_STATUSES, INLINE_KINDS, Status, TaskKind
 from .settings import MAX_ALWAYS_CHAIN
 
@@ -351,7 +351,9 @@ class _Chain:
                 return Status.waiting
 
     def outcome(self, status: Status) -> Outcome:
-        check_json(self.context, "the context")  # each value is JSON already: this bounds the size
+        # Each context value is plain JSON already (every expression's result is checked);
+        # the size of the whole is bounded where every stored step is checked, with its
+        # history rows and tasks: statem.limits.check_outcome.
         return Outcome(
             state=self.state,
             status=status,
