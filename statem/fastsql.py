@@ -141,6 +141,7 @@ class Prepared:
         assert rowid is not None
         return rowid
 
+
 def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     if not names:
         return lambda _params: ()

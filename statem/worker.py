@@ -15,8 +15,11 @@ the job handed to its pool, then removed) cost more CPU than the poll itself, ab
 sixth of a busy in-process worker's CPU on the order machine. Wake-ups that come while it
 polls are folded into one more poll.
 
-A thread that finished its task polls at once itself, so a busy worker goes from one
-task to the next without a scheduler job in between.
+A thread that finished its task claims the next one itself when ready tasks may be
+waiting for a thread (a claim came back full, or found every thread busy); otherwise
+every ready task is claimed already and new ones wake the poll thread, so it does not
+poll for nothing. A poll that claims nothing looks up the next due time in the same
+transaction.
 
 The database is the source of truth: a worker that dies loses nothing, its claims lapse
 when their lease expires and another worker takes them over.
@@ -114,6 +117,12 @@ class Worker:
         self._poll_now = threading.Event()
         self._poller: threading.Thread | None = None
         self._again = False
+        #: ready tasks may be waiting for a thread: a claim came back full, or found every
+        #: thread busy. Only then does a thread that finished its task poll (``_run``):
+        #: otherwise every ready task was claimed, and new ones wake the poll thread.
+        #: ``_more_seen`` counts the times it was set (guarded by ``_lock``)
+        self._more = False
+        self._more_seen = 0
         self._outage_since: float | None = None
         self._backoff = 0.0
         self._retry_at = 0.0
@@ -275,10 +284,7 @@ class Worker:
             self._again = True
             while self._again and not self._stopping.is_set():
                 self._again = False
-                claimed = self._claim()
-                # every thread busy: the first to finish polls again (see _run); looking up
-                # the next due time now would find one already due and poll in a loop
-                upcoming = None if claimed or self._saturated() else self._next_due()
+                upcoming = self._claim()
             self._recovered()
         except StatemError as exc:
             self._outage(exc)
@@ -288,8 +294,12 @@ class Worker:
         if upcoming is not None:
             self.wake(max(upcoming, dt.datetime.now(dt.UTC)))
 
-    def _claim(self) -> int:
-        """Claim one task per free thread; under load, a batch of timers per thread.
+    def _claim(self) -> dt.datetime | None:
+        """Claim one task per free thread; under load, a batch of timers per thread. If
+        there was none to claim, look up when the next one is due, in the same transaction
+        (None: none is, or every thread is busy: the next to finish polls again, see
+        ``_more``; looking the next due time up then would find one already due and poll
+        in a loop).
 
         Timer batches adapt to load: the first claim asks for one task per free thread;
         only when it comes back full, with timers among it, does a second claim ask for up
@@ -301,29 +311,38 @@ class Worker:
         """
         with self._lock:
             free = self.settings.concurrency - len(self._futures)
-        if free <= 0:
-            return 0
+            if free <= 0:
+                self._more_ahead()  # under the lock that a finishing thread reads it under
+                return None
+            seen = self._more_seen
         s, ex = self.settings, self.executor
+        asked = min(free, s.claim_batch)
         with self.rt.transaction() as conn:  # both claims, one transaction
             dialects.lease_only(conn, claim=True)
-            tasks = ex.claim_on(conn, self.owner, min(free, s.claim_batch), s.lease_seconds)
+            tasks = ex.claim_on(conn, self.owner, asked, s.lease_seconds)
             timers = [t for t in tasks if t.kind == TaskKind.timer]
             jobs: list[list[Row[Any]]] = [[t] for t in tasks if t.kind != TaskKind.timer]
-            if timers and len(tasks) >= min(free, s.claim_batch):
+            if timers and len(tasks) >= asked:
                 want = max(1, free - len(jobs)) * TIMER_BATCH_MAX - len(timers)
                 timers += ex.claim_on(conn, self.owner, want, s.lease_seconds, timers=True)
+            upcoming = None if tasks else store.next_due(conn, self.rt.effects.names())
         if timers:
             share = -(-len(timers) // max(1, free - len(jobs)))  # ceiling division
             jobs += [timers[i : i + share] for i in range(0, len(timers), share)]
-        count = sum(len(job) for job in jobs)
-        self.claimed += count
+        if len(tasks) >= asked:
+            self._again = True  # more may be ready: claim again, or note that all are busy
+        else:
+            with self._lock:  # every ready task is claimed, unless a claim since said more
+                if self._more_seen == seen:
+                    self._more = False
+        self.claimed += sum(len(job) for job in jobs)
         for job in jobs:
             self.largest_batch = max(self.largest_batch, len(job))
             for task in job:
                 self.leases.hold(task.id, task.claim)
             with self._lock:
                 self._futures[job[0].id] = (self._pool.submit(self._run, job), job)
-        return count
+        return upcoming
 
     def _refill(self, conn: Connection, results: int) -> list[Row[Any]]:
         """At the end of a batch of ``results`` effect results (:class:`GroupCommit`): claim
@@ -334,11 +353,17 @@ class Worker:
             return []
         dialects.claim_plan(conn)
         s = self.settings
-        return self.executor.claim_on(conn, self.owner, min(results, s.claim_batch), s.lease_seconds)
+        asked = min(results, s.claim_batch)
+        claimed = self.executor.claim_on(conn, self.owner, asked, s.lease_seconds)
+        if len(claimed) >= asked:
+            with self._lock:
+                self._more_ahead()
+        return claimed
 
-    def _saturated(self) -> bool:
-        with self._lock:
-            return len(self._futures) >= self.settings.concurrency
+    def _more_ahead(self) -> None:
+        """Note that ready tasks may be waiting for a thread (the caller holds ``_lock``)."""
+        self._more = True
+        self._more_seen += 1
 
     def _next_due(self) -> dt.datetime | None:
         with self.rt.transaction(write=False) as conn:
@@ -366,6 +391,9 @@ class Worker:
             job = [handed]
         with self._lock:
             self._futures.pop(first, None)
+            more = self._more
+        if not more:
+            return  # every ready task is claimed; new ones wake the poll thread
         # the freed thread claims the next tasks itself (no hand-off to the scheduler's
         # thread and back: that cost a job, two thread switches and a poll per task)
         try:

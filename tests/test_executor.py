@@ -542,6 +542,27 @@ def test_work_armed_now_is_polled_for_without_a_scheduler_job(db_url: str) -> No
         engine.close()
 
 
+def test_a_busy_worker_claims_what_waits_as_its_threads_free_up(db_url: str) -> None:
+    """More ready tasks than threads, and no poll for a minute: the claim that finds every
+    thread busy leaves a note, so each thread that finishes claims the next task itself
+    (child tasks and their results, which no effect result's transaction hands over);
+    once all are claimed, finishing threads stop polling, and new work still wakes it."""
+    from statem import WorkerSettings
+
+    engine = Engine(db_url)
+    child_machines(engine)
+    try:
+        with engine.worker(WorkerSettings(concurrency=2, poll_seconds=60)) as worker:
+            ids = [engine.start("parent", {"x": n}).id for n in range(1, 31)]
+            for n, eid in enumerate(ids, start=1):
+                assert engine.wait(eid, timeout=20).output == {"x2": 2 * n}
+            assert not worker._more  # all claimed: nothing left waiting for a thread
+            late = engine.start("parent", {"x": 100})
+            assert engine.wait(late.id, timeout=10).output == {"x2": 200}
+    finally:
+        engine.close()
+
+
 def test_task_for_a_machine_that_no_longer_validates_fails_the_execution(db_url: str) -> None:
     from sqlalchemy import text
 
