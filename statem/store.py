@@ -162,10 +162,8 @@ def lock_execution(conn: Connection, execution_id: str) -> Row[Any] | None:
     return conn.execute(_LOCK_EXECUTION, {"p_id": execution_id}).first()
 
 
-# SQLite: the execution row and whether kept triggers wait, in one statement (its write
-# transaction holds the database lock from BEGIN IMMEDIATE: this read sees every commit).
-# Not on PostgreSQL: there the EXISTS would be read in the statement's snapshot, older than
-# the commit it may have waited for the row lock on (a trigger kept meanwhile).
+# The execution row and whether kept triggers wait, in one statement. On SQLite its write
+# transaction holds the database lock from BEGIN IMMEDIATE: the read sees every commit.
 _KEPT_TRIGGER = (
     select(tasks.c.id)
     .where(tasks.c.execution_id == executions.c.id, tasks.c.kind == TaskKind.trigger)
@@ -177,15 +175,40 @@ _GET_EXECUTION_KEPT = Prepared(
 )
 
 
+# PostgreSQL: the statement locks the row, and returns its latest version (it may have
+# waited for the lock), but reads the EXISTS in the snapshot it started with: a trigger
+# kept by the transaction it waited for would be missed. So it also reads the row's version
+# in that snapshot. Triggers are kept only while the execution is paused, or while others
+# wait already; every pause, resume and drain step writes the row (version + 1). If the
+# locked row's version is the snapshot's, nobody wrote the row in between: the kept triggers
+# are as the snapshot saw them, or the row is paused (and the trigger is kept whatever they
+# are). If the versions differ, the answer is left to a query of its own
+# (statem.operations.must_keep_trigger): one round trip, only when a writer just went by.
+_SNAPSHOT = executions.alias("statem_snapshot")
+_LOCK_FOR_TRIGGER = (
+    select(
+        *executions.c,
+        _KEPT_TRIGGER,
+        select(_SNAPSHOT.c.version).where(_SNAPSHOT.c.id == executions.c.id).scalar_subquery(),
+    )
+    .where(executions.c.id == bindparam("p_id"))
+    .with_for_update(key_share=True, of=executions)
+)
+
+
 def lock_for_trigger(conn: Connection, execution_id: str) -> tuple[Row[Any] | None, bool | None]:
-    """:func:`lock_execution`, and on SQLite whether kept triggers wait (read by the same
-    statement); None for that on PostgreSQL (see :func:`statem.operations.must_keep_trigger`)."""
-    if not dialects.is_sqlite(conn):
-        return conn.execute(_LOCK_EXECUTION, {"p_id": execution_id}).first(), None
-    found = _GET_EXECUTION_KEPT.first(conn, {"p_id": execution_id})
-    if found is None:
+    """:func:`lock_execution`, and whether kept triggers wait, read by the same statement;
+    None for that when it could not be told there (PostgreSQL, after waiting for a writer:
+    see :func:`statem.operations.must_keep_trigger`)."""
+    if dialects.is_sqlite(conn):
+        found = _GET_EXECUTION_KEPT.first(conn, {"p_id": execution_id})
+        return (None, None) if found is None else (_execution_row(found[:-1]), bool(found[-1]))
+    locked = conn.execute(_LOCK_FOR_TRIGGER, {"p_id": execution_id}).first()
+    if locked is None:
         return None, None
-    return _execution_row(found[:-1]), bool(found[-1])
+    *values, kept, snapshot_version = locked
+    row = _execution_row(values)
+    return row, bool(kept) if snapshot_version == row.version else None
 
 
 def write_step(

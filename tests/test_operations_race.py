@@ -115,3 +115,46 @@ def test_pause_resume_in_a_loop_against_workers(db_url: str) -> None:
         assert [s.seq for s in history] == list(range(1, len(history) + 1))
     finally:
         engine.close()
+
+
+def test_a_trigger_that_waited_for_the_row_sees_triggers_kept_meanwhile(pg_url: str) -> None:
+    """PostgreSQL reads whether kept triggers wait in the same statement that locks the
+    row, in that statement's snapshot. Here the row's lock is held by a transaction that
+    leaves a kept trigger behind on a running execution (as a resume with kept triggers
+    does) while a trigger waits for the lock: the trigger must see the kept one (its
+    snapshot did not) and be kept after it, not applied ahead of it."""
+    import datetime as dt
+
+    from sqlalchemy import text
+
+    from statem import store_ops
+
+    engine = Engine(pg_url)
+    try:
+        engine.save_machine(notes_machine())
+        eid = engine.start("notes").id
+        holder = engine.db.connect()
+        tx = holder.begin()
+        holder.execute(text("SELECT 1 FROM statem_executions WHERE id = :id FOR NO KEY UPDATE"), {"id": eid})
+        arrived = dt.datetime.now(dt.UTC)  # the kept trigger came first
+        done: list[Any] = []
+        waiting = threading.Thread(target=lambda: done.append(engine.trigger(eid, "note", {"n": 2})))
+        waiting.start()
+        deadline = time.monotonic() + 10
+        with engine.db.connect() as probe:  # until the trigger waits for the row's lock
+            while time.monotonic() < deadline and not probe.execute(
+                text("SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'")
+            ).scalar():
+                time.sleep(0.01)
+        store_ops.insert_kept(holder, eid, "trigger", {"action": "note", "input": {"n": 1},
+                                                       "idempotency_key": None}, arrived)  # fmt: skip
+        holder.execute(text("UPDATE statem_executions SET version = version + 1 WHERE id = :id"), {"id": eid})
+        tx.commit()
+        holder.close()
+        waiting.join(10)
+        assert done and done[0].context["notes"] == []  # kept, not applied
+        with engine.db.connect() as conn:
+            kept = store_ops.kept_triggers(conn, eid)
+        assert [k.payload["input"]["n"] for k in kept] == [1, 2]
+    finally:
+        engine.close()
