@@ -91,11 +91,11 @@ class Prepared:
         return _Form(compiled.string, names, defaults, binds, results, row, _getter(names), processed)
 
     def _args(self, form: _Form, params: dict[str, Any]) -> tuple[Any, ...] | list[Any]:
-        try:
-            values: tuple[Any, ...] | list[Any] = form.values(params)
-        except KeyError:  # a bind left to its default
-            defaults = form.defaults
-            values = tuple(params[name] if name in params else defaults[name] for name in form.names)
+        # binds left to their defaults (a literal the statement was built with) come from
+        # them; a name in neither raises KeyError, as SQLAlchemy does
+        values: tuple[Any, ...] | list[Any] = form.values(
+            {**form.defaults, **params} if form.defaults else params
+        )
         if form.processed:
             values = list(values)
             for i, process in form.processed:
