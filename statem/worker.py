@@ -16,9 +16,9 @@ sixth of a busy in-process worker's CPU on the order machine. Wake-ups that come
 polls are folded into one more poll.
 
 A thread that finished its task claims the next one itself when ready tasks may be
-waiting for a thread (a claim came back full, or found every thread busy); otherwise
-every ready task is claimed already and new ones wake the poll thread, so it does not
-poll for nothing. A poll that claims nothing looks up the next due time in the same
+waiting for a thread (a claim came back full, or found every thread busy, and none has
+found nothing since); otherwise no ready task was left and new ones wake the poll
+thread, so it does not poll for nothing. A poll that claims nothing looks up the next due time in the same
 transaction.
 
 The database is the source of truth: a worker that dies loses nothing, its claims lapse
@@ -118,9 +118,10 @@ class Worker:
         self._poller: threading.Thread | None = None
         self._again = False
         #: ready tasks may be waiting for a thread: a claim came back full, or found every
-        #: thread busy. Only then does a thread that finished its task poll (``_run``):
-        #: otherwise every ready task was claimed, and new ones wake the poll thread.
-        #: ``_more_seen`` counts the times it was set (guarded by ``_lock``)
+        #: thread busy (cleared by a claim that finds nothing). Only then does a thread
+        #: that finished its task poll (``_run``): otherwise no ready task was left, and
+        #: new ones wake the poll thread. ``_more_seen`` counts the times it was set
+        #: (guarded by ``_lock``)
         self._more = False
         self._more_seen = 0
         self._outage_since: float | None = None
@@ -331,8 +332,12 @@ class Worker:
             jobs += [timers[i : i + share] for i in range(0, len(timers), share)]
         if len(tasks) >= asked:
             self._again = True  # more may be ready: claim again, or note that all are busy
-        else:
-            with self._lock:  # every ready task is claimed, unless a claim since said more
+        elif not tasks:
+            # Nothing ready: the note goes, unless a claim since set it again. A claim that
+            # came back short does not clear it: on PostgreSQL it skips the rows another
+            # worker's claim has locked, and more may be ready behind them (with only
+            # wake-ups left, this worker's threads would idle until the next poll).
+            with self._lock:
                 if self._more_seen == seen:
                     self._more = False
         self.claimed += sum(len(job) for job in jobs)

@@ -556,7 +556,10 @@ def test_a_busy_worker_claims_what_waits_as_its_threads_free_up(db_url: str) -> 
             ids = [engine.start("parent", {"x": n}).id for n in range(1, 31)]
             for n, eid in enumerate(ids, start=1):
                 assert engine.wait(eid, timeout=20).output == {"x2": 2 * n}
-            assert not worker._more  # all claimed: nothing left waiting for a thread
+            deadline = time.monotonic() + 10  # the last thread's poll finds nothing left
+            while worker._more and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not worker._more
             late = engine.start("parent", {"x": 100})
             assert engine.wait(late.id, timeout=10).output == {"x2": 200}
     finally:
