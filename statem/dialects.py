@@ -76,7 +76,7 @@ def lease_only(conn: Connection, *, claim: bool = False) -> None:
     once). A step committed after the claim flushes the WAL up to and past it, so a step
     never outlives its claim. Steps themselves always commit synchronously.
 
-    ``claim``: the transaction is a claim (:func:`statem.store.claim_tasks`), whose one
+    ``claim``: the transaction is a claim (:func:`statem.claims.claim_tasks`), whose one
     good plan is an ordered walk of the partial index of its status, stopped at the
     limit. Ready tasks come and go faster than statistics follow (``ANALYZE`` mostly
     sees none due), so the planner, trusting them, would fetch and sort every ready task

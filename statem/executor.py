@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import Connection, Row
 from sqlalchemy.exc import DBAPIError
 
-from . import dialects, fanout, operations, semantics, steps, store
+from . import claims, dialects, fanout, operations, semantics, steps, store
 from .dialects import is_outage
 from .effects import default_retry, error_output, jittered, retryable
 from .errors import ConcurrencyError, StatemError, StoreError
@@ -99,10 +99,10 @@ class Executor:
         lease_until = now + dt.timedelta(seconds=lease_seconds)
         token = uuid.uuid4().hex
         if timers:  # any process can fire a timer
-            return store.claim_timers(
+            return claims.claim_timers(
                 conn, owner=owner, claim=token, now=now, lease_until=lease_until, limit=limit
             )
-        return store.claim_tasks(
+        return claims.claim_tasks(
             conn, owner=owner, claim=token, now=now, lease_until=lease_until, limit=limit,
             effects=self.rt.effects.names(),
         )  # fmt: skip

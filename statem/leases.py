@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from . import dialects, store
+from . import claims, dialects
 from .errors import StatemError
 from .runtime import Runtime
 
@@ -68,14 +68,14 @@ class LeaseRenewer:
     def renew(self) -> None:
         """Extend every held claim's lease to now + ``lease_seconds``, in one transaction."""
         with self._lock:
-            claims = list(self._held.items())
-        if not claims:
+            held = list(self._held.items())
+        if not held:
             return
         until = self.runtime.clock() + dt.timedelta(seconds=self.lease_seconds)
         try:
             with self.runtime.transaction() as conn:
                 dialects.lease_only(conn)
-                store.renew_leases(conn, claims, until)
+                claims.renew_leases(conn, held, until)
         except StatemError as exc:
             self.on_error(exc)
 

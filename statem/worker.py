@@ -33,6 +33,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType, TracebackType
 from typing import Any, Protocol
@@ -40,7 +41,7 @@ from typing import Any, Protocol
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Connection, Row
 
-from . import dialects, store
+from . import claims, dialects, store
 from .batch import GroupCommit, run_timers
 from .effects import jittered
 from .errors import StatemError
@@ -152,7 +153,10 @@ class Worker:
         self._poller = threading.Thread(target=self._poll_when_woken, name="statem-poll", daemon=True)
         self._poller.start()
         if not dialects.is_sqlite(self.rt.db):
-            self._listener = threading.Thread(target=self._listen, name="statem-listen", daemon=True)
+            url = self.rt.db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._listener = threading.Thread(
+                target=_listen, args=(url, self._stopping, self.wake), name="statem-listen", daemon=True
+            )
             self._listener.start()
         log.info(
             "worker %s started (%d threads, lease %.0fs)",
@@ -326,7 +330,7 @@ class Worker:
             if timers and len(tasks) >= asked:
                 want = max(1, free - len(jobs)) * TIMER_BATCH_MAX - len(timers)
                 timers += ex.claim_on(conn, self.owner, want, s.lease_seconds, timers=True)
-            upcoming = None if tasks else store.next_due(conn, self.rt.effects.names())
+            upcoming = None if tasks else claims.next_due(conn, self.rt.effects.names())
         if timers:
             share = -(-len(timers) // max(1, free - len(jobs)))  # ceiling division
             jobs += [timers[i : i + share] for i in range(0, len(timers), share)]
@@ -372,7 +376,7 @@ class Worker:
 
     def _next_due(self) -> dt.datetime | None:
         with self.rt.transaction(write=False) as conn:
-            return store.next_due(conn, self.rt.effects.names())
+            return claims.next_due(conn, self.rt.effects.names())
 
     def _run(self, job: list[Row[Any]]) -> None:
         first = job[0].id
@@ -427,17 +431,19 @@ class Worker:
             self._outage_since = None
             self._backoff = 0.0
 
-    def _listen(self) -> None:
-        """PostgreSQL: wake on NOTIFY from any process that armed work."""
-        import psycopg
 
-        url = self.rt.db.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {dialects.NOTIFY_CHANNEL}")
-                    while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
-                            self.wake()
-            except psycopg.Error:
-                self._stopping.wait(1.0)
+def _listen(url: str, stopping: threading.Event, wake: Callable[[], None]) -> None:
+    """PostgreSQL (a worker's ``statem-listen`` thread): ``wake`` on every NOTIFY from a
+    process that armed work, until ``stopping`` is set; reconnects after a second when the
+    connection fails."""
+    import psycopg
+
+    while not stopping.is_set():
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(f"LISTEN {dialects.NOTIFY_CHANNEL}")
+                while not stopping.is_set():
+                    for _ in conn.notifies(timeout=0.5, stop_after=1):
+                        wake()
+        except psycopg.Error:
+            stopping.wait(1.0)

@@ -239,7 +239,8 @@ def test_a_step_the_database_refuses_does_not_take_its_batch_down(pg_url: str) -
         poison = engine.start("nag", execution_id="poison").id
         with raw.begin() as conn:
             conn.execute(text(
-                "CREATE FUNCTION statem_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "CREATE OR REPLACE FUNCTION statem_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN "
                 "IF NEW.id = 'poison' AND NEW.version >= 2 THEN RAISE EXCEPTION 'refused by test'; END IF; "
                 "RETURN NEW; END $$"
             ))  # fmt: skip

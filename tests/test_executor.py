@@ -520,7 +520,8 @@ def test_work_armed_now_is_polled_for_without_a_scheduler_job(db_url: str) -> No
     engine.save_machine(effect_machine())
     engine.save_machine(
         {"id": "tick", "version": 1, "start_at": "w",
-         "states": {"w": {"always": [{"state": "done", "wait_for": {"seconds": 0.5}}]}, "done": {"end": True}}}
+         "states": {"w": {"always": [{"state": "done", "wait_for": {"seconds": 0.5}}]},
+                    "done": {"end": True}}}
     )  # fmt: skip
     ahead: list[float] = []  # per job added: how far ahead of its adding it is due (seconds)
     try:

@@ -142,9 +142,12 @@ def test_a_trigger_that_waited_for_the_row_sees_triggers_kept_meanwhile(pg_url: 
         waiting.start()
         deadline = time.monotonic() + 10
         with engine.db.connect() as probe:  # until the trigger waits for the row's lock
-            while time.monotonic() < deadline and not probe.execute(
-                text("SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'")
-            ).scalar():
+            while (
+                time.monotonic() < deadline
+                and not probe.execute(
+                    text("SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'")
+                ).scalar()
+            ):
                 time.sleep(0.01)
         store_ops.insert_kept(holder, eid, "trigger", {"action": "note", "input": {"n": 1},
                                                        "idempotency_key": None}, arrived)  # fmt: skip

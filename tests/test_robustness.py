@@ -465,6 +465,8 @@ class refusing_steps:
         with self.engine.db.begin() as conn:
             on = "" if conn.dialect.name == "sqlite" else " ON statem_steps"
             conn.execute(text(f"DROP TRIGGER IF EXISTS statem_test_refuse{on}"))
+            if on:  # PostgreSQL: its function too (test_batches makes one of that name)
+                conn.execute(text("DROP FUNCTION IF EXISTS statem_test_refuse()"))
 
 
 def test_a_step_the_database_refuses_fails_its_execution(engine: Engine) -> None:
@@ -572,16 +574,16 @@ def test_a_late_effect_result_is_recorded_with_its_output(engine: Engine, fails:
 def test_a_worker_does_not_wake_for_effects_it_cannot_run(engine: Engine) -> None:
     """Its next wake-up ignores effect tasks it would not claim (else it would poll in a
     tight loop: due now, claimed never)."""
-    from statem import store
+    from statem import claims
 
     engine.save_machine(effect_machine(effect="elsewhere"))
     ex = engine.start("fx")
     worker = engine.worker(WorkerSettings(poll_seconds=0.05))
     assert worker._next_due() is None
     with engine.db.connect() as conn:
-        due = store.next_due(conn, ["elsewhere"])
+        due = claims.next_due(conn, ["elsewhere"])
         assert due is not None and due <= engine.clock()
-        assert store.claim_tasks(conn, owner="w", claim="c", now=engine.clock(), lease_until=engine.clock(),
+        assert claims.claim_tasks(conn, owner="w", claim="c", now=engine.clock(), lease_until=engine.clock(),
                                  limit=10, effects=["http.request.json"]) == []  # fmt: skip
     assert [t.attempts for t in engine.pending(ex.id)] == [0]
 
