@@ -99,13 +99,12 @@ def _claim_statement(dialect: str, kind: str | None = None) -> Prepared:
     process can run, and a batch takes fresh ones only: see :func:`claim_timers`)."""
     limit: Any = bindparam("p_limit")
     skip_locked = dialect != "sqlite"
+    which = (tasks.c.kind == kind, tasks.c.attempts == 0) if kind is not None else (_can_run(dialect),)
 
     def arm(status: Any, due: Any, order: Any) -> Any:
-        q = select(tasks.c.id, tasks.c.due_at).where(status, due).order_by(order).limit(limit)
-        q = q.where(tasks.c.kind == kind, tasks.c.attempts == 0) if kind is not None else q.where(can_run)
+        q = select(tasks.c.id, tasks.c.due_at).where(status, due, *which).order_by(order).limit(limit)
         return q.with_for_update(skip_locked=True) if skip_locked else q
 
-    can_run = _can_run(dialect)
     pending = arm(_PENDING, tasks.c.due_at <= _NOW, tasks.c.due_at).subquery("pending")
     if kind is not None:
         ready = select(pending.c.id)
@@ -169,17 +168,19 @@ def renew_leases(conn: Connection, claims: Iterable[tuple[int, str]], lease_unti
         )
 
 
-# both in one statement (one round trip): the next pending task's due time, the next
-# lapse of a claim's lease; each an ordered walk of its partial index
-_NEXT_DUE = {
-    name: Prepared(
+def _next_due_statement(dialect: str) -> Prepared:
+    """Both in one statement (one round trip): the next pending task's due time, the next
+    lapse of a claim's lease; each an ordered walk of its partial index."""
+    can_run = _can_run(dialect)
+    return Prepared(
         select(
-            select(func.min(tasks.c.due_at)).where(_PENDING, _can_run(name)).scalar_subquery(),
-            select(func.min(tasks.c.lease_expires_at)).where(_CLAIMED, _can_run(name)).scalar_subquery(),
+            select(func.min(tasks.c.due_at)).where(_PENDING, can_run).scalar_subquery(),
+            select(func.min(tasks.c.lease_expires_at)).where(_CLAIMED, can_run).scalar_subquery(),
         )
     )
-    for name in ("sqlite", "postgresql")
-}
+
+
+_NEXT_DUE = {name: _next_due_statement(name) for name in ("sqlite", "postgresql")}
 
 
 def next_due(conn: Connection, effects: Sequence[str]) -> dt.datetime | None:

@@ -179,13 +179,6 @@ def _sqlite_engine(url: str, **kw: Any) -> Engine:
         if checkpointer is not None:
             checkpointer.stop()
 
-    # Any connection-event listener sets this flag, and with it SQLAlchemy (and fastsql)
-    # look the event collections up around every BEGIN, statement and COMMIT: about 10
-    # microseconds of a 180-microsecond trigger(). ``dispose()`` dispatches
-    # engine_disposed whatever the flag says, and a listener added later (a benchmark's
-    # statement counter) sets it again.
-    engine._has_events = False
-
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
@@ -251,6 +244,12 @@ def _sqlite_engine(url: str, **kw: Any) -> Engine:
     setattr(dialect, "do_begin", do_begin)  # noqa: B010
     setattr(dialect, "do_commit", do_commit)  # noqa: B010
     setattr(dialect, "do_rollback", do_rollback)  # noqa: B010
+    # Last, after every listener above: any connection-event listener (engine_disposed
+    # is one) sets this flag, and with it SQLAlchemy (and fastsql) look the event
+    # collections up around every BEGIN, statement and COMMIT: about 10 microseconds of a
+    # 180-microsecond trigger(). ``dispose()`` dispatches engine_disposed whatever the flag
+    # says, and a listener added later (a benchmark's statement counter) sets it again.
+    engine._has_events = False
     return engine
 
 

@@ -18,8 +18,8 @@ polls are folded into one more poll.
 A thread that finished its task claims the next one itself when ready tasks may be
 waiting for a thread (a claim came back full, or found every thread busy, and none has
 found nothing since); otherwise no ready task was left and new ones wake the poll
-thread, so it does not poll for nothing. A poll that claims nothing looks up the next due time in the same
-transaction.
+thread, so it does not poll for nothing. A poll that claims nothing looks up the next
+due time in the same transaction.
 
 The database is the source of truth: a worker that dies loses nothing, its claims lapse
 when their lease expires and another worker takes them over.
@@ -242,17 +242,15 @@ class Worker:
         """
         if self._stopping.is_set():
             return
-        now = dt.datetime.now(dt.UTC)
-        if at is None or at <= now:
+        if at is None or at <= dt.datetime.now(dt.UTC):
             self._poll_now.set()
             return
-        run_at = at
         with self._wake_lock:
-            if self._wake_at is not None and self._wake_at <= run_at:
+            if self._wake_at is not None and self._wake_at <= at:
                 return
-            self._wake_at = run_at
+            self._wake_at = at
         try:
-            self._scheduler.add_job(self._woken, "date", run_date=run_at, args=[run_at])
+            self._scheduler.add_job(self._woken, "date", run_date=at, args=[at])
         except Exception:  # the scheduler is shutting down
             if not self._stopping.is_set():
                 raise
@@ -373,10 +371,6 @@ class Worker:
         """Note that ready tasks may be waiting for a thread (the caller holds ``_lock``)."""
         self._more = True
         self._more_seen += 1
-
-    def _next_due(self) -> dt.datetime | None:
-        with self.rt.transaction(write=False) as conn:
-            return claims.next_due(conn, self.rt.effects.names())
 
     def _run(self, job: list[Row[Any]]) -> None:
         first = job[0].id

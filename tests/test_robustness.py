@@ -579,7 +579,7 @@ def test_a_worker_does_not_wake_for_effects_it_cannot_run(engine: Engine) -> Non
     engine.save_machine(effect_machine(effect="elsewhere"))
     ex = engine.start("fx")
     worker = engine.worker(WorkerSettings(poll_seconds=0.05))
-    assert worker._next_due() is None
+    assert worker._claim() is None  # claims nothing, and nothing it can run is due
     with engine.db.connect() as conn:
         due = claims.next_due(conn, ["elsewhere"])
         assert due is not None and due <= engine.clock()
