@@ -27,6 +27,11 @@ leader/follower group commit, so an idle worker commits a lone result at once, o
 own, and a busy one commits whatever results arrived while the previous batch was being
 written; the worker sizes timer batches from how full its claims come back
 (:mod:`statem.worker`).
+
+A batch of timers logs one INFO line (how many fired, and their executions in the record's
+``execution_ids``); each of its steps logs at DEBUG. A burst of 10,000 timers is thus 40
+lines, not 10,000: one line per step cost a sixth of the worker's CPU in that burst. A
+failed execution is still a WARNING of its own.
 """
 
 from __future__ import annotations
@@ -113,11 +118,23 @@ def commit_batch(ex: Executor, items: Sequence[Item], refill: Refill | None = No
         for item in items:
             _alone(ex, item)
         return []
+    fired: list[str] = []
     for item, step in written.done:
         if item.task.kind == TaskKind.timer:
             ex.rt.metrics.task(item.task.kind)
             ex.rt.metrics.timer_fired((now - item.task.due_at).total_seconds())
-        ex._after(item.task, None, item.kind, step)
+            fired.append(item.task.execution_id)
+            ex._after(item.task, None, item.kind, step, logging.DEBUG)  # the batch's line below
+        else:
+            ex._after(item.task, None, item.kind, step)
+    if fired:
+        log.info(
+            "fired %d timers in one transaction (executions %s .. %s)",
+            len(fired),
+            min(fired),
+            max(fired),
+            extra={"execution_ids": fired, "step": TaskKind.timer.value},
+        )
     for item in written.stale:
         _stale(ex, item)
     for item in written.alone + later:

@@ -276,9 +276,11 @@ class Executor:
         armed = steps.commit_locked(self.rt.metrics, conn, row, outcome, now, dropped=dropped, run=run)
         return Done(row, outcome, failure, armed)
 
-    def _after(self, task: Row[Any], run: InlineRun | None, kind: str, done: Done) -> None:
-        """Once a step committed: report it, hand on what it armed."""
-        report(self.rt.metrics, task, done.row, kind, done.outcome, done.failure)
+    def _after(
+        self, task: Row[Any], run: InlineRun | None, kind: str, done: Done, level: int = logging.INFO
+    ) -> None:
+        """Once a step committed: report it (its log line at ``level``), hand on what it armed."""
+        report(self.rt.metrics, task, done.row, kind, done.outcome, done.failure, level)
         self._committed(run, task.execution_id, done.armed)
 
     def _step_known(self, task: Row[Any], run: InlineRun, row: Row[Any], kind: str, rule: Rule) -> bool:

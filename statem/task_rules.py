@@ -63,9 +63,16 @@ class Item:
 
 
 def report(
-    metrics: Metrics, task: Row[Any], row: Row[Any], kind: str, outcome: Outcome, failure: Exception | None
+    metrics: Metrics,
+    task: Row[Any],
+    row: Row[Any],
+    kind: str,
+    outcome: Outcome,
+    failure: Exception | None,
+    level: int = logging.INFO,
 ) -> None:
-    """Report a committed step: the execution's failure if it failed, then the step."""
+    """Report a committed step: the execution's failure if it failed (WARNING), then the
+    step (at ``level``: DEBUG for a step of a batch, which logs one INFO line of its own)."""
     if failure is not None:
         metrics.task("failed")
         log.warning(
@@ -75,7 +82,8 @@ def report(
             failure,
             extra={"execution_id": row.id, "machine": row.machine_id, "step": kind},
         )
-    log.info(
+    log.log(
+        level,
         "execution %s: %s task %s -> state %s (%s)",
         task.execution_id,
         task.kind,

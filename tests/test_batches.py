@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -92,6 +93,27 @@ def test_a_batch_commits_every_step_but_the_stale_and_records_the_failed(
     assert all(contiguous(fengine, e) for e in [*ok, bad, moved])
     assert fengine.run_once() == 0  # nothing left claimed or pending
     assert fengine.stats()["process"]["tasks"].get("stale") == 1
+
+
+def test_a_batch_of_timers_logs_one_info_line_and_each_step_at_debug(
+    fengine: Engine, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = sorted(fengine.start("nag").id for _ in range(4))
+    bad = fengine.start("nag", {"bad": True}).id
+    clock.advance(hours=2)
+    claimed = fengine._executor.claim("test", 100, 30.0)
+    with caplog.at_level(logging.DEBUG, logger="statem"):
+        run_timers(fengine._executor, claimed)
+
+    batch = [r for r in caplog.records if r.levelno == logging.INFO and r.name == "statem.executor"]
+    assert [r.getMessage() for r in batch] == [
+        f"fired 5 timers in one transaction (executions {min(*ids, bad)} .. {max(*ids, bad)})"
+    ]
+    assert sorted(batch[0].execution_ids) == sorted([*ids, bad])
+    per_step = [r for r in caplog.records if r.levelno == logging.DEBUG and "-> state" in r.getMessage()]
+    assert sorted(r.execution_id for r in per_step) == sorted([*ids, bad])
+    failures = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.execution_id for r in failures] == [bad]  # a failure is still a WARNING of its own
 
 
 def test_a_batch_of_one_runs_as_a_single_task(fengine: Engine, clock: FakeClock) -> None:
