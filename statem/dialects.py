@@ -130,7 +130,26 @@ def make_engine(url: str, **kw: Any) -> Engine:
     connect_args.setdefault("connect_timeout", int(DB_TIMEOUT_SECONDS))
     engine = create_engine(url, connect_args=connect_args, **kw)
     _ping_when_idle(engine)
+    event.listen(engine, "connect", _speak_utc)
     return engine
+
+
+def _speak_utc(dbapi_conn: Any, _record: Any) -> None:
+    """A new PostgreSQL connection's session time zone: UTC, whatever the server's.
+
+    psycopg returns a ``timestamptz`` in the session's zone: with the server's (often
+    ``Etc/UTC``, a ZoneInfo) every value read needed ``astimezone(UTC)``, about 3 µs each,
+    eight per timer step; in UTC it comes as ``datetime.timezone.utc``, which
+    :class:`statem.schema.UTCDateTime` keeps as it is. Instants compare the same in any
+    zone, and statem's SQL formats none, so nothing else changes; a pooler that drops
+    the setting only costs the conversion back.
+    """
+    autocommit = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True
+    try:
+        dbapi_conn.execute("SET TIME ZONE 'UTC'")
+    finally:
+        dbapi_conn.autocommit = autocommit
 
 
 def _ping_when_idle(engine: Engine) -> None:

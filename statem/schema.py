@@ -72,7 +72,10 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value is None:
             return None
         assert isinstance(value, dt.datetime)
-        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+        zone = value.tzinfo
+        if zone is dt.UTC:  # PostgreSQL: statem's connections speak UTC (statem.dialects)
+            return value
+        return value.replace(tzinfo=dt.UTC) if zone is None else value.astimezone(dt.UTC)
 
 
 #: The partial index of unfinished executions by last move covers rows matching this.

@@ -8,6 +8,7 @@ StoreError that applies nothing, and the call after it runs on a fresh connectio
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Iterator
 
@@ -80,3 +81,38 @@ def test_a_lease_transaction_does_not_wait_for_the_wal_flush_and_a_step_does(pg_
             assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
     finally:
         db.dispose()
+
+
+def test_timestamps_come_back_in_utc_whatever_the_sessions_zone(pg_url: str) -> None:
+    """statem's connections set their session zone to UTC (psycopg then returns
+    ``datetime.timezone.utc``, kept as is); a connection in another zone (a pooler that
+    dropped the setting) still reads the same instants, converted."""
+    from sqlalchemy import select
+    from sqlalchemy.engine import make_url
+
+    from statem.schema import executions
+
+    from .conftest import _truncate
+
+    _truncate(pg_url)
+    kolkata = make_url(pg_url).update_query_dict({"options": "-c TimeZone=Asia/Kolkata"})
+    engine = Engine(kolkata.render_as_string(hide_password=False))
+    try:
+        engine.save_machine(timer_machine(seconds=60))
+        eid = engine.start("t").id
+        with engine.db.connect() as conn:
+            assert conn.execute(text("SHOW TimeZone")).scalar() == "UTC"
+            created = conn.execute(select(executions.c.created_at).where(executions.c.id == eid)).scalar_one()
+            assert created.tzinfo is dt.UTC
+            conn.execute(text("SET TIME ZONE 'Asia/Kolkata'"))
+            assert (
+                conn.execute(text("SELECT CAST(created_at AS text) FROM statem_executions"))
+                .scalar_one()
+                .endswith("+05:30")
+            )
+            again = conn.execute(select(executions.c.created_at).where(executions.c.id == eid)).scalar_one()
+            assert again.tzinfo is dt.UTC and again == created
+        step = engine.history(eid)[0]
+        assert step.at.tzinfo is dt.UTC and step.at.isoformat().endswith("+00:00")
+    finally:
+        engine.close()
