@@ -69,21 +69,27 @@ _GET_EXECUTION = select(executions).where(executions.c.id == bindparam("p_id"))
 # lock order holds everywhere: parent before child, and a key check waits for nobody.
 _LOCK_EXECUTION = _GET_EXECUTION.with_for_update(key_share=True)
 _FENCE = (executions.c.id == bindparam("p_id"), executions.c.version == bindparam("p_version"))
+_STEP_VALUES: dict[str, Any] = {
+    "version": bindparam("p_version") + 1,
+    "context": bindparam("p_context", type_=executions.c.context.type),
+    "output": bindparam("p_output", type_=executions.c.output.type),
+    "error": bindparam("p_error"),
+    "seq": bindparam("p_seq"),
+    "armed": bindparam("p_armed"),
+    "updated_at": bindparam("p_now", type_=executions.c.updated_at.type),
+}
 _WRITE_STEP = (
     update(executions)
     .where(*_FENCE)
-    .values(
-        version=bindparam("p_version") + 1,
-        state=bindparam("p_state"),
-        status=bindparam("p_status"),
-        context=bindparam("p_context", type_=executions.c.context.type),
-        output=bindparam("p_output", type_=executions.c.output.type),
-        error=bindparam("p_error"),
-        seq=bindparam("p_seq"),
-        armed=bindparam("p_armed"),
-        updated_at=bindparam("p_now", type_=executions.c.updated_at.type),
-    )
+    .values(state=bindparam("p_state"), status=bindparam("p_status"), **_STEP_VALUES)
 )
+# SQLite rewrites the entries of every index holding a column an UPDATE assigns, changed
+# or not, and five of statem_executions' seven indexes hold state or status: a step that
+# leaves both as they were (an action that only updates the context) assigns neither, and
+# rewrites two indexes instead of five (measured: 10-25 us less per step). PostgreSQL
+# writes a new entry in every index whatever is assigned (updated_at is indexed, so an
+# update is never HOT): there it stays the one statement.
+_WRITE_IN_PLACE = update(executions).where(*_FENCE).values(**_STEP_VALUES)
 
 
 def _write_step_with_history() -> Any:
@@ -140,6 +146,7 @@ _FINISH_TASK = delete(tasks).where(
 # the statements every step runs, straight on the driver on SQLite (statem.fastsql)
 _FAST_GET_EXECUTION = Prepared(_GET_EXECUTION)
 _FAST_WRITE_STEP, _FAST_FINISH_TASK = Prepared(_WRITE_STEP), Prepared(_FINISH_TASK)
+_FAST_WRITE_IN_PLACE = Prepared(_WRITE_IN_PLACE)
 
 
 def get_execution(conn: Connection, execution_id: str) -> Row[Any] | None:
@@ -220,6 +227,8 @@ def write_step(
     if history is not None:
         params["p_rows"] = history
         matched = len(conn.execute(_WRITE_STEP_WITH_HISTORY, params).all())
+    elif params["p_state"] == row.state and params["p_status"] == row.status and dialects.is_sqlite(conn):
+        matched = _FAST_WRITE_IN_PLACE.execute(conn, params)  # the fence: they are stored so
     else:
         matched = _FAST_WRITE_STEP.execute(conn, params)
     _fenced(conn, row, matched)

@@ -100,6 +100,42 @@ def test_cursor_listeners_see_every_statement(lite: Any) -> None:
     assert seen == done == ["SELECT", "UPDATE", "INSERT"]
 
 
+def test_a_step_that_keeps_its_state_and_status_assigns_neither(lite: Any) -> None:
+    """SQLite rewrites every index on a column an UPDATE assigns, changed or not: a step
+    that stays where it was leaves state and status out of its UPDATE; one that moves
+    assigns them. The indexes stay right either way."""
+    engine, path = lite
+    engine.save_machine(
+        {"id": "c", "version": 1, "start_at": "on", "context": {"n": "0"},
+         "states": {"on": {"actions": {"bump": {"state": "on", "context": {"n": "ctx['n'] + 1"}},
+                                       "stop": {"state": "off"}}},
+                    "off": {"end": True}}}
+    )  # fmt: skip
+    eid = engine.start("c").id
+    updates: list[str] = []
+    sa.event.listen(
+        engine.db,
+        "before_cursor_execute",
+        lambda c, cur, sql, *a: updates.append(sql) if sql.startswith("UPDATE statem_executions") else None,
+    )
+    engine.trigger(eid, "bump")
+    engine.trigger(eid, "bump")
+    engine.trigger(eid, "stop")
+    stays, moves = updates[0].split(" WHERE ")[0], updates[2].split(" WHERE ")[0]
+    assert "state=" not in stays and "status=" not in stays and "updated_at=" in stays
+    assert "state=" in moves and "status=" in moves
+    ex = engine.get(eid)
+    assert (ex.state, ex.status, ex.context) == ("off", "finished", {"n": 2})
+    assert [s.seq for s in engine.history(eid)] == [1, 2, 3, 4]
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT version FROM statem_executions").fetchone() == (4,)
+        assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        by_state = (
+            "SELECT count(*) FROM statem_executions INDEXED BY ix_statem_executions_state WHERE state = 'off'"
+        )
+        assert raw.execute(by_state).fetchone() == (1,)
+
+
 def test_events_are_dispatched_only_once_someone_listens(lite: Any) -> None:
     """statem's own SQLite engine registers no per-statement listener, so SQLAlchemy skips
     its event dispatch; a listener added later is still called. (Its engine_disposed hook
