@@ -80,6 +80,8 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 #: The partial index of unfinished executions by last move covers rows matching this.
 UNFINISHED = "status NOT IN ('finished', 'canceled')"
+#: The history rows with an idempotency key (a keyed trigger's first row).
+KEYED = "idempotency_key IS NOT NULL"
 #: The operator steps (the statem_operations view's WHERE, as written there).
 OPERATOR_STEP = "kind IN ('pause', 'resume', 'move', 'upgrade') OR (kind = 'retry' AND input IS NOT NULL)"
 #: The partial indexes a claim reads: tasks pending (by due time) and claimed (by lease).
@@ -187,7 +189,15 @@ steps = Table(
     ),
     PrimaryKeyConstraint("execution_id", "seq"),
     ForeignKeyConstraint(["execution_id"], ["statem_executions.id"]),
-    Index(None, "execution_id", "idempotency_key", unique=True),
+    # the keyed triggers' steps only (migration 0011): a step without a key writes no entry
+    Index(
+        "ix_statem_steps_idempotency_key",
+        "execution_id",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text(KEYED),
+        sqlite_where=text(KEYED),
+    ),
     Index(None, "at"),
     # the steps that failed an execution, for statem_failures (migration 0009)
     Index(
