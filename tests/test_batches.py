@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -12,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, select, text
 
 from statem import Engine
 from statem.batch import GroupCommit, run_timers
+from statem.leases import LeaseRenewer
+from statem.schema import tasks
 from statem.settings import WorkerSettings
 from statem.testing import FakeClock
 
@@ -473,3 +476,33 @@ def test_timers_a_dead_worker_held_come_back_one_at_a_time(fengine: Engine, cloc
     assert sorted(t.attempts for t in again) == [2, 2, 2]
     run_timers(fengine._executor, again)
     assert all(fengine.get(e).status == "finished" and contiguous(fengine, e) for e in ids)
+
+
+def test_one_renewal_extends_every_held_lease_fenced_by_its_own_claim(
+    fengine: Engine, clock: FakeClock
+) -> None:
+    """A worker firing a burst holds thousands of claims; one renewal (one statement, or
+    one executemany on SQLite) extends each lease still held under its token, and no
+    other."""
+    for _ in range(300):
+        fengine.start("nag")
+    clock.advance(hours=2)
+    claimed = fengine._executor.claim("test", 300, 30.0)
+    assert len(claimed) == 300
+    wrong, unheld, *held = claimed
+    renewer = LeaseRenewer(fengine._runtime, lease_seconds=600.0)
+    renewer.hold(wrong.id, "not-its-claim")
+    for task in held:
+        renewer.hold(task.id, task.claim)
+    clock.advance(seconds=10)
+    statements: list[str] = []
+    listen = (fengine.db, "before_cursor_execute", lambda c, cur, sql, *a: statements.append(sql))
+    event.listen(*listen)
+    renewer.renew()
+    event.remove(*listen)
+    assert len([sql for sql in statements if sql.lstrip().startswith("UPDATE")]) == 1
+
+    with fengine.db.connect() as conn:
+        leases = dict(conn.execute(select(tasks.c.id, tasks.c.lease_expires_at)).all())
+    assert leases[wrong.id] == leases[unheld.id] == wrong.lease_expires_at  # as claimed
+    assert {leases[t.id] for t in held} == {clock() + dt.timedelta(seconds=600)}
