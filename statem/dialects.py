@@ -30,6 +30,7 @@ import logging
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -131,7 +132,40 @@ def make_engine(url: str, **kw: Any) -> Engine:
     engine = create_engine(url, connect_args=connect_args, **kw)
     _ping_when_idle(engine)
     event.listen(engine, "connect", _speak_utc)
+    _track_backends(engine)
     return engine
+
+
+#: PostgreSQL: the server process ids of each statem engine's pooled connections.
+_BACKENDS: weakref.WeakKeyDictionary[Engine, set[int]] = weakref.WeakKeyDictionary()
+_BACKEND_PID = "statem_backend_pid"
+
+
+def own_backends(engine: Engine) -> set[int]:
+    """The server process ids of ``engine``'s open connections (PostgreSQL; a live set,
+    kept by the pool's events), so its workers can tell their own engine's ``NOTIFY``s
+    from other processes': every commit here that arms work already wakes this engine's
+    workers in-process (:meth:`statem.runtime.Runtime.wake`), and its NOTIFY arriving a
+    moment later only made them claim again, for nothing (two claims in three per order,
+    in ``bench.executor``)."""
+    return _BACKENDS.setdefault(engine, set())
+
+
+def _track_backends(engine: Engine) -> None:
+    pids = own_backends(engine)
+
+    @event.listens_for(engine, "connect")
+    def _opened(dbapi_conn: Any, record: Any) -> None:
+        pid = int(dbapi_conn.info.backend_pid)
+        record.info[_BACKEND_PID] = pid
+        pids.add(pid)
+
+    def _closed(_dbapi_conn: Any, record: Any, *_rest: Any) -> None:
+        if record is not None:
+            pids.discard(record.info.pop(_BACKEND_PID, -1))
+
+    for name in ("close", "invalidate"):
+        event.listen(engine, name, _closed)
 
 
 def _speak_utc(dbapi_conn: Any, _record: Any) -> None:

@@ -155,7 +155,10 @@ class Worker:
         if not dialects.is_sqlite(self.rt.db):
             url = self.rt.db.url.set(drivername="postgresql").render_as_string(hide_password=False)
             self._listener = threading.Thread(
-                target=_listen, args=(url, self._stopping, self.wake), name="statem-listen", daemon=True
+                target=_listen,
+                args=(url, self._stopping, self.wake, dialects.own_backends(self.rt.db)),
+                name="statem-listen",
+                daemon=True,
             )
             self._listener.start()
         log.info(
@@ -426,10 +429,12 @@ class Worker:
             self._backoff = 0.0
 
 
-def _listen(url: str, stopping: threading.Event, wake: Callable[[], None]) -> None:
+def _listen(url: str, stopping: threading.Event, wake: Callable[[], None], own: set[int]) -> None:
     """PostgreSQL (a worker's ``statem-listen`` thread): ``wake`` on every NOTIFY from a
-    process that armed work, until ``stopping`` is set; reconnects after a second when the
-    connection fails."""
+    session that armed work, until ``stopping`` is set; reconnects after a second when the
+    connection fails. A NOTIFY from one of ``own`` (the worker's engine's connections:
+    :func:`statem.dialects.own_backends`) is skipped: that commit woke the worker
+    in-process already."""
     import psycopg
 
     while not stopping.is_set():
@@ -437,7 +442,8 @@ def _listen(url: str, stopping: threading.Event, wake: Callable[[], None]) -> No
             with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
                 conn.execute(f"LISTEN {dialects.NOTIFY_CHANNEL}")
                 while not stopping.is_set():
-                    for _ in conn.notifies(timeout=0.5, stop_after=1):
-                        wake()
+                    for note in conn.notifies(timeout=0.5, stop_after=1):
+                        if note.pid not in own:
+                            wake()
         except psycopg.Error:
             stopping.wait(1.0)

@@ -739,3 +739,44 @@ def test_a_long_inline_effect_keeps_its_claim_leased(db_url: str) -> None:
         assert taken == [0] and len(calls) == 1  # nothing was claimed behind the caller's back
     finally:
         engine.close()
+
+
+def test_a_worker_wakes_for_other_processes_notifies_but_not_its_own_engines(pg_url: str) -> None:
+    """PostgreSQL: a commit of the worker's own engine that arms work wakes it in-process,
+    and its NOTIFY (from one of the engine's own connections) is skipped; a NOTIFY from
+    another engine (another process) still wakes it, with no poll for a minute."""
+    import datetime as dt
+    import time
+
+    from statem import WorkerSettings
+    from statem.dialects import own_backends
+
+    from .conftest import _truncate
+
+    _truncate(pg_url)
+    engine, other = Engine(pg_url), Engine(pg_url)
+    engine.effects.register("work", lambda input, *, idempotency_key: input["n"] * 10)
+    engine.save_machine(effect_machine())
+    try:
+        worker = engine.worker(WorkerSettings(concurrency=2, poll_seconds=60))
+        wakes: list[dt.datetime | None] = []
+        woken = worker.wake
+        worker.wake = lambda at=None: (wakes.append(at), woken(at))  # type: ignore[method-assign]
+        with worker:
+            time.sleep(0.5)  # the LISTEN connection is up
+            wakes.clear()
+
+            assert engine.wait(engine.start("fx", {"n": 1}).id, timeout=10).output == 10
+            time.sleep(0.5)  # a NOTIFY of its own would have arrived by now
+            assert wakes.count(None) == 1, wakes  # the in-process wake-up only
+
+            wakes.clear()
+            assert engine.wait(other.start("fx", {"n": 2}).id, timeout=10).output == 20
+            assert wakes.count(None) >= 1  # the other engine's NOTIFY
+            with engine.db.connect() as conn:
+                pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            assert pid in own_backends(engine.db) and pid not in own_backends(other.db)
+    finally:
+        engine.close()
+        other.close()
+    assert own_backends(engine.db) == set()  # closed with the pool
