@@ -120,13 +120,13 @@ def commit_batch(ex: Executor, items: Sequence[Item], refill: Refill | None = No
         return []
     fired: list[str] = []
     for item, step in written.done:
-        if item.task.kind == TaskKind.timer:
+        timer = item.task.kind == TaskKind.timer
+        if timer:
             ex.rt.metrics.task(item.task.kind)
             ex.rt.metrics.timer_fired((now - item.task.due_at).total_seconds())
             fired.append(item.task.execution_id)
-            ex._after(item.task, None, item.kind, step, logging.DEBUG)  # the batch's line below
-        else:
-            ex._after(item.task, None, item.kind, step)
+        # a timer's line at DEBUG: the batch logs one line for its timers, below
+        ex._after(item.task, None, item.kind, step, logging.DEBUG if timer else logging.INFO)
     if fired:
         log.info(
             "fired %d timers in one transaction (executions %s .. %s)",

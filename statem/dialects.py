@@ -131,8 +131,7 @@ def make_engine(url: str, **kw: Any) -> Engine:
     connect_args.setdefault("connect_timeout", int(DB_TIMEOUT_SECONDS))
     engine = create_engine(url, connect_args=connect_args, **kw)
     _ping_when_idle(engine)
-    event.listen(engine, "connect", _speak_utc)
-    _track_backends(engine)
+    _on_pg_connections(engine)
     return engine
 
 
@@ -151,12 +150,30 @@ def own_backends(engine: Engine) -> set[int]:
     return _BACKENDS.setdefault(engine, set())
 
 
-def _track_backends(engine: Engine) -> None:
+def _on_pg_connections(engine: Engine) -> None:
+    """Set up each new PostgreSQL connection of ``engine``, and keep :func:`own_backends`.
+
+    A new connection's session time zone becomes UTC, whatever the server's: psycopg
+    returns a ``timestamptz`` in the session's zone, and with the server's (often
+    ``Etc/UTC``, a ZoneInfo) every value read needed ``astimezone(UTC)``, about 3 µs each,
+    eight per timer step; in UTC it comes as ``datetime.timezone.utc``, which
+    :class:`statem.schema.UTCDateTime` keeps as it is. Instants compare the same in any
+    zone, and statem's SQL formats none, so nothing else changes; a pooler that drops the
+    setting only costs the conversion back.
+    """
     pids = own_backends(engine)
 
     @event.listens_for(engine, "connect")
     def _opened(dbapi_conn: Any, record: Any) -> None:
-        pid = int(dbapi_conn.info.backend_pid)
+        autocommit = dbapi_conn.autocommit
+        dbapi_conn.autocommit = True
+        try:
+            cur = dbapi_conn.cursor()
+            cur.execute("SET TIME ZONE 'UTC'")
+            cur.close()
+        finally:
+            dbapi_conn.autocommit = autocommit
+        pid = int(dbapi_conn.info.backend_pid)  # psycopg 3, the driver statem installs
         record.info[_BACKEND_PID] = pid
         pids.add(pid)
 
@@ -166,24 +183,6 @@ def _track_backends(engine: Engine) -> None:
 
     for name in ("close", "invalidate"):
         event.listen(engine, name, _closed)
-
-
-def _speak_utc(dbapi_conn: Any, _record: Any) -> None:
-    """A new PostgreSQL connection's session time zone: UTC, whatever the server's.
-
-    psycopg returns a ``timestamptz`` in the session's zone: with the server's (often
-    ``Etc/UTC``, a ZoneInfo) every value read needed ``astimezone(UTC)``, about 3 µs each,
-    eight per timer step; in UTC it comes as ``datetime.timezone.utc``, which
-    :class:`statem.schema.UTCDateTime` keeps as it is. Instants compare the same in any
-    zone, and statem's SQL formats none, so nothing else changes; a pooler that drops
-    the setting only costs the conversion back.
-    """
-    autocommit = dbapi_conn.autocommit
-    dbapi_conn.autocommit = True
-    try:
-        dbapi_conn.execute("SET TIME ZONE 'UTC'")
-    finally:
-        dbapi_conn.autocommit = autocommit
 
 
 def _ping_when_idle(engine: Engine) -> None:

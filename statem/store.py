@@ -228,7 +228,8 @@ def write_step(
         params["p_rows"] = history
         matched = len(conn.execute(_WRITE_STEP_WITH_HISTORY, params).all())
     elif params["p_state"] == row.state and params["p_status"] == row.status and dialects.is_sqlite(conn):
-        matched = _FAST_WRITE_IN_PLACE.execute(conn, params)  # the fence: they are stored so
+        # unchanged: the version fence guarantees the stored row still holds row's values
+        matched = _FAST_WRITE_IN_PLACE.execute(conn, params)
     else:
         matched = _FAST_WRITE_STEP.execute(conn, params)
     _fenced(conn, row, matched)
